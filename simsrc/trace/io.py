@@ -1,0 +1,279 @@
+"""Reading, writing and streaming moesim traces (Parquet)."""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Mapping
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .schema import (
+    KEY_COLUMNS,
+    META_KEY,
+    PRED_COLUMN,
+    TraceError,
+    TraceMeta,
+    arrow_schema,
+    canonical_order,
+    check_columns,
+    check_order,
+    check_rows,
+)
+
+ROW_GROUP_ROWS = 1 << 20
+
+
+def _fixed_list(values: np.ndarray, typ: pa.DataType, size: int, valid: np.ndarray | None = None) -> pa.Array:
+    flat = pa.array(np.ascontiguousarray(values).reshape(-1), type=typ)
+    arr = pa.FixedSizeListArray.from_arrays(flat, size)
+    if valid is not None and not valid.all():
+        arr = pa.FixedSizeListArray.from_arrays(flat, size, mask=pa.array(~valid))
+    return arr
+
+
+@dataclass
+class Trace:
+    """A trace in memory: an Arrow table in canonical order plus its metadata.
+
+    Columns stay in Arrow/numpy buffers; nothing is turned into Python objects.
+    """
+
+    table: pa.Table
+    meta: TraceMeta
+    path: Path | None = None
+
+    # ----- construction -------------------------------------------------
+    @classmethod
+    def from_arrays(
+        cls,
+        meta: TraceMeta,
+        *,
+        request_id: np.ndarray,
+        phase: np.ndarray,
+        step: np.ndarray,
+        token_pos: np.ndarray,
+        layer: np.ndarray,
+        expert_ids: np.ndarray,
+        expert_weights: np.ndarray | None = None,
+        predictions: Mapping[int, np.ndarray] | None = None,
+        token_id: np.ndarray | None = None,
+        router_logits: np.ndarray | None = None,
+        validate: bool = True,
+    ) -> "Trace":
+        """Build a trace from per-row arrays (any order; sorted here).
+
+        expert_ids: (rows, top_k). predictions: {h: (rows, m)} with -1 where a
+        row has no prediction for that horizon.
+        """
+        n = len(layer)
+        expert_ids = np.asarray(expert_ids)
+        if expert_ids.shape != (n, meta.top_k):
+            raise TraceError(f"expert_ids has shape {expert_ids.shape}, expected ({n}, {meta.top_k})")
+        if n and (expert_ids.min() < 0 or expert_ids.max() >= meta.num_experts):
+            raise TraceError(f"expert id out of range 0..{meta.num_experts - 1} "
+                             f"(min {expert_ids.min()}, max {expert_ids.max()})")
+        order = canonical_order(np.asarray(step), np.asarray(request_id), np.asarray(token_pos), np.asarray(layer))
+        ids = meta.id_type
+        np_ids = np.uint8 if ids == pa.uint8() else np.uint16
+        cols: dict[str, pa.Array] = {}
+        for name, src in (("request_id", request_id), ("phase", phase), ("step", step),
+                          ("token_pos", token_pos), ("layer", layer)):
+            cols[name] = pa.array(np.asarray(src)[order].astype(KEY_COLUMNS[name].to_pandas_dtype()),
+                                  type=KEY_COLUMNS[name])
+        cols["expert_ids"] = _fixed_list(expert_ids[order].astype(np_ids), ids, meta.top_k)
+        if expert_weights is not None:
+            w = np.asarray(expert_weights, dtype=np.float32)[order]
+            cols["expert_weights"] = _fixed_list(w, pa.float32(), meta.top_k)
+        horizons = {}
+        for h, pred in sorted((predictions or {}).items()):
+            pred = np.asarray(pred)[order]
+            if pred.ndim != 2 or pred.shape[0] != n:
+                raise TraceError(f"prediction for horizon {h} has shape {pred.shape}, expected ({n}, m)")
+            valid = (pred >= 0).all(axis=1)
+            if (pred >= meta.num_experts).any():
+                raise TraceError(f"prediction for horizon {h} names an expert >= num_experts={meta.num_experts}")
+            cols[f"pred_h{h}"] = _fixed_list(np.where(pred < 0, 0, pred).astype(np_ids), ids, pred.shape[1], valid)
+            horizons[h] = pred.shape[1]
+        if token_id is not None:
+            cols["token_id"] = pa.array(np.asarray(token_id)[order].astype(np.uint32), type=pa.uint32())
+        if router_logits is not None:
+            lg = np.asarray(router_logits, dtype=np.float16)[order]
+            cols["router_logits"] = _fixed_list(lg, pa.float16(), lg.shape[1])
+        schema = arrow_schema(meta, weights=expert_weights is not None, pred_horizons=horizons,
+                              token_id=token_id is not None, logits=router_logits is not None)
+        table = pa.Table.from_arrays([cols[f.name] for f in schema], schema=schema)
+        trace = cls(table, meta)
+        if validate:
+            trace.validate("<in memory>")
+        return trace
+
+    # ----- access ---------------------------------------------------------
+    def validate(self, where: str) -> None:
+        self.meta.validate(where)
+        check_columns(self.table.schema, self.meta, where)
+        check_rows(self.table, self.meta, where)
+        check_order(self.table, where)
+
+    @property
+    def num_rows(self) -> int:
+        return self.table.num_rows
+
+    def column(self, name: str) -> np.ndarray:
+        """A scalar column as a numpy array."""
+        return self.table.column(name).to_numpy()
+
+    def expert_ids(self) -> np.ndarray:
+        """(rows, top_k) expert ids, narrow dtype."""
+        col = self.table.column("expert_ids").combine_chunks()
+        return col.flatten().to_numpy().reshape(-1, self.meta.top_k)
+
+    def expert_weights(self) -> np.ndarray | None:
+        if "expert_weights" not in self.table.column_names:
+            return None
+        col = self.table.column("expert_weights").combine_chunks()
+        return col.flatten().to_numpy().reshape(-1, self.meta.top_k)
+
+    @property
+    def prediction_horizons(self) -> list[int]:
+        return sorted(int(PRED_COLUMN.match(c).group(1)) for c in self.table.column_names if PRED_COLUMN.match(c))
+
+    def predictions(self, h: int) -> np.ndarray:
+        """(rows, m) predicted expert ids for layer l+h; -1 where a row has none."""
+        col = self.table.column(f"pred_h{h}").combine_chunks()
+        size = col.type.list_size
+        vals = col.flatten().to_numpy().reshape(-1, size).astype(np.int32)
+        # flatten() drops null rows' values, so rebuild around them
+        if col.null_count:
+            out = np.full((len(col), size), -1, dtype=np.int32)
+            valid = col.is_valid().to_numpy(zero_copy_only=False)
+            out[valid] = vals
+            return out
+        return vals
+
+    def layer_index(self) -> np.ndarray:
+        """Each row's MoE layer as a dense index 0..num_moe_layers-1."""
+        lut = np.full(max(self.meta.moe_layers) + 1, -1, dtype=np.int32)
+        lut[self.meta.moe_layers] = np.arange(len(self.meta.moe_layers), dtype=np.int32)
+        return lut[self.column("layer")]
+
+    def select_requests(self, request_ids) -> "Trace":
+        """A trace holding only these requests (ids kept)."""
+        mask = np.isin(self.column("request_id"), np.asarray(list(request_ids)))
+        return Trace(self.table.filter(pa.array(mask)), self.meta, self.path)
+
+    def to_pandas(self):
+        return self.table.to_pandas()
+
+
+def read_trace(path: str | os.PathLike, *, columns: list[str] | None = None, validate: bool = True) -> Trace:
+    """Read and check a trace file. Errors name the file, the column or row, and the fix."""
+    path = Path(path)
+    where = str(path)
+    pf = _open(path)
+    meta = _meta(pf, where)
+    check_columns(pf.schema_arrow, meta, where)
+    want = None if columns is None else list(dict.fromkeys([*KEY_COLUMNS, "expert_ids", *columns]))
+    try:
+        table = pf.read(columns=want)
+    except (OSError, pa.ArrowException) as e:
+        raise TraceError(f"{where}: the file is damaged or truncated ({e}); write it again") from None
+    trace = Trace(table, meta, path)
+    if validate:
+        meta.validate(where)
+        check_rows(table, meta, where)
+        check_order(table, where)
+    return trace
+
+
+def read_meta(path: str | os.PathLike) -> TraceMeta:
+    where = str(path)
+    return _meta(_open(Path(path)), where)
+
+
+def iter_batches(path: str | os.PathLike, *, columns: list[str] | None = None,
+                 batch_rows: int = ROW_GROUP_ROWS) -> Iterator[tuple[TraceMeta, pa.Table, int]]:
+    """Stream a trace in row batches: yields (meta, table, first_row). Row checks run per batch;
+    the cross-row order check needs the whole file and is left to read_trace."""
+    path = Path(path)
+    where = str(path)
+    pf = _open(path)
+    meta = _meta(pf, where)
+    meta.validate(where)
+    check_columns(pf.schema_arrow, meta, where)
+    want = None if columns is None else list(dict.fromkeys([*KEY_COLUMNS, "expert_ids", *columns]))
+    offset = 0
+    try:
+        for batch in pf.iter_batches(batch_size=batch_rows, columns=want):
+            table = pa.Table.from_batches([batch])
+            check_rows(table, meta, where, row_offset=offset)
+            yield meta, table, offset
+            offset += table.num_rows
+    except (OSError, pa.ArrowException) as e:
+        raise TraceError(f"{where}: the file is damaged or truncated near row {offset} ({e})") from None
+
+
+def write_trace(trace: Trace, path: str | os.PathLike, *, row_group_rows: int = ROW_GROUP_ROWS) -> Path:
+    """Write atomically: a temporary file in the same folder, renamed when complete."""
+    path = Path(path)
+    table = trace.table.replace_schema_metadata({META_KEY: trace.meta.to_json()})
+    with TraceWriter(path, table.schema) as w:
+        w.write(table, row_group_rows=row_group_rows)
+    return path
+
+
+class TraceWriter:
+    """Write a trace in row groups; the final name appears only after close().
+
+    Row groups must arrive in canonical order (the recorder writes request
+    batches in step order).
+    """
+
+    def __init__(self, path: str | os.PathLike, schema: pa.Schema):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".part", dir=self.path.parent)
+        os.close(fd)
+        self._tmp = Path(tmp)
+        self._writer = pq.ParquetWriter(self._tmp, schema, compression="zstd")
+
+    def write(self, table: pa.Table, row_group_rows: int = ROW_GROUP_ROWS) -> None:
+        self._writer.write_table(table, row_group_size=row_group_rows)
+
+    def close(self) -> None:
+        self._writer.close()
+        os.replace(self._tmp, self.path)
+
+    def abort(self) -> None:
+        self._writer.close()
+        self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> "TraceWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def _open(path: Path) -> pq.ParquetFile:
+    if not path.exists():
+        raise TraceError(f"{path}: no such file")
+    try:
+        return pq.ParquetFile(path)
+    except (OSError, pa.ArrowException) as e:
+        raise TraceError(f"{path}: not a readable Parquet trace ({e}); if it comes from another tool, "
+                         f"import it with `moesim convert`") from None
+
+
+def _meta(pf: pq.ParquetFile, where: str) -> TraceMeta:
+    raw = (pf.schema_arrow.metadata or {}).get(META_KEY)
+    if raw is None:
+        raise TraceError(f"{where}: Parquet file without moesim metadata (key 'moesim'); "
+                         f"import it with `moesim convert`")
+    return TraceMeta.from_json(raw, where)

@@ -1,0 +1,16 @@
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TRACES = ROOT / "traces"
+REAL = Path(os.environ.get("MOESIM_REAL_TRACES", ROOT.parent / "shared" / "real-traces"))
+
+
+@pytest.fixture
+def real_traces() -> Path:
+    """The public traces in ../shared/real-traces; tests that need them skip cleanly without them."""
+    if not REAL.is_dir():
+        pytest.skip(f"real traces not found at {REAL} (set MOESIM_REAL_TRACES)")
+    return REAL
