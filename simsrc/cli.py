@@ -44,5 +44,21 @@ def main() -> None:
 # ---- commands (each section: parse, call one library function, print) ----
 
 
+# ---- inspect
+@main.command()
+@click.argument("trace", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON (for machines).")
+@click.option("--batch-rows", default=1 << 20, show_default=True, help="Rows streamed per batch.")
+@friendly_errors
+def inspect(trace: str, as_json: bool, batch_rows: int) -> None:
+    """What TRACE holds: model card, sizes, expert popularity, reuse, LRU curve, layer coupling."""
+    from .trace.stats import format_report, inspect_trace, report_json
+    report = inspect_trace(trace, batch_rows=batch_rows)
+    if as_json:
+        echo_json(report_json(report))
+    else:
+        click.echo(format_report(report))
+
+
 if __name__ == "__main__":
     sys.exit(main())
