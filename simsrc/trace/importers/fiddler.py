@@ -1,0 +1,53 @@
+"""Fiddler expert popularity (github.com/efeslab/fiddler, branch popularity): aggregate counts only.
+
+Not a trace: no order and no per-token information, so it cannot be replayed. Useful as a static
+popularity prior (frequency pinning) and for per-layer skew plots.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..schema import TraceError
+
+
+@dataclass
+class Popularity:
+    counts: np.ndarray      # int64 [layers, experts]: times expert e was in a token's top-k at that layer
+    top_k: int
+    source: str
+
+    @property
+    def tokens(self) -> np.ndarray:
+        """Routed tokens per layer (row sum / top_k)."""
+        return self.counts.sum(axis=1) // self.top_k
+
+    def probabilities(self) -> np.ndarray:
+        """[layers, experts] share of each layer's activations."""
+        return self.counts / self.counts.sum(axis=1, keepdims=True)
+
+
+def read_fiddler_popularity(path: str | os.PathLike, *, top_k: int = 2) -> Popularity:
+    """expert_popularity_<subject>.json -> counts [layers, experts] (Mixtral: 32 x 8, top-2)."""
+    path = Path(path)
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise TraceError(f"{path}: not JSON ({e})") from None
+    if "expert_popularity" not in d:
+        raise TraceError(f"{path}: no 'expert_popularity' key; not a Fiddler popularity file")
+    try:
+        counts = np.asarray(d["expert_popularity"], dtype=np.int64)
+    except ValueError:
+        raise TraceError(f"{path}: expert_popularity is ragged; expected [layers][experts] counts") from None
+    if counts.ndim != 2 or (counts < 0).any():
+        raise TraceError(f"{path}: expert_popularity must be a [layers][experts] table of non-negative counts")
+    sums = counts.sum(axis=1)
+    if (sums % top_k).any() or len(set(sums.tolist())) != 1:
+        raise TraceError(f"{path}: layer sums {sorted(set(sums.tolist()))} differ or are not multiples of "
+                         f"top_k={top_k}; every layer routes the same tokens")
+    return Popularity(counts=counts, top_k=top_k, source=str(path))

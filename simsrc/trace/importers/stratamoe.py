@@ -1,0 +1,67 @@
+"""StrataMoE Lab router traces (router-trace.v2.json): google/switch-base-8 encoder, top-1.
+
+`selections[position][sparse layer]` = [expert]; positions are the prompts concatenated; the
+prompt boundaries live in capture-metadata.json (`prompt_spans`) next to it.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..io import Trace
+from ..schema import PREFILL, TraceError, TraceMeta
+from .models import SWITCH_BASE_8
+
+
+def read_stratamoe(path: str | os.PathLike, *, metadata: str | os.PathLike | None = None, progress=None) -> Trace:
+    """router-trace.v2.json -> trace; one request per prompt span (one prefill step each)."""
+    path = Path(path)
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise TraceError(f"{path}: not JSON ({e})") from None
+    if "selections" not in d:
+        raise TraceError(f"{path}: no 'selections' key; not a StrataMoE router trace")
+    try:
+        sel = np.asarray(d["selections"], dtype=np.int64)
+    except ValueError:
+        raise TraceError(f"{path}: 'selections' is ragged; every position needs one list per sparse layer") from None
+    if sel.ndim != 3:
+        raise TraceError(f"{path}: 'selections' has shape {sel.shape}, expected [positions, layers, top_k]")
+    T, L, k = sel.shape
+    dims = SWITCH_BASE_8
+    layers = np.asarray(dims.moe_layers) if L == len(dims.moe_layers) else np.arange(L)
+    meta_path = Path(metadata) if metadata else path.with_name("capture-metadata.json")
+    spans, lacks = None, ["decode", "weights"]
+    if meta_path.exists():
+        m = json.loads(meta_path.read_text(encoding="utf-8"))
+        spans = [(s["token_start"], s["token_end_exclusive"]) for s in m.get("prompt_spans", [])] or None
+        if "sparse_encoder_block_indices" in m:
+            layers = np.asarray(m["sparse_encoder_block_indices"])
+    if spans is None:
+        spans = [(0, T)]
+        lacks.append("prompt boundaries (capture-metadata.json not found: one request)")
+    if spans[-1][1] != T or any(a != b for (_, a), (b, _) in zip(spans[:-1], spans[1:])) or spans[0][0] != 0:
+        raise TraceError(f"{meta_path}: prompt_spans do not tile the {T} positions of {path.name}")
+    starts = np.array([s for s, _ in spans])
+    req = np.searchsorted(starts, np.arange(T), side="right") - 1
+    pos = np.arange(T) - starts[req]
+    meta = TraceMeta(
+        model=d.get("source", {}).get("model", {}).get("id", dims.model), num_layers=dims.num_layers,
+        moe_layers=layers.tolist(), num_experts=int(d.get("expertsPerLayer", dims.num_experts)), top_k=k,
+        bytes_per_expert=dims.bytes_per_expert(), dense_bytes_per_layer=dims.dense_bytes_per_layer(),
+        dtype="float32", revision=d.get("source", {}).get("model", {}).get("revision"),
+        source={"kind": "importer", "name": "stratamoe", "params": {
+            "repository": "github.com/Labeeb2339/stratamoe-lab", "file": path.name, "scenario": d.get("scenario")}},
+        lacks=lacks,
+        notes="Encoder of google/switch-base-8 (sparse blocks 1,3,...,11; layer = encoder block index); expert = "
+              "argmax of the raw router logits; one forward pass per prompt, no decode, no gate weights.",
+    )
+    if progress:
+        progress(1)
+    return Trace.from_arrays(meta, request_id=np.repeat(req, L), phase=np.full(T * L, PREFILL, np.uint8),
+                             step=np.repeat(req, L), token_pos=np.repeat(pos, L), layer=np.tile(layers, T),
+                             expert_ids=sel.reshape(T * L, k))
