@@ -43,6 +43,46 @@ def main() -> None:
 
 # ---- commands (each section: parse, call one library function, print) ----
 
+# ---- convert
+@main.command()
+@click.argument("src", nargs=-1, required=True)
+@click.option("--format", "fmt", default="auto", show_default=True,
+              type=click.Choice(["auto", "moe-beyond", "vllm", "megatron", "csv", "npz", "speculative-moe",
+                                 "bigmoeonedge", "stratamoe"]), help="Source format (auto: from names and content).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Trace file to write (.parquet).")
+@click.option("--model", default=None, help="Model id or alias (fills experts, layers, bytes for formats without them).")
+@click.option("--num-experts", type=int, default=None, help="Routed experts per layer (vllm, megatron, csv, npz).")
+@click.option("--moe-layers", default=None, help="MoE layer ids, e.g. '1-26' or '0,2,4' (vllm, megatron, csv, npz).")
+@click.option("--num-layers", type=int, default=None, help="Decoder layers in the model, dense ones included.")
+@click.option("--prompt-len", type=int, multiple=True, help="vllm: tokens before it are prefill; once, or once per request.")
+@click.option("--rank", type=int, default=None, help="megatron: the data-parallel rank to keep (default 0).")
+@click.option("--batch-size", type=int, default=None, help="megatron: requests per step (tokens split evenly).")
+@friendly_errors
+def convert(src, fmt, out, model, num_experts, moe_layers, num_layers, prompt_len, rank, batch_size) -> None:
+    """Import traces other tools wrote (SRC: files, folders or globs) into one moesim trace."""
+    import time
+    import numpy as np
+    from .trace import write_trace
+    from .trace.importers import convert as convert_trace, input_files
+    t0 = time.perf_counter()
+    files = input_files(src, fmt)
+    options = dict(model=model, num_experts=num_experts, moe_layers=moe_layers, num_layers=num_layers,
+                   prompt_len=(prompt_len[0] if len(prompt_len) == 1 else list(prompt_len)) or None,
+                   rank=rank, batch_size=batch_size)
+    if len(files) > 1:
+        with click.progressbar(length=len(files), label=f"reading {len(files)} files", file=sys.stderr) as bar:
+            trace = convert_trace(files, fmt, progress=bar.update, **options)
+    else:
+        trace = convert_trace(files, fmt, **options)
+    write_trace(trace, out)
+    m = trace.meta
+    tokens = int((trace.column("layer") == m.moe_layers[0]).sum()) if trace.num_rows else 0
+    requests = len(np.unique(trace.column("request_id")))
+    click.echo(f"wrote {out}: {trace.num_rows:,} rows, {requests} requests, ~{tokens:,} tokens, "
+               f"{m.num_moe_layers} MoE layers x {m.num_experts} experts top-{m.top_k} "
+               f"({m.source.get('name')}, lacks: {', '.join(m.lacks) or 'nothing'}) in {time.perf_counter() - t0:.1f} s")
+
+
 
 # ---- inspect
 @main.command()
