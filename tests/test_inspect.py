@@ -84,6 +84,14 @@ def brute_force(trace):
                 pairs[l] += 1
             last[req, l] = set(ids)
         out[name, "reuse"] = [h / (p * k) for h, p in zip(hits, pairs)], sum(hits) / (sum(pairs) * k)
+        if name == "all":
+            last, per_req = {}, defaultdict(lambda: [0, 0])
+            for req, ph, step, pos, l, ids in rows:
+                if (req, l) in last:
+                    per_req[req][0] += len(set(ids) & last[req, l])
+                    per_req[req][1] += k
+                last[req, l] = set(ids)
+            out["reuse_by_request"] = np.mean([h / n for h, n in per_req.values()])
     # LRU stack distances on the file-order stream
     stack, dist = [], []
     for req, ph, step, pos, l, ids in rows:
@@ -172,6 +180,7 @@ def test_next_token_reuse_matches_brute_force(trace, report, phase):
     per, pooled = brute_force(trace)[phase, "reuse"]
     assert report["next_token_reuse"][phase]["per_layer"] == pytest.approx(per)
     assert report["next_token_reuse"][phase]["mean"] == pytest.approx(pooled)
+    assert report["next_token_reuse"]["mean_over_requests"] == pytest.approx(brute_force(trace)["reuse_by_request"])
 
 
 def test_reuse_distances_match_an_explicit_lru_stack(trace, report):

@@ -14,7 +14,8 @@ Definitions (every figure a user sees is one of these):
   (1 = uniform, 0 = one expert takes everything).
 - *next-token reuse* at a layer: |A_t ∩ A_t+1| / top_k, where A_t are the
   experts of a request's token t at that layer and t+1 is the same request's
-  next token; pooled over all such pairs (the pair's phase is t+1's).
+  next token; pooled over all such pairs (the pair's phase is t+1's). Also
+  given as a mean over requests of each request's pooled rate.
 - *reuse distance* of an access: the number of distinct other (layer, expert)
   items accessed since the previous access of the same item (the LRU stack
   distance; first accesses are cold). An access hits a global LRU cache of C
@@ -102,7 +103,7 @@ def _bit_compact(bit, last_time):
 
 @numba.njit(cache=True)
 def _scan(req, phase, pos, lidx, ids, num_experts,
-          counts, last_ids, has_last, reuse_hits, reuse_pairs,
+          counts, last_ids, has_last, reuse_hits, reuse_pairs, req_hits, req_pairs,
           bit, last_time, clock, hist,
           succ, prev_key, prev_ids):
     """One batch, rows in file order. State arrays are updated in place."""
@@ -128,6 +129,8 @@ def _scan(req, phase, pos, lidx, ids, num_experts,
                         break
             reuse_hits[ph, l] += hits
             reuse_pairs[ph, l] += 1
+            req_hits[rq] += hits
+            req_pairs[rq] += 1
         has_last[rq, l] = True
         for j in range(k):
             last_ids[rq, l, j] = ids[r, j]
@@ -253,8 +256,13 @@ def _layer_lut(meta: TraceMeta) -> np.ndarray:
     return lut
 
 
-def inspect_trace(source: Trace | str | os.PathLike, *, batch_rows: int = 1 << 20) -> dict[str, Any]:
-    """Statistics of a trace (a path, streamed by row batch, or a Trace in memory). See the module doc."""
+def inspect_trace(source: Trace | str | os.PathLike, *, batch_rows: int = 1 << 20,
+                  successors: bool = False) -> dict[str, Any]:
+    """Statistics of a trace (a path, streamed by row batch, or a Trace in memory). See the module doc.
+
+    successors=True adds "successor_counts" [layers-1, experts, experts]: how often expert b ran at
+    MoE layer l+1 for a token that ran expert a at layer l (the synthetic generator's coupling table).
+    """
     meta = source.meta if isinstance(source, Trace) else read_meta(source)
     L, E, k = meta.num_moe_layers, meta.num_experts, meta.top_k
     num_items = L * E
@@ -265,6 +273,8 @@ def inspect_trace(source: Trace | str | os.PathLike, *, batch_rows: int = 1 << 2
     counts = np.zeros((2, L, E), np.int64)
     last_ids = np.zeros((1024, L, k), np.int32)
     has_last = np.zeros((1024, L), np.bool_)
+    req_hits = np.zeros(1024, np.int64)
+    req_pairs = np.zeros(1024, np.int64)
     reuse_hits = np.zeros((2, L), np.int64)
     reuse_pairs = np.zeros((2, L), np.int64)
     window = max(FENWICK_WINDOW, 4 * num_items)
@@ -290,6 +300,8 @@ def inspect_trace(source: Trace | str | os.PathLike, *, batch_rows: int = 1 << 2
             grow = max(len(requests), 2 * last_ids.shape[0])
             last_ids = np.concatenate([last_ids, np.zeros((grow - last_ids.shape[0], L, k), np.int32)])
             has_last = np.concatenate([has_last, np.zeros((grow - has_last.shape[0], L), np.bool_)])
+            req_hits = np.concatenate([req_hits, np.zeros(grow - req_hits.shape[0], np.int64)])
+            req_pairs = np.concatenate([req_pairs, np.zeros(grow - req_pairs.shape[0], np.int64)])
         lidx = lut[b["layer"]]
         step, pos, phase = b["step"], b["token_pos"], b["phase"]
         # a new token starts where (step, request, position) changes; rows of a token are contiguous
@@ -310,7 +322,7 @@ def inspect_trace(source: Trace | str | os.PathLike, *, batch_rows: int = 1 << 2
             grown[:len(req_tokens[ph])] = req_tokens[ph]
             req_tokens[ph] = grown + per_req
         _scan(req, phase, pos, lidx, b["ids"], E, counts, last_ids, has_last, reuse_hits, reuse_pairs,
-              bit, last_time, clock, hist, succ, prev_key, prev_ids)
+              req_hits, req_pairs, bit, last_time, clock, hist, succ, prev_key, prev_ids)
 
     phases = [PHASE_NAMES[p] for p in (PREFILL, DECODE) if tokens[p] > 0]
     report: dict[str, Any] = {
@@ -346,6 +358,10 @@ def inspect_trace(source: Trace | str | os.PathLike, *, batch_rows: int = 1 << 2
         for name, sel in split.items()
     }
     report["next_token_reuse"]["uniform_baseline"] = k / E
+    # the per-request average weighs short prompts as much as long ones (how MoE-Beyond's SOURCE.md counts)
+    has = req_pairs > 0
+    report["next_token_reuse"]["mean_over_requests"] = \
+        float(np.mean(req_hits[has] / (req_pairs[has] * k))) if has.any() else None
     report["reuse_distance"] = _reuse_distance(hist, split, num_items)
 
     if coupling_on:
@@ -354,6 +370,8 @@ def inspect_trace(source: Trace | str | os.PathLike, *, batch_rows: int = 1 << 2
         why = "the model has a single MoE layer" if L <= 1 else \
             f"{L - 1} x {E} x {E} successor counts exceed {MAX_COUPLING_CELLS} cells"
         report["coupling"] = {"skipped": why}
+    if successors and coupling_on:
+        report["successor_counts"] = succ
     return report
 
 
@@ -521,8 +539,9 @@ def format_report(r: dict[str, Any]) -> str:
         rows.append([name, _pct(p["top10_share"]), _fmt(p["experts_for_90pct"], 1), _fmt(p["entropy"], 3),
                      _pct(u["mean"]), _pct(c["successor_topk"]["mean"]) if c else "-",
                      _pct(c["popularity_topk"]["mean"]) if c else "-"])
-    out += ["Means over layers (reuse and coupling pooled over token pairs; "
-            f"uniform routing would reuse {_pct(r['next_token_reuse']['uniform_baseline'])})"]
+    out += ["Means over layers (reuse and coupling pooled over token pairs; per-request mean reuse "
+            f"{_pct(r['next_token_reuse']['mean_over_requests'])}; uniform routing would reuse "
+            f"{_pct(r['next_token_reuse']['uniform_baseline'])})"]
     out += _table(header, rows)
     if not has_coup:
         out.append(f"coupling skipped: {coup['skipped']}")
