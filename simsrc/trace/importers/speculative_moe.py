@@ -67,7 +67,7 @@ def _read_processed(files: list[Path], progress) -> Trace:
         w = _pairs(t, "gating_probs", str(f))
         for p in np.unique(prob):
             m = prob == p
-            per_layer = np.bincount(layer[m], minlength=MIXTRAL_8X7B.num_layers)
+            _, per_layer = np.unique(layer[m], return_counts=True)  # layers present in the file
             # token_idx counts per layer after lost records, so tokens past the shortest
             # layer have no sound cross-layer alignment: truncate to the shortest layer
             n_tok = int(per_layer.min())
