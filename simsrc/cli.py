@@ -100,5 +100,46 @@ def inspect(trace: str, as_json: bool, batch_rows: int) -> None:
         click.echo(format_report(report))
 
 
+# ---- record
+@main.command()
+@click.option("--model", "model_path", required=True, help="Local checkpoint folder or hub id (from_pretrained).")
+@click.option("--prompts", required=True, type=click.Path(dir_okay=False),
+              help='JSONL, one {"prompt": text} or {"input_ids": [...]} per line; the line is the request id.')
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Trace file to write (.parquet).")
+@click.option("--max-new-tokens", default=128, show_default=True, help="Tokens generated per request (greedy).")
+@click.option("--batch-size", default=4, show_default=True, help="Requests generated together (one step per pass).")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@click.option("--dtype", default="auto", show_default=True, help="auto (the checkpoint's), float32, bfloat16, float16.")
+@click.option("--revision", default=None, help="Hub revision to load (stored in the trace).")
+@click.option("--record-predictions", "horizon", default=0, show_default=True,
+              help="H: also record the top-k the next H MoE layers' routers pick on each layer's hidden state.")
+@click.option("--record-logits", is_flag=True, help="Also keep every router logit (float16, num_experts per row).")
+@click.option("--resume", is_flag=True, help="Continue an interrupted recording of the same prompts and settings.")
+@friendly_errors
+def record(model_path, prompts, out, max_new_tokens, batch_size, device, dtype, revision, horizon,
+           record_logits, resume) -> None:
+    """Run a transformers MoE model over PROMPTS and record every token's routing into a trace."""
+    from .record import read_prompts, record as record_trace
+    from .record.recorder import require_torch
+    require_torch()
+    prompt_list = read_prompts(prompts)
+    tokens = [0]
+
+    def shown(_):
+        return f"{tokens[0]:,} tokens"
+
+    with click.progressbar(length=len(prompt_list), label="requests", show_pos=True, item_show_func=shown,
+                           file=sys.stderr) as bar:
+        def progress(requests: int, new_tokens: int) -> None:
+            tokens[0] += new_tokens
+            bar.update(requests, tokens[0])
+
+        s = record_trace(model_path, prompt_list, out, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                         device=device, dtype=dtype, revision=revision, record_predictions=horizon,
+                         record_logits=record_logits, resume=resume, progress=progress)
+    click.echo(f"wrote {s.path}: {s.rows:,} rows; this run {s.requests} requests ({s.skipped} already there), "
+               f"{s.tokens:,} tokens in {s.steps} steps, {s.seconds:.1f} s")
+
+
 if __name__ == "__main__":
     sys.exit(main())

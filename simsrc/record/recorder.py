@@ -139,6 +139,8 @@ def record(model, prompts, out, *, max_new_tokens: int = 128, batch_size: int = 
     assembled_rows = pending_rows = 0
     if parts.exists():  # resuming: the output may lag its parts if the last run was killed
         assembled_rows = parts.assemble(_final_meta(card, settings, done))
+    if progress is not None and summary.skipped:
+        progress(summary.skipped, 0)
     from .tap import RouterTap
     try:
         with torch.inference_mode(), RouterTap(blocks, top_k, horizon=record_predictions,
