@@ -1,0 +1,28 @@
+"""moesim.policies: one module per cache policy.
+
+Every module has the same shape: `init(num_items, part_of, part_capacity,
+stream, params) -> state` in plain Python, then four compiled operations
+`on_hit(state, item, t)`, `on_insert(state, item, t)`, `on_evict(state, item)`
+and `victim(state, partition, busy) -> item or -1`. `t` is the position in the
+access stream. A module may also define `warm(...)` -> items resident at start.
+Adding a policy is adding a module here and a line below; the engine is untouched.
+"""
+import importlib
+
+POLICIES = {
+    "lru": "lru",
+    "fifo": "fifo",
+    "lfu": "lfu",
+    "lfuda": "lfuda",
+    "belady": "belady",
+    "random": "random",
+    "static": "static",
+}
+
+
+def get(name: str):
+    """The policy module for a name (see POLICIES)."""
+    key = name.lower().replace("_", "-")
+    if key not in POLICIES:
+        raise ValueError(f"unknown policy {name!r}; choose one of {', '.join(POLICIES)}")
+    return importlib.import_module(f"{__name__}.{POLICIES[key]}")

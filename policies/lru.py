@@ -1,0 +1,46 @@
+"""LRU: evict the expert used longest ago.
+
+Source: the classic policy; the baseline of mixtral-offloading (Eliseev & Mazur,
+arXiv 2312.17238) and of the LRU-vs-LFU offloading studies. Matches
+libCacheSim's LRU exactly in count mode. Tie-break: none needed (recency is a
+total order); a busy tail item is skipped for the next one up.
+"""
+from collections import namedtuple
+
+from numba import njit
+
+from ._list import last_free, new_lists, push_front, unlink
+
+
+LruState = namedtuple("LruState", "part_of prev nxt head tail")
+
+
+def init(num_items, part_of, part_capacity, stream, params):
+    return LruState(part_of, *new_lists(num_items, len(part_capacity)))
+
+
+@njit(cache=True)
+def on_hit(state, x, t):
+    part_of, prev, nxt, head, tail = state
+    p = part_of[x]
+    if head[p] != x:
+        unlink(prev, nxt, head, tail, p, x)
+        push_front(prev, nxt, head, tail, p, x)
+
+
+@njit(cache=True)
+def on_insert(state, x, t):
+    part_of, prev, nxt, head, tail = state
+    push_front(prev, nxt, head, tail, part_of[x], x)
+
+
+@njit(cache=True)
+def on_evict(state, x):
+    part_of, prev, nxt, head, tail = state
+    unlink(prev, nxt, head, tail, part_of[x], x)
+
+
+@njit(cache=True)
+def victim(state, part, busy):
+    part_of, prev, nxt, head, tail = state
+    return last_free(prev, tail, part, busy)

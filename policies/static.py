@@ -1,0 +1,70 @@
+"""Static: pin the experts a *different* trace used most; stream the rest through a small LRU.
+
+Source: the static placements of Fiddler (Kamahori et al., arXiv 2402.07033)
+and of popularity-based offloading baselines: hot experts are chosen offline
+from profiling data and never move. Here each partition keeps its
+`capacity - staging` most frequent experts of the training counts resident
+from the start (loaded before serving, so not charged), and `staging` slots
+(default: top-k) take demand fetches in LRU order. Tie-break for pinning:
+higher count first, then lower expert id.
+"""
+from collections import namedtuple
+
+import numpy as np
+from numba import njit
+
+from ._list import last_free, new_lists, push_front, unlink
+
+
+def pinned_items(part_of, part_capacity, params):
+    """The items pinned in each partition, from params['train_counts'] (per item)."""
+    counts = np.asarray(params["train_counts"], np.float64)
+    staging = int(params.get("staging", params.get("top_k", 1)))
+    pinned = []
+    for p, cap in enumerate(part_capacity):
+        members = np.flatnonzero(part_of == p)
+        keep = max(int(cap) - staging, 0)
+        order = members[np.lexsort((members, -counts[members]))]
+        pinned.extend(order[:keep].tolist())
+    return np.array(sorted(pinned), np.int32)
+
+
+StaticState = namedtuple("StaticState", "part_of pinned prev nxt head tail")
+
+
+def init(num_items, part_of, part_capacity, stream, params):
+    pinned = np.zeros(num_items, np.uint8)
+    pinned[pinned_items(part_of, part_capacity, params)] = 1
+    return StaticState(part_of, pinned, *new_lists(num_items, len(part_capacity)))
+
+
+def warm(num_items, part_of, part_capacity, params):
+    return pinned_items(part_of, part_capacity, params)
+
+
+@njit(cache=True)
+def on_hit(state, x, t):
+    part_of, pinned, prev, nxt, head, tail = state
+    p = part_of[x]
+    if not pinned[x] and head[p] != x:
+        unlink(prev, nxt, head, tail, p, x)
+        push_front(prev, nxt, head, tail, p, x)
+
+
+@njit(cache=True)
+def on_insert(state, x, t):
+    part_of, pinned, prev, nxt, head, tail = state
+    if not pinned[x]:
+        push_front(prev, nxt, head, tail, part_of[x], x)
+
+
+@njit(cache=True)
+def on_evict(state, x):
+    part_of, pinned, prev, nxt, head, tail = state
+    unlink(prev, nxt, head, tail, part_of[x], x)
+
+
+@njit(cache=True)
+def victim(state, part, busy):
+    part_of, pinned, prev, nxt, head, tail = state
+    return last_free(prev, tail, part, busy)

@@ -1,0 +1,55 @@
+"""Count mode: hits and misses of a plain cache, transfers instant.
+
+On the same access stream this is exactly a textbook cache simulator (and
+libCacheSim): look the expert up, on a miss evict the policy's victim if the
+partition is full, insert. No expert is ever busy.
+"""
+import numpy as np
+from numba import njit
+
+from .ops import on_evict, on_hit, on_insert, victim
+
+
+@njit(cache=True)
+def count_replay(item, seg_offsets, seg_layer, part_of, part_capacity, pinned, warm, num_layers,
+                 state):
+    num_items = part_of.shape[0]
+    resident = np.zeros(num_items, np.uint8)
+    busy = np.zeros(num_items, np.uint8)
+    free = part_capacity.copy()
+    for x in range(num_items):
+        if pinned[x]:
+            resident[x] = 1  # user pins sit outside the policy and its capacity
+    for j in range(warm.shape[0]):
+        x = warm[j]
+        resident[x] = 1
+        free[part_of[x]] -= 1
+        on_insert(state, x, -1)
+    hits = np.zeros(num_layers, np.int64)
+    misses = np.zeros(num_layers, np.int64)
+    for s in range(seg_layer.shape[0]):
+        layer = seg_layer[s]
+        h = 0
+        m = 0
+        for i in range(seg_offsets[s], seg_offsets[s + 1]):
+            x = item[i]
+            if resident[x]:
+                h += 1
+                if not pinned[x]:
+                    on_hit(state, x, i)
+                continue
+            m += 1
+            p = part_of[x]
+            if part_capacity[p] == 0:
+                continue  # nothing can be cached in this partition: every access streams
+            if free[p] == 0:
+                v = victim(state, p, busy)
+                on_evict(state, v)
+                resident[v] = 0
+            else:
+                free[p] -= 1
+            resident[x] = 1
+            on_insert(state, x, i)
+        hits[layer] += h
+        misses[layer] += m
+    return hits, misses

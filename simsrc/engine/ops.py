@@ -1,0 +1,67 @@
+"""The four policy operations, resolved at compile time from the policy's state type.
+
+Each policy keeps its state in a namedtuple class of its own module; these
+generic operations find that module and inline its compiled functions. The
+engine's compiled code is then specialised by a type that pickles by name, so
+numba's on-disk cache hits in every new process. (Passing the policy's jitted
+functions as arguments would not: numba keys those by the dispatcher's memory
+address, and recompiles each run.)
+"""
+import sys
+
+from numba.core.errors import TypingError
+from numba.extending import overload
+
+
+def _policy_module(state_type):
+    cls = getattr(state_type, "instance_class", None)
+    mod = sys.modules.get(getattr(cls, "__module__", ""), None)
+    if mod is None or not all(hasattr(mod, f) for f in ("on_hit", "on_insert", "on_evict", "victim")):
+        raise TypingError(f"{state_type} is not a policy state: a policy keeps its state in a namedtuple "
+                          f"defined in its own module, next to on_hit/on_insert/on_evict/victim")
+    return mod
+
+
+def _module_of(state):
+    return sys.modules[type(state).__module__]
+
+
+# Plain-Python versions (used with NUMBA_DISABLE_JIT=1); the overloads below are what compiled code calls.
+def on_hit(state, x, t):
+    _module_of(state).on_hit(state, x, t)
+
+
+def on_insert(state, x, t):
+    _module_of(state).on_insert(state, x, t)
+
+
+def on_evict(state, x):
+    _module_of(state).on_evict(state, x)
+
+
+def victim(state, part, busy):
+    return _module_of(state).victim(state, part, busy)
+
+
+@overload(on_hit, inline="always")
+def _on_hit(state, x, t):
+    fn = _policy_module(state).on_hit
+    return lambda state, x, t: fn(state, x, t)
+
+
+@overload(on_insert, inline="always")
+def _on_insert(state, x, t):
+    fn = _policy_module(state).on_insert
+    return lambda state, x, t: fn(state, x, t)
+
+
+@overload(on_evict, inline="always")
+def _on_evict(state, x):
+    fn = _policy_module(state).on_evict
+    return lambda state, x: fn(state, x)
+
+
+@overload(victim, inline="always")
+def _victim(state, part, busy):
+    fn = _policy_module(state).victim
+    return lambda state, part, busy: fn(state, part, busy)

@@ -1,0 +1,275 @@
+"""Timed mode: a discrete-event replay of one GPU stream and a host link.
+
+Per step, per layer (a *segment*):
+  1. the layer's dense part (attention, router) runs; routing is known when it ends;
+  2. experts not resident are fetched on demand; demand fetches go before any
+     queued prefetch, but never interrupt a transfer already under way;
+  3. the layer's experts compute one after another as they become resident
+     (resident first); the GPU waits -- a *stall* -- for the ones still in flight;
+  4. the segment's prefetch plan joins the link queue behind its demand fetches.
+The link: `copy_engines` transfers may be under way at once; each pays
+`latency` before its bytes flow, and bytes share one pipe of `bandwidth`, so
+with two or more engines one transfer's latency hides behind another's bytes.
+An expert in use by the current layer or still in flight is never evicted.
+Times are float64 seconds.
+"""
+import numpy as np
+from numba import njit
+
+from .ops import on_evict, on_hit, on_insert, victim
+
+# indices of the counters array returned by timed_replay
+BYTES_DEMAND, BYTES_PREFETCH, BYTES_WASTED, PF_ISSUED, PF_USED, PF_LATE, PF_WASTED, PF_HARMFUL, \
+    PF_CANCELLED, ERROR = range(10)
+NUM_COUNTERS = 10
+ERR_CAPACITY = 1.0  # a layer needs more experts at once than its partition holds
+
+
+@njit(cache=True)
+def _transfer(issue_t, eng_free, link, latency_s, xfer_s):
+    """Schedule one transfer; returns its arrival time. link[0] = when the pipe is free."""
+    e = 0
+    for k in range(1, eng_free.shape[0]):
+        if eng_free[k] < eng_free[e]:
+            e = k
+    start = max(issue_t, eng_free[e])
+    done = max(start + latency_s, link[0]) + xfer_s
+    link[0] = done
+    eng_free[e] = done
+    return done
+
+
+@njit(cache=True)
+def _evict(v, resident, pf_unused, c, expert_bytes, state):
+    if pf_unused[v]:
+        pf_unused[v] = 0
+        c[PF_WASTED] += 1
+        c[BYTES_WASTED] += expert_bytes
+    on_evict(state, v)
+    resident[v] = 0
+
+
+@njit(cache=True)
+def _start_prefetches(until_t, min_target, clock, q, q_end, pf_offsets, pf_item, pf_target_seg, route_t,
+                      part_of, part_capacity, free, resident, busy, ready, pf_unused, evictor,
+                      inflight, n_inflight, eng_free, link, latency_s, xfer_s, expert_bytes, c,
+                      state):
+    """Start queued prefetches (FIFO) whose start time is <= until_t; returns (q, n_inflight).
+
+    A prefetch is dropped if its expert is already resident, cancelled if its
+    target layer has already routed (target < min_target), was over budget, or
+    no expert can be evicted for it.
+    """
+    while q < q_end:
+        q_seg = np.searchsorted(pf_offsets, q, side="right") - 1  # the segment that issued it
+        e = 0
+        for k in range(1, eng_free.shape[0]):
+            if eng_free[k] < eng_free[e]:
+                e = k
+        start = max(route_t[q_seg], eng_free[e])
+        if start > until_t:
+            break
+        x = pf_item[q]
+        target = pf_target_seg[q]
+        q += 1
+        if resident[x]:
+            continue
+        p = part_of[x]
+        if target < min_target or part_capacity[p] == 0:
+            c[PF_CANCELLED] += 1
+            continue
+        if free[p] == 0:
+            v = victim(state, p, busy)
+            if v < 0:
+                c[PF_CANCELLED] += 1
+                continue
+            _evict(v, resident, pf_unused, c, expert_bytes, state)
+            evictor[v] = x
+        else:
+            free[p] -= 1
+        ready[x] = _transfer(start, eng_free, link, latency_s, xfer_s)
+        resident[x] = 1
+        busy[x] = 1
+        inflight[n_inflight] = x
+        n_inflight += 1
+        pf_unused[x] = 1
+        evictor[x] = -1
+        on_insert(state, x, clock)
+        c[PF_ISSUED] += 1
+        c[BYTES_PREFETCH] += expert_bytes
+    return q, n_inflight
+
+
+@njit(cache=True)
+def timed_replay(item, seg_offsets, seg_layer, seg_step, seg_dense_s, num_steps,
+                 part_of, part_capacity, pinned, warm, num_layers,
+                 expert_bytes, bandwidth_Bps, latency_s, copy_engines,
+                 expert_flops_per_token, flops, hbm_Bps, launch_s,
+                 pf_offsets, pf_item, pf_target_seg, pf_step_cap,
+                 state):
+    num_items = part_of.shape[0]
+    num_segments = seg_layer.shape[0]
+    resident = np.zeros(num_items, np.uint8)
+    busy = np.zeros(num_items, np.uint8)
+    ready = np.zeros(num_items, np.float64)
+    in_seg = np.full(num_items, -1, np.int64)       # slot in this segment's expert list
+    pf_unused = np.zeros(num_items, np.uint8)       # prefetched and not yet used
+    evictor = np.full(num_items, -1, np.int32)      # the prefetch that pushed this expert out
+    target = pf_target_seg.copy()
+    free = part_capacity.copy()
+    for x in range(num_items):
+        if pinned[x]:
+            resident[x] = 1
+    for j in range(warm.shape[0]):
+        resident[warm[j]] = 1
+        free[part_of[warm[j]]] -= 1
+        on_insert(state, warm[j], -1)
+
+    hits = np.zeros(num_layers, np.int64)
+    misses = np.zeros(num_layers, np.int64)
+    stall = np.zeros(num_layers, np.float64)
+    step_end = np.zeros(num_steps, np.float64)
+    c = np.zeros(NUM_COUNTERS, np.float64)
+    eng_free = np.zeros(max(copy_engines, 1), np.float64)
+    link = np.zeros(1, np.float64)
+    xfer_s = expert_bytes / bandwidth_Bps
+    inflight = np.empty(num_items, np.int32)
+    n_inflight = 0
+    seg_items = np.empty(num_items, np.int32)
+    seg_tok = np.empty(num_items, np.int64)
+    seg_ready = np.empty(num_items, np.float64)
+    route_t = np.zeros(num_segments, np.float64)
+    q = 0
+    step_pf = 0
+    gpu_t = 0.0
+
+    for s in range(num_segments):
+        layer = seg_layer[s]
+        if s > 0 and seg_step[s] != seg_step[s - 1]:
+            step_pf = 0
+        gpu_t += seg_dense_s[s]
+        now = gpu_t
+        route_t[s] = now
+        # transfers that have landed free their experts for eviction
+        k = 0
+        for j in range(n_inflight):
+            x = inflight[j]
+            if ready[x] <= now:
+                busy[x] = 0
+            else:
+                inflight[k] = x
+                k += 1
+        n_inflight = k
+        q, n_inflight = _start_prefetches(
+            now, s, seg_offsets[s] - 1, q, pf_offsets[s], pf_offsets, pf_item, target, route_t,
+            part_of, part_capacity, free, resident, busy, ready, pf_unused, evictor,
+            inflight, n_inflight, eng_free, link, latency_s, xfer_s, expert_bytes, c,
+            state)
+
+        # demand: every access of the segment, in stream order
+        n_seg = 0
+        h = 0
+        m = 0
+        for i in range(seg_offsets[s], seg_offsets[s + 1]):
+            x = item[i]
+            if in_seg[x] >= 0:
+                seg_tok[in_seg[x]] += 1
+            else:
+                in_seg[x] = n_seg
+                seg_items[n_seg] = x
+                seg_tok[n_seg] = 1
+                n_seg += 1
+            if resident[x]:
+                h += 1
+                if pf_unused[x]:
+                    pf_unused[x] = 0
+                    if ready[x] <= now:
+                        c[PF_USED] += 1
+                    else:
+                        c[PF_LATE] += 1
+                if not pinned[x]:
+                    on_hit(state, x, i)
+                busy[x] = 1
+                seg_ready[in_seg[x]] = ready[x]
+                continue
+            m += 1
+            if evictor[x] >= 0:
+                if pf_unused[evictor[x]]:
+                    c[PF_HARMFUL] += 1
+                evictor[x] = -1
+            p = part_of[x]
+            issue = now
+            if part_capacity[p] > 0:
+                if free[p] == 0:
+                    v = victim(state, p, busy)
+                    while v < 0:
+                        # wait for the earliest transfer this layer does not need, then take its slot
+                        w = -1
+                        for j in range(n_inflight):
+                            y = inflight[j]
+                            if busy[y] and in_seg[y] < 0 and part_of[y] == p and (w < 0 or ready[y] < ready[w]):
+                                w = y
+                        if w < 0:
+                            c[ERROR] = ERR_CAPACITY
+                            return hits, misses, stall, step_end, c
+                        issue = max(issue, ready[w])
+                        busy[w] = 0
+                        v = victim(state, p, busy)
+                    _evict(v, resident, pf_unused, c, expert_bytes, state)
+                else:
+                    free[p] -= 1
+                resident[x] = 1
+                on_insert(state, x, i)
+            ready[x] = _transfer(issue, eng_free, link, latency_s, xfer_s)
+            c[BYTES_DEMAND] += expert_bytes
+            busy[x] = 1
+            inflight[n_inflight] = x
+            n_inflight += 1
+            seg_ready[in_seg[x]] = ready[x]
+        hits[layer] += h
+        misses[layer] += m
+
+        # compute: experts in order of arrival (insertion sort: a layer has few)
+        for a in range(1, n_seg):
+            r = seg_ready[a]
+            xi = seg_items[a]
+            tk = seg_tok[a]
+            b = a - 1
+            while b >= 0 and seg_ready[b] > r:
+                seg_ready[b + 1] = seg_ready[b]
+                seg_items[b + 1] = seg_items[b]
+                seg_tok[b + 1] = seg_tok[b]
+                b -= 1
+            seg_ready[b + 1] = r
+            seg_items[b + 1] = xi
+            seg_tok[b + 1] = tk
+        for a in range(n_seg):
+            if seg_ready[a] > gpu_t:
+                stall[layer] += seg_ready[a] - gpu_t
+                gpu_t = seg_ready[a]
+            gpu_t += max(seg_tok[a] * expert_flops_per_token / flops, expert_bytes / hbm_Bps) + launch_s
+
+        # this segment's prefetch plan joins the queue behind its demand, within the per-step cap
+        for j in range(pf_offsets[s], pf_offsets[s + 1]):
+            if pf_step_cap >= 0 and step_pf >= pf_step_cap:
+                target[j] = -1
+            else:
+                step_pf += 1
+        # prefetches that start while this layer computes must not evict its experts
+        q, n_inflight = _start_prefetches(
+            gpu_t, s + 1, seg_offsets[s + 1] - 1, q, pf_offsets[s + 1], pf_offsets, pf_item, target, route_t,
+            part_of, part_capacity, free, resident, busy, ready, pf_unused, evictor,
+            inflight, n_inflight, eng_free, link, latency_s, xfer_s, expert_bytes, c,
+            state)
+        for a in range(n_seg):
+            x = seg_items[a]
+            in_seg[x] = -1
+            if ready[x] <= gpu_t:
+                busy[x] = 0
+        step_end[seg_step[s]] = gpu_t
+
+    for x in range(num_items):
+        if pf_unused[x]:
+            c[PF_WASTED] += 1
+            c[BYTES_WASTED] += expert_bytes
+    return hits, misses, stall, step_end, c
