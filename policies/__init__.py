@@ -1,7 +1,8 @@
 """moesim.policies: one module per cache policy.
 
 Every module has the same shape: `init(num_items, part_of, part_capacity,
-stream, params) -> state` in plain Python, then four compiled operations
+stream, params) -> state` in plain Python (stream: the moesim.trace.AccessStream
+being replayed; state: a namedtuple class defined in the module), then four compiled operations
 `on_hit(state, item, t)`, `on_insert(state, item, t)`, `on_evict(state, item)`
 and `victim(state, partition, busy) -> item or -1`. `t` is the position in the
 access stream. A module may also define `warm(...)` -> items resident at start.

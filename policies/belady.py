@@ -21,9 +21,9 @@ BeladyState = namedtuple("BeladyState", "part_of base size heap pos key tie occ 
 
 def init(num_items, part_of, part_capacity, stream, params):
     # every access position of each item, item-major (CSR); cursor walks forward
-    order = np.argsort(stream, kind="stable")
+    order = np.argsort(stream.item, kind="stable")
     starts = np.zeros(num_items + 1, np.int64)
-    np.cumsum(np.bincount(stream, minlength=num_items), out=starts[1:])
+    np.cumsum(np.bincount(stream.item, minlength=num_items), out=starts[1:])
     return BeladyState(part_of, *new_heaps(num_items, part_capacity), order.astype(np.int64), starts[1:].copy(),
                        starts[:-1].copy())
 

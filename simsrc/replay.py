@@ -145,7 +145,7 @@ def replay(
             raise ValueError("the static policy pins the experts a *different* trace used most: pass train=TRACE "
                              "(--train TRACE)")
         params["train_counts"] = expert_counts(_load(train), num_layers=L, num_experts=E)
-    state = module.init(n_items, part_of, part_cap, stream.item, params)
+    state = module.init(n_items, part_of, part_cap, stream, params)
     warm = (module.warm(n_items, part_of, part_cap, params) if hasattr(module, "warm")
             else np.zeros(0, np.int32)).astype(np.int32)
     if prefetch is None:
@@ -177,12 +177,15 @@ def replay(
         "steps": stream.num_steps,
     }
     if mode == "count":
-        hits, misses = count_replay(stream.item, stream.seg_offsets, stream.seg_layer, part_of, part_cap, pinned,
-                                    warm, L, state)
+        hits, misses, c = count_replay(stream.item, stream.seg_offsets, stream.seg_layer, part_of, part_cap,
+                                       pinned, warm, L, prefetch.offsets, prefetch.item, state)
         row.update(_hit_fields(hits, misses))
         row.update({k: math.nan for k in ("stall_s", "total_s", "tpot_s", "ttft_s")})
+        row.update(_prefetch_fields(c, count_mode=True))
         row["bytes_demand"] = float(misses.sum()) * expert_bytes
-        row["bytes_moved"] = row["bytes_demand"]
+        row["bytes_prefetch"] = c[PF_ISSUED] * expert_bytes
+        row["bytes_wasted"] = c[PF_WASTED] * expert_bytes
+        row["bytes_moved"] = row["bytes_demand"] + row["bytes_prefetch"]
         if per_layer:
             row["hits_per_layer"] = hits.tolist()
             row["misses_per_layer"] = misses.tolist()
@@ -206,10 +209,8 @@ def replay(
                          f"--scope global, or replay with --prefill-chunk 1")
     row.update(_hit_fields(hits, misses))
     row.update(_time_fields(stream, step_end, stall))
+    row.update(_prefetch_fields(c))
     row.update({
-        "prefetch_issued": int(c[PF_ISSUED]), "prefetch_used": int(c[PF_USED]), "prefetch_late": int(c[PF_LATE]),
-        "prefetch_wasted": int(c[PF_WASTED]), "prefetch_harmful": int(c[PF_HARMFUL]),
-        "prefetch_cancelled": int(c[PF_CANCELLED]),
         "bytes_demand": float(c[BYTES_DEMAND]), "bytes_prefetch": float(c[BYTES_PREFETCH]),
         "bytes_wasted": float(c[BYTES_WASTED]), "bytes_moved": float(c[BYTES_DEMAND] + c[BYTES_PREFETCH]),
     })
@@ -257,6 +258,12 @@ def dense_seconds(stream: AccessStream, meta, hw: Hardware) -> np.ndarray:
                            extra_bytes / (hw.hbm_gbps * 1e9)) + 2 * hw.launch_us * 1e-6
         t = t + np.where(first, n_dense_layers * extra, 0.0)
     return t
+
+
+def _prefetch_fields(c: np.ndarray, count_mode: bool = False) -> dict[str, Any]:
+    return {"prefetch_issued": int(c[PF_ISSUED]), "prefetch_used": int(c[PF_USED]), "prefetch_late": int(c[PF_LATE]),
+            "prefetch_wasted": int(c[PF_WASTED]), "prefetch_harmful": int(c[PF_HARMFUL]),
+            "prefetch_cancelled": int(c[PF_CANCELLED])}
 
 
 def _hit_fields(hits: np.ndarray, misses: np.ndarray) -> dict[str, Any]:

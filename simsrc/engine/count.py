@@ -2,20 +2,25 @@
 
 On the same access stream this is exactly a textbook cache simulator (and
 libCacheSim): look the expert up, on a miss evict the policy's victim if the
-partition is full, insert. No expert is ever busy.
+partition is full, insert. No expert is ever busy. A prefetch plan, if given,
+inserts each segment's predicted experts right after that segment's accesses
+(so a prediction for layer l made at layer l-1 is in place when l routes).
 """
 import numpy as np
 from numba import njit
 
 from .ops import on_evict, on_hit, on_insert, victim
+from .timed import NUM_COUNTERS, PF_HARMFUL, PF_ISSUED, PF_LATE, PF_USED, PF_WASTED
 
 
 @njit(cache=True)
 def count_replay(item, seg_offsets, seg_layer, part_of, part_capacity, pinned, warm, num_layers,
-                 state):
+                 pf_offsets, pf_item, state):
     num_items = part_of.shape[0]
     resident = np.zeros(num_items, np.uint8)
     busy = np.zeros(num_items, np.uint8)
+    pf_unused = np.zeros(num_items, np.uint8)
+    evictor = np.full(num_items, -1, np.int32)
     free = part_capacity.copy()
     for x in range(num_items):
         if pinned[x]:
@@ -27,6 +32,7 @@ def count_replay(item, seg_offsets, seg_layer, part_of, part_capacity, pinned, w
         on_insert(state, x, -1)
     hits = np.zeros(num_layers, np.int64)
     misses = np.zeros(num_layers, np.int64)
+    c = np.zeros(NUM_COUNTERS, np.float64)
     for s in range(seg_layer.shape[0]):
         layer = seg_layer[s]
         h = 0
@@ -35,15 +41,25 @@ def count_replay(item, seg_offsets, seg_layer, part_of, part_capacity, pinned, w
             x = item[i]
             if resident[x]:
                 h += 1
+                if pf_unused[x]:
+                    pf_unused[x] = 0
+                    c[PF_USED] += 1
                 if not pinned[x]:
                     on_hit(state, x, i)
                 continue
             m += 1
+            if evictor[x] >= 0:
+                if pf_unused[evictor[x]]:
+                    c[PF_HARMFUL] += 1
+                evictor[x] = -1
             p = part_of[x]
             if part_capacity[p] == 0:
                 continue  # nothing can be cached in this partition: every access streams
             if free[p] == 0:
                 v = victim(state, p, busy)
+                if pf_unused[v]:
+                    pf_unused[v] = 0
+                    c[PF_WASTED] += 1
                 on_evict(state, v)
                 resident[v] = 0
             else:
@@ -52,4 +68,28 @@ def count_replay(item, seg_offsets, seg_layer, part_of, part_capacity, pinned, w
             on_insert(state, x, i)
         hits[layer] += h
         misses[layer] += m
-    return hits, misses
+        clock = seg_offsets[s + 1] - 1
+        for j in range(pf_offsets[s], pf_offsets[s + 1]):
+            x = pf_item[j]
+            p = part_of[x]
+            if resident[x] or part_capacity[p] == 0:
+                continue
+            if free[p] == 0:
+                v = victim(state, p, busy)
+                if pf_unused[v]:
+                    pf_unused[v] = 0
+                    c[PF_WASTED] += 1
+                on_evict(state, v)
+                resident[v] = 0
+                evictor[v] = x
+            else:
+                free[p] -= 1
+            resident[x] = 1
+            pf_unused[x] = 1
+            evictor[x] = -1
+            on_insert(state, x, clock)
+            c[PF_ISSUED] += 1
+    for x in range(num_items):
+        if pf_unused[x]:
+            c[PF_WASTED] += 1
+    return hits, misses, c

@@ -27,6 +27,7 @@ class AccessStream:
     seg_tokens: np.ndarray      # int32 [segments]: tokens (rows) in the segment
     seg_row_offsets: np.ndarray  # int64 [segments+1]: each segment's slice of `row_order`
     row_order: np.ndarray       # int64 [rows]: trace rows in stream order
+    row_request: np.ndarray     # int32 [rows]: request id of each row, in stream order
     step_phase: np.ndarray      # uint8 [steps]: DECODE if the step holds any decode token
     step_tokens: np.ndarray     # int32 [steps]: tokens processed in the step
     step_outputs: np.ndarray    # int32 [steps]: tokens the step emits to users (decode, or replayed-as-decoded)
@@ -127,6 +128,7 @@ def access_stream(trace: Trace, *, prefill_chunk: int = 1) -> AccessStream:
         seg_tokens=np.diff(seg_row_offsets).astype(np.int32),
         seg_row_offsets=seg_row_offsets,
         row_order=order.astype(np.int64),
+        row_request=req[order].astype(np.int32),
         step_phase=step_phase,
         step_tokens=step_tokens_rows.astype(np.int32),
         step_outputs=step_outputs.astype(np.int32),
