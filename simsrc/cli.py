@@ -43,6 +43,109 @@ def main() -> None:
 
 # ---- commands (each section: parse, call one library function, print) ----
 
+
+# ---- replay
+@main.command()
+@click.argument("trace", type=click.Path(dir_okay=False))
+@click.option("--policy", default="lru", show_default=True, help="lru, fifo, lfu, lfuda, belady, random, static, ...")
+@click.option("--capacity", default="10%", show_default=True, help="10% of all experts, 166 experts, 4/layer or 12GiB")
+@click.option("--scope", type=click.Choice(["global", "per-layer"]), default="global", show_default=True)
+@click.option("--mode", type=click.Choice(["timed", "count"]), default="timed", show_default=True)
+@click.option("--hardware", default="a100-pcie4", show_default=True, help="a preset (moesim hardware lists them)")
+@click.option("--bandwidth", default=None, help="override the host link, e.g. 25GB/s")
+@click.option("--latency", default=None, help="override per-transfer latency, e.g. 10us")
+@click.option("--copy-engines", type=int, default=None, help="override concurrent transfers")
+@click.option("--gpu-tflops", type=float, default=None, help="override dense tensor TFLOP/s")
+@click.option("--hbm", default=None, help="override GPU memory bandwidth, e.g. 2000GB/s")
+@click.option("--bytes-per-expert", default=None, help="override the trace's expert size, e.g. 17MB")
+@click.option("--prefill-chunk", type=int, default=1, show_default=True,
+              help="prefill tokens per step: 1 replays prompts as if decoded, 0 keeps recorded steps")
+@click.option("--pin", "pins", multiple=True, help="LAYER:EXPERT kept resident outside the policy (repeatable)")
+@click.option("--train", default=None, type=click.Path(dir_okay=False), help="training trace (static policy)")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--per-layer", is_flag=True, help="also show hits, misses and stall per layer")
+@click.option("--json", "as_json", is_flag=True, help="print the result row as JSON")
+@friendly_errors
+def replay(trace, policy, capacity, scope, mode, hardware, bandwidth, latency, copy_engines, gpu_tflops, hbm,
+           bytes_per_expert, prefill_chunk, pins, train, seed, per_layer, as_json) -> None:
+    """Replay TRACE against one cache configuration and print the result row."""
+    from .replay import replay as run_replay
+    pin = []
+    for p in pins:
+        layer, _, expert = p.partition(":")
+        if not (layer.isdigit() and expert.isdigit()):
+            raise click.BadParameter(f"{p!r}: write LAYER:EXPERT, e.g. 3:17", param_hint="--pin")
+        pin.append((int(layer), int(expert)))
+    row = run_replay(trace, policy=policy, capacity=capacity, scope=scope, mode=mode, hardware=hardware,
+                     bandwidth=bandwidth, latency=latency, copy_engines=copy_engines, gpu_tflops=gpu_tflops,
+                     hbm=hbm, bytes_per_expert=bytes_per_expert, prefill_chunk=prefill_chunk, pin=pin,
+                     train=train, seed=seed, per_layer=per_layer)
+    if as_json:
+        echo_json(row)
+        return
+    click.echo(format_row(row))
+
+
+def format_row(row: dict) -> str:
+    """The result row as a short human table: inputs, then what they cost."""
+    def num(v, unit=""):
+        if isinstance(v, float):
+            if v != v:
+                return "-"
+            return f"{v:.4g}{unit}"
+        return f"{v:,}{unit}" if isinstance(v, int) else f"{v}{unit}"
+
+    lines = [f"{row['trace']}  ({row['model']})",
+             f"policy {row['policy']}, predictor {row['predictor']}, capacity {row['capacity']} = "
+             f"{row['capacity_experts']} experts ({row['capacity_fraction']:.1%}), scope {row['scope']}, "
+             f"mode {row['mode']}"]
+    if row["mode"] == "timed":
+        lines.append(f"hardware {row['hardware']}: link {num(row['bandwidth_gbps'])} GB/s, "
+                     f"{num(row['latency_us'])} us/transfer, {row['copy_engines']} copy engines; "
+                     f"GPU {num(row['gpu_tflops'])} TFLOP/s, {num(row['hbm_gbps'])} GB/s HBM")
+    lines.append("")
+    table = [("accesses", num(row["accesses"])), ("hits", num(row["hits"])), ("misses", num(row["misses"])),
+             ("hit rate", f"{row['hit_rate']:.2%}")]
+    if row.get("prefetch_issued"):
+        table += [("prefetches issued", num(row["prefetch_issued"])), ("  used", num(row["prefetch_used"])),
+                  ("  late", num(row["prefetch_late"])), ("  wasted", num(row["prefetch_wasted"])),
+                  ("  harmful", num(row["prefetch_harmful"]))]
+    table.append(("GB moved", num(row["bytes_moved"] / 1e9)))
+    if row["mode"] == "timed":
+        table += [("total time", num(row["total_s"], " s")), ("stall time", num(row["stall_s"], " s")),
+                  ("stall share", f"{row['stall_s'] / row['total_s']:.1%}" if row["total_s"] else "-"),
+                  ("time per output token", num(row["tpot_s"] * 1e3, " ms")),
+                  ("time to first token", num(row["ttft_s"] * 1e3, " ms"))]
+    width = max(len(k) for k, _ in table)
+    lines += [f"  {k:<{width}}  {v:>14}" for k, v in table]
+    if "hits_per_layer" in row:
+        lines += ["", "  layer      hits    misses  hit rate" + ("   stall s" if "stall_per_layer_s" in row else "")]
+        for i, (h, m) in enumerate(zip(row["hits_per_layer"], row["misses_per_layer"])):
+            stall = f"  {row['stall_per_layer_s'][i]:8.4f}" if "stall_per_layer_s" in row else ""
+            lines.append(f"  {i:5d}  {h:8d}  {m:8d}  {h / max(h + m, 1):8.2%}{stall}")
+    return "\n".join(lines)
+
+
+# ---- hardware
+@main.command("hardware")
+@click.option("--json", "as_json", is_flag=True)
+def hardware_cmd(as_json) -> None:
+    """List the hardware presets and where each figure comes from."""
+    import dataclasses
+
+    from .hardware import PRESETS
+    if as_json:
+        echo_json({n: dataclasses.asdict(h) for n, h in PRESETS.items()})
+        return
+    click.echo(f"{'preset':<16}{'link GB/s':>10}{'lat us':>8}{'engines':>8}{'TFLOP/s':>9}{'HBM GB/s':>10}")
+    for h in PRESETS.values():
+        click.echo(f"{h.name:<16}{h.bandwidth_gbps:>10g}{h.latency_us:>8g}{h.copy_engines:>8d}"
+                   f"{h.gpu_tflops:>9g}{h.hbm_gbps:>10g}")
+    click.echo("")
+    for h in PRESETS.values():
+        click.echo(f"{h.name}: {h.source}")
+
+
 # ---- convert
 @main.command()
 @click.argument("src", nargs=-1, required=True)
@@ -83,7 +186,6 @@ def convert(src, fmt, out, model, num_experts, moe_layers, num_layers, prompt_le
                f"({m.source.get('name')}, lacks: {', '.join(m.lacks) or 'nothing'}) in {time.perf_counter() - t0:.1f} s")
 
 
-
 # ---- inspect
 @main.command()
 @click.argument("trace", type=click.Path(dir_okay=False))
@@ -98,6 +200,52 @@ def inspect(trace: str, as_json: bool, batch_rows: int) -> None:
         echo_json(report_json(report))
     else:
         click.echo(format_report(report))
+
+
+# ---- synth
+@main.command()
+@click.option("--like", "like", type=click.Path(dir_okay=False), help="Fit the generator to this real trace.")
+@click.option("--model", "model_path", type=click.Path(dir_okay=False), help="Sample a saved synth model (.npz/.json).")
+@click.option("--save-model", type=click.Path(dir_okay=False), help="Also save the fitted/parametric model (.npz/.json).")
+@click.option("--layers", type=int, help="Parametric: MoE layers.")
+@click.option("--experts", type=int, help="Parametric: experts per layer.")
+@click.option("--top-k", type=int, help="Parametric: experts per token and layer.")
+@click.option("--zipf", type=float, default=1.0, show_default=True, help="Parametric: popularity Zipf exponent.")
+@click.option("--reuse", type=float, default=0.0, show_default=True,
+              help="Parametric: keep probability of each previous-token expert.")
+@click.option("--coupling", type=float, default=0.0, show_default=True,
+              help="Parametric: pull of the previous layer's experts (0 = none).")
+@click.option("--prompt-tokens", type=int, default=64, show_default=True, help="Parametric: prompt length.")
+@click.option("--decode-tokens", type=int, default=64, show_default=True, help="Parametric: generated tokens.")
+@click.option("--bytes-per-expert", type=int, default=0, show_default=True, help="Parametric: model card field.")
+@click.option("--tokens", type=int, required=True, help="Tokens to generate.")
+@click.option("--requests", type=int, default=None, help="Requests (default: tokens / mean request length).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="Output trace (.parquet).")
+@friendly_errors
+def synth(like, model_path, save_model, layers, experts, top_k, zipf, reuse, coupling, prompt_tokens,
+          decode_tokens, bytes_per_expert, tokens, requests, seed, out) -> None:
+    """Write a synthetic trace: fitted to a real one (--like), from a saved model, or parametric."""
+    from .trace import write_trace
+    from .trace.synth import SynthModel, fit, parametric, sample
+    if sum(x is not None for x in (like, model_path, layers)) != 1:
+        raise click.UsageError("give exactly one of --like TRACE, --model FILE, or --layers/--experts/--top-k")
+    if like:
+        model = fit(like, seed=seed)
+    elif model_path:
+        model = SynthModel.load(model_path)
+    else:
+        if experts is None or top_k is None:
+            raise click.UsageError("parametric mode needs --layers, --experts and --top-k")
+        model = parametric(layers=layers, experts=experts, top_k=top_k, zipf_s=zipf, reuse_p=reuse,
+                           coupling=coupling, seed=seed, prompt_tokens=prompt_tokens,
+                           decode_tokens=decode_tokens, bytes_per_expert=bytes_per_expert)
+    if save_model:
+        model.save(save_model)
+    trace = sample(model, tokens=tokens, requests=requests, seed=seed)
+    write_trace(trace, out)
+    click.echo(f"wrote {out}: {trace.num_rows:,} rows, {tokens:,} tokens, "
+               f"{trace.table.column('request_id')[-1].as_py() + 1:,} requests, seed {seed}")
 
 
 # ---- record
