@@ -18,6 +18,7 @@ POLICIES = {
     "belady": "belady",
     "random": "random",
     "static": "static",
+    "moe-infinity": "moe_infinity",
 }
 
 

@@ -102,6 +102,11 @@ def replay(
     seed: int = 0,
     per_layer: bool = False,
     stream: AccessStream | None = None,
+    horizon: int = 1,
+    top_n: int | None = None,
+    threshold: float | None = None,
+    prefetch_bytes_per_step: str | float | None = None,
+    adaptive: bool = False,
 ) -> dict[str, Any]:
     """Replay a trace against one cache configuration; returns the result row (a flat dict).
 
@@ -110,7 +115,12 @@ def replay(
     mode: 'timed' (discrete-event, with the link and compute) or 'count' (hits only).
     prefill_chunk: prefill tokens per step; 1 replays prompts as if decoded, 0 keeps recorded steps.
     pin: (layer, expert) pairs resident throughout, outside the policy and its capacity.
-    train: a different trace whose expert frequencies drive the 'static' policy.
+    train: a different trace whose expert frequencies drive the 'static' policy (and the
+    moe-infinity and frequency predictors).
+    predictor: none, previous, recorded, moe-infinity, learned:MODEL, frequency, oracle (moesim.predict);
+    it builds the prefetch plan unless `prefetch` is given. horizon: layers ahead (the cap when adaptive);
+    top_n: experts per target layer (default top-k); threshold: least score; prefetch_bytes_per_step:
+    most prefetch bytes started per step; adaptive: pick the horizon that lands prefetches just in time.
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
@@ -148,6 +158,13 @@ def replay(
     state = module.init(n_items, part_of, part_cap, stream, params)
     warm = (module.warm(n_items, part_of, part_cap, params) if hasattr(module, "warm")
             else np.zeros(0, np.int32)).astype(np.int32)
+    horizon_used = 0
+    if prefetch is None and predictor != "none":
+        from .predict import plan as prefetch_plan
+        prefetch, horizon_used = prefetch_plan(
+            tr, stream, predictor, hardware=hw, expert_bytes=expert_bytes, horizon=horizon, top_n=top_n,
+            threshold=threshold, adaptive=adaptive, train=train,
+            step_cap_bytes=None if prefetch_bytes_per_step is None else parse_bytes(prefetch_bytes_per_step))
     if prefetch is None:
         prefetch = Prefetch.none(stream.num_segments)
 
@@ -156,6 +173,11 @@ def replay(
         "model": meta.model,
         "policy": policy,
         "predictor": predictor,
+        "horizon": horizon_used,
+        "top_n": top_n if top_n is not None else (stream.top_k if predictor != "none" else 0),
+        "threshold": threshold,
+        "prefetch_bytes_per_step": None if prefetch_bytes_per_step is None else str(prefetch_bytes_per_step),
+        "adaptive": adaptive,
         "capacity": str(capacity),
         "capacity_experts": int(part_cap.sum()) + int(pinned.sum()),
         "capacity_fraction": (int(part_cap.sum()) + int(pinned.sum())) / n_items,

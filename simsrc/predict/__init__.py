@@ -1,0 +1,139 @@
+"""Prefetch predictors: each turns a trace into ranked, causal guesses of the experts layers will need.
+
+    none            demand fetch only
+    previous        this layer's experts of the previous step
+    recorded        the trace's own pred_h<N> columns (speculative gates, MoE-Beyond's model)
+    moe-infinity    activation-matrix matching against training requests (arXiv 2401.14361)
+    learned:MODEL   a model fitted with `moesim fit-predictor` (.npz co-activation, or a torch GRU)
+    frequency       each layer's most used experts in a training trace
+    oracle          the true future: the bound on what any predictor could give (not causal)
+
+`predict()` gives the Predictions; `plan()` applies horizon and budget and
+returns the engine's prefetch plan; `score()` (moesim.predict.score) grades them.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..hardware import Hardware
+from ..trace import AccessStream, Trace, access_stream, read_trace
+from . import history, learned, moe_infinity, recorded
+from .base import Predictions
+from .plan import adaptive_horizon, select, to_plan
+
+PREDICTORS = ("none", "previous", "recorded", "moe-infinity", "learned:MODEL", "frequency", "oracle")
+NEEDS_TRAIN = ("moe-infinity", "frequency")
+NOT_CAUSAL = ("oracle",)
+
+
+def _trace(t: Trace | str | os.PathLike) -> Trace:
+    return t if isinstance(t, Trace) else read_trace(t)
+
+
+def load_model(path: str | os.PathLike):
+    """A fitted predictor: .npz -> the numpy co-activation model, anything else -> a torch GRU state_dict."""
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"{path}: no such predictor model; fit one with `moesim fit-predictor TRAIN --out {path}`")
+    with open(path, "rb") as f:
+        zip_magic = f.read(4) == b"PK\x03\x04"
+    if path.suffix == ".npz" or (zip_magic and path.suffix != ".pt"):
+        try:
+            return learned.CoactivationModel.load(path)
+        except ValueError:
+            if path.suffix == ".npz":
+                raise
+    from .learned_torch import GruModel
+    return GruModel.load(path)
+
+
+def predict(trace: Trace | str | os.PathLike, predictor: str = "recorded", *, stream: AccessStream | None = None,
+            horizon: int = 1, top_n: int | None = None, train: Trace | str | os.PathLike | None = None,
+            prefill_chunk: int = 1, model=None) -> Predictions:
+    """Ranked predictions of `predictor` for every segment of the (replayed) trace, horizons 1..horizon.
+
+    top_n: candidates kept per (issuing segment, target layer); default the trace's top-k.
+    train: a *different* trace (moe-infinity, frequency). model: an already loaded learned model.
+    """
+    tr = _trace(trace)
+    if stream is None:
+        stream = access_stream(tr, prefill_chunk=prefill_chunk)
+    if horizon < 0:
+        raise ValueError(f"horizon must be >= 0, got {horizon}")
+    n = stream.top_k if top_n is None else int(top_n)
+    if n < 1:
+        raise ValueError(f"top_n must be >= 1, got {top_n}")
+    name = predictor.strip()
+    kind = name.split(":", 1)[0].lower().replace("_", "-")
+    if kind == "none" or horizon == 0:
+        return Predictions.empty(kind)
+    if kind in NEEDS_TRAIN and train is None:
+        raise ValueError(f"the {kind} predictor learns from a *different* trace: pass train=TRACE (--train TRACE)")
+    if kind == "previous":
+        return history.previous(stream, horizon=horizon, top_n=n)
+    if kind == "recorded":
+        return recorded.recorded(tr, stream, horizon=horizon, top_n=n)
+    if kind == "frequency":
+        return history.frequency(stream, _trace(train), horizon=horizon, top_n=n)
+    if kind == "oracle":
+        return history.oracle(stream, horizon=horizon, top_n=n)
+    if kind == "moe-infinity":
+        return moe_infinity.moe_infinity(stream, _trace(train), horizon=horizon, top_n=n)
+    if kind == "learned":
+        if model is None:
+            path = name.split(":", 1)[1] if ":" in name else ""
+            if not path:
+                raise ValueError("write the learned predictor as learned:MODEL, MODEL a file from "
+                                 "`moesim fit-predictor`")
+            model = load_model(path)
+        if isinstance(model, learned.CoactivationModel):
+            return learned.learned(stream, model, horizon=horizon, top_n=n)
+        from .learned_torch import learned_gru
+        return learned_gru(stream, model, horizon=horizon, top_n=n)
+    raise ValueError(f"unknown predictor {predictor!r}; choose one of {', '.join(PREDICTORS)}")
+
+
+def plan(trace: Trace, stream: AccessStream, predictor: str, *, hardware: Hardware, expert_bytes: float,
+         horizon: int = 1, top_n: int | None = None, threshold: float | None = None,
+         step_cap_bytes: float | None = None, adaptive: bool = False,
+         train: Trace | str | os.PathLike | None = None):
+    """(Prefetch plan, the horizon used) for replay: predictions cut to the horizon and the budget.
+
+    adaptive: horizon becomes the cap; the plan keeps only the horizon whose lead
+    time just covers one layer's prefetches on this hardware's link.
+    """
+    pred = predict(trace, predictor, stream=stream, horizon=horizon, top_n=top_n, train=train)
+    used = horizon
+    if adaptive and len(pred):
+        per_layer = stream.top_k if top_n is None else int(top_n)
+        used = adaptive_horizon(stream, trace.meta, hardware, expert_bytes, per_layer, int(pred.horizon.max()))
+        pred = select(pred, only_horizon=used, threshold=threshold)
+    else:
+        pred = select(pred, horizon=horizon, threshold=threshold)
+    step_cap = -1
+    if step_cap_bytes is not None:
+        if not expert_bytes:
+            raise ValueError("a bytes-per-step prefetch cap needs the expert size: pass bytes_per_expert")
+        step_cap = int(step_cap_bytes // expert_bytes)
+    return to_plan(pred, stream.num_segments, step_cap=step_cap), used
+
+
+def fit_predictor(train: list[Trace | str | os.PathLike], out: str | os.PathLike, *, kind: str = "coactivation",
+                  horizon: int = 1, **options):
+    """Fit a learned predictor on training traces and save it (.npz, or a torch state_dict for 'gru')."""
+    traces = [_trace(t) for t in train]
+    if not traces:
+        raise ValueError("fit-predictor needs at least one training trace")
+    if kind == "coactivation":
+        model = learned.fit(traces, horizon=horizon, **options)
+    elif kind == "gru":
+        from .learned_torch import fit_gru
+        model = fit_gru(traces, **options)
+    else:
+        raise ValueError(f"unknown learned predictor kind {kind!r}; choose coactivation or gru")
+    model.save(out)
+    return model
+
+
+__all__ = ["PREDICTORS", "Predictions", "fit_predictor", "load_model", "plan", "predict"]
