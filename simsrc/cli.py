@@ -270,6 +270,9 @@ def record(model_path, prompts, out, max_new_tokens, batch_size, device, dtype, 
     from .record import read_prompts, record as record_trace
     from .record.recorder import require_torch
     require_torch()
+    import signal
+    # a polite kill (SIGTERM) unwinds like Ctrl-C, so the trace on disk holds every finished batch
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     prompt_list = read_prompts(prompts)
     tokens = [0]
 

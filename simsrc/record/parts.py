@@ -12,6 +12,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..trace import TraceMeta, TraceWriter, read_meta, write_trace
@@ -23,9 +24,15 @@ def parts_dir(out: Path) -> Path:
 
 
 class Parts:
+    # Parts up to this many rows in all are also kept in memory, so assembling
+    # after each batch writes them without reading every part back.
+    CACHE_ROWS = 2_000_000
+
     def __init__(self, out: Path):
         self.out = out
         self.dir = parts_dir(out)
+        self._cache: dict[str, pa.Table] = {}
+        self._cached_rows = 0
 
     def files(self) -> list[Path]:
         # dot-files are TraceWriter temporaries of a part that never finished
@@ -48,7 +55,21 @@ class Parts:
             shutil.copyfile(self.out, self.dir / "part-000000000.parquet")
 
     def write(self, trace, first_step: int) -> Path:
-        return write_trace(trace, self.dir / f"part-{first_step:09d}.parquet")
+        path = write_trace(trace, self.dir / f"part-{first_step:09d}.parquet")
+        self._remember(path.name, trace.table)
+        return path
+
+    def _remember(self, name: str, table: pa.Table) -> None:
+        if self._cached_rows + table.num_rows <= self.CACHE_ROWS:
+            self._cache[name] = table
+            self._cached_rows += table.num_rows
+
+    def _table(self, path: Path) -> pa.Table:
+        table = self._cache.get(path.name)
+        if table is None:
+            table = pq.read_table(path)
+            self._remember(path.name, table)
+        return table
 
     def metas(self) -> list[TraceMeta]:
         return [read_meta(p) for p in self.files()]
@@ -60,7 +81,7 @@ class Parts:
         rows = 0
         with TraceWriter(self.out, schema) as w:
             for p in files:
-                table = pq.read_table(p).replace_schema_metadata(schema.metadata)
+                table = self._table(p).replace_schema_metadata(schema.metadata)
                 if table.schema != schema:
                     raise ValueError(f"{p}: columns {table.schema.names} differ from the first part's "
                                      f"{schema.names}; the recording settings changed between runs")

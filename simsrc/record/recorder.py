@@ -23,10 +23,11 @@ from .card import model_card
 from .parts import Parts
 from .prompts import Prompt, read_prompts
 
-# Re-assemble the output after every batch while it is small; beyond this,
-# only once it has grown by an eighth (and always at the end or on Ctrl-C),
-# so a long recording does not rewrite its whole file per batch.
-ASSEMBLE_ALWAYS_ROWS = 2_000_000
+# The output is re-assembled after a batch while assembling has taken at most
+# this share of the recording's time so far (and always at the end, on Ctrl-C
+# or on an error): a long recording does not spend its time rewriting its
+# file, and the parts folder always holds every finished batch for --resume.
+ASSEMBLE_SHARE = 0.05
 
 INSTALL_HINT = "the recorder needs torch and transformers: pip install 'moesim[record]'"
 
@@ -137,6 +138,7 @@ def record(model, prompts, out, *, max_new_tokens: int = 128, batch_size: int = 
     pad = _pad_id(model, eos)
     summary = RecordSummary(out, 0, len(prompt_list) - len(todo), 0, 0, 0, 0.0)
     assembled_rows = pending_rows = 0
+    assemble_s = 0.0
     if parts.exists():  # resuming: the output may lag its parts if the last run was killed
         assembled_rows = parts.assemble(_final_meta(card, settings, done))
     if progress is not None and summary.skipped:
@@ -158,8 +160,10 @@ def record(model, prompts, out, *, max_new_tokens: int = 128, batch_size: int = 
                 summary.steps += steps
                 summary.generated.update(generated)
                 pending_rows += trace.num_rows
-                if assembled_rows < ASSEMBLE_ALWAYS_ROWS or pending_rows * 8 >= assembled_rows:
+                if assemble_s <= ASSEMBLE_SHARE * (time.perf_counter() - t0):
+                    ta = time.perf_counter()
                     assembled_rows = parts.assemble(_final_meta(card, settings, done))
+                    assemble_s += time.perf_counter() - ta
                     pending_rows = 0
                 if progress is not None:
                     progress(len(batch), tokens)
