@@ -44,6 +44,37 @@ def main() -> None:
 # ---- commands (each section: parse, call one library function, print) ----
 
 
+# ---- grid
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="Results Parquet file; also the checkpoint: run the same command again to resume.")
+@click.option("--jobs", type=int, default=None, help="Local worker processes (default: CPU cores).")
+@click.option("--executor", type=click.Choice(["local", "dask"]), default="local", show_default=True)
+@click.option("--address", default=None, help="Dask scheduler, e.g. tcp://10.0.0.5:8786 (default: a local cluster).")
+@click.option("--restart", is_flag=True, help="Discard the rows already in --out (e.g. after changing the spec).")
+@click.option("--dry-run", is_flag=True, help="Only expand the spec and say how many runs it has.")
+@friendly_errors
+def grid(spec, out, jobs, executor, address, restart, dry_run) -> None:
+    """Run every combination a grid SPEC (TOML) names; one row per run in --out."""
+    import os
+    from .grid import ResultFile, expand, run_grid
+    g = expand(spec)
+    done = 0 if restart else len(ResultFile(out, g).done)
+    where = f"dask at {address}" if executor == "dask" and address else (
+        f"{executor}, {jobs or os.cpu_count()} workers")
+    click.echo(f"{g.name}: {len(g):,} runs, {done:,} already in {out}, {len(g) - done:,} to run ({where})",
+               err=True)
+    if dry_run:
+        return
+    with click.progressbar(length=len(g) - done, label="runs", show_eta=True, show_pos=True,
+                           file=sys.stderr) as bar:
+        report = run_grid(g, out, jobs=jobs, executor=executor, address=address, restart=restart,
+                          progress=bar.update)
+    failed = f", {report.failed} failed (see the error column)" if report.failed else ""
+    click.echo(f"wrote {report.out}: {report.runs:,} rows ({report.ran:,} run now{failed}) in {report.seconds:.1f} s")
+
+
 # ---- replay
 @main.command()
 @click.argument("trace", type=click.Path(dir_okay=False))
@@ -65,9 +96,17 @@ def main() -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--per-layer", is_flag=True, help="also show hits, misses and stall per layer")
 @click.option("--json", "as_json", is_flag=True, help="print the result row as JSON")
+@click.option("--predictor", default="none", show_default=True,
+              help="prefetch predictor: none, previous, recorded, moe-infinity, learned:MODEL, frequency, oracle")
+@click.option("--horizon", type=int, default=1, show_default=True, help="prefetch this many layers ahead (cap if --adaptive)")
+@click.option("--top-n", type=int, default=None, help="experts prefetched per target layer (default: top-k)")
+@click.option("--threshold", type=float, default=None, help="prefetch only predictions scoring at least this")
+@click.option("--prefetch-bytes-per-step", default=None, help="most prefetch bytes started per step, e.g. 200MB")
+@click.option("--adaptive", is_flag=True, help="pick the horizon so prefetches land just in time (ExpertFlow)")
 @friendly_errors
 def replay(trace, policy, capacity, scope, mode, hardware, bandwidth, latency, copy_engines, gpu_tflops, hbm,
-           bytes_per_expert, prefill_chunk, pins, train, seed, per_layer, as_json) -> None:
+           bytes_per_expert, prefill_chunk, pins, train, seed, per_layer, as_json, predictor, horizon, top_n,
+           threshold, prefetch_bytes_per_step, adaptive) -> None:
     """Replay TRACE against one cache configuration and print the result row."""
     from .replay import replay as run_replay
     pin = []
@@ -79,7 +118,9 @@ def replay(trace, policy, capacity, scope, mode, hardware, bandwidth, latency, c
     row = run_replay(trace, policy=policy, capacity=capacity, scope=scope, mode=mode, hardware=hardware,
                      bandwidth=bandwidth, latency=latency, copy_engines=copy_engines, gpu_tflops=gpu_tflops,
                      hbm=hbm, bytes_per_expert=bytes_per_expert, prefill_chunk=prefill_chunk, pin=pin,
-                     train=train, seed=seed, per_layer=per_layer)
+                     train=train, seed=seed, per_layer=per_layer, predictor=predictor, horizon=horizon,
+                     top_n=top_n, threshold=threshold, prefetch_bytes_per_step=prefetch_bytes_per_step,
+                     adaptive=adaptive)
     if as_json:
         echo_json(row)
         return
@@ -124,6 +165,75 @@ def format_row(row: dict) -> str:
             stall = f"  {row['stall_per_layer_s'][i]:8.4f}" if "stall_per_layer_s" in row else ""
             lines.append(f"  {i:5d}  {h:8d}  {m:8d}  {h / max(h + m, 1):8.2%}{stall}")
     return "\n".join(lines)
+
+
+# ---- fit-predictor
+@main.command("fit-predictor")
+@click.argument("train", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="model file: .npz (coactivation) or .pt (gru)")
+@click.option("--kind", type=click.Choice(["coactivation", "gru"]), default="coactivation", show_default=True,
+              help="coactivation: numpy, seconds; gru: a small PyTorch sequence model (needs torch)")
+@click.option("--horizon", type=int, default=1, show_default=True, help="coactivation: fit horizons 1..H")
+@click.option("--epochs", type=int, default=4, show_default=True, help="gru: passes over the training steps")
+@click.option("--hidden", type=int, default=128, show_default=True, help="gru: hidden size")
+@friendly_errors
+def fit_predictor_cmd(train, out, kind, horizon, epochs, hidden) -> None:
+    """Fit a learned prefetch predictor on TRAIN traces (never the ones you evaluate on)."""
+    import time
+    from .predict import fit_predictor
+    t0 = time.perf_counter()
+    options = {"epochs": epochs, "hidden": hidden} if kind == "gru" else {}
+    fit_predictor(list(train), out, kind=kind, horizon=horizon, **options)
+    click.echo(f"wrote {out}: {kind} predictor fitted on {len(train)} trace(s) in {time.perf_counter() - t0:.1f} s; "
+               f"use it with --predictor learned:{out}")
+
+
+# ---- score-predictor
+@main.command("score-predictor")
+@click.argument("trace", type=click.Path(dir_okay=False))
+@click.option("--predictor", default="recorded", show_default=True,
+              help="previous, recorded, moe-infinity, learned:MODEL, frequency, oracle")
+@click.option("--horizon", type=int, default=1, show_default=True, help="score horizons 1..H")
+@click.option("--top-n", type=int, default=None, help="predictions per target layer (default: top-k)")
+@click.option("--threshold", type=float, default=None, help="keep only predictions scoring at least this")
+@click.option("--train", default=None, type=click.Path(dir_okay=False), help="training trace (moe-infinity, frequency)")
+@click.option("--prefill-chunk", type=int, default=1, show_default=True, help="as in replay")
+@click.option("--hardware", default="a100-pcie4", show_default=True, help="for the in-time fraction")
+@click.option("--bandwidth", default=None, help="override the host link, e.g. 25GB/s")
+@click.option("--moe-beyond", "moe_beyond", is_flag=True,
+              help="also the cache hit rate under MoE-Beyond's protocol (per-prompt cold LRU, 10 %, 10-token warm-up)")
+@click.option("--json", "as_json", is_flag=True, help="print the scorecard as JSON")
+@friendly_errors
+def score_predictor_cmd(trace, predictor, horizon, top_n, threshold, train, prefill_chunk, hardware, bandwidth,
+                        moe_beyond, as_json) -> None:
+    """Precision, recall and F1 of a predictor on TRACE (all, per horizon, per layer), and how many land in time."""
+    from .hardware import get_hardware, parse_bandwidth_gbps
+    from .predict import predict
+    from .predict.plan import select
+    from .predict.score import format_scorecard, score
+    from .trace import access_stream, read_trace
+    tr = read_trace(trace)
+    train_tr = read_trace(train) if train else None
+    stream = access_stream(tr, prefill_chunk=prefill_chunk)
+    pred = select(predict(tr, predictor, stream=stream, horizon=horizon, top_n=top_n, train=train_tr),
+                  threshold=threshold)
+    hw = get_hardware(hardware).with_overrides(
+        bandwidth_gbps=None if bandwidth is None else parse_bandwidth_gbps(bandwidth))
+    card = score(pred, stream, meta=tr.meta, hardware=hw, expert_bytes=float(tr.meta.bytes_per_expert))
+    card["trace"] = trace
+    if moe_beyond:
+        from .predict.moe_beyond import engine_protocol
+        card["moe_beyond"] = {"without": engine_protocol(tr, "none"),
+                              "with": engine_protocol(tr, predictor, train=train_tr, top_n=top_n)}
+    if as_json:
+        echo_json(card)
+        return
+    click.echo(format_scorecard(card))
+    if moe_beyond:
+        w, wo = card["moe_beyond"]["with"], card["moe_beyond"]["without"]
+        click.echo(f"  MoE-Beyond protocol (LRU 10 %, per prompt, 10-token warm-up): {wo['hit_rate']:.1%} hits "
+                   f"without prefetch, {w['hit_rate']:.1%} with {predictor}")
 
 
 # ---- hardware
