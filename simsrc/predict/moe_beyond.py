@@ -34,8 +34,11 @@ def _requests(trace: Trace):
 
 
 def paper_protocol(trace: Trace, *, use_predictions: bool, capacity_fraction: float = 0.1,
-                   warmup_tokens: int = 10) -> dict:
-    """Hits and misses as the paper's simulator counts them (per-request cold LRU, pred_h0 touched first)."""
+                   warmup_tokens: int = 10, extra_warmup_row: bool = True) -> dict:
+    """Hits and misses as the paper's simulator counts them (per-request cold LRU, pred_h0 touched first).
+
+    extra_warmup_row=False drops the paper's off-by-one (its warm-up touches one row more than 10 tokens).
+    """
     L, E = trace.meta.num_moe_layers, trace.meta.num_experts
     cap = int(L * E * capacity_fraction)
     stream = access_stream(trace, prefill_chunk=1)
@@ -57,10 +60,10 @@ def paper_protocol(trace: Trace, *, use_predictions: bool, capacity_fraction: fl
             return False
 
         warm = L * warmup_tokens
-        for r in range(a, b):  # the paper's warm-up loop: rows 0..warm inclusive
+        for r in range(a, b if warm or extra_warmup_row else a):  # the paper's loop: rows 0..warm inclusive
             for x in stream.item[r * k:(r + 1) * k].tolist():
                 access(x)
-            if r - a >= warm:
+            if r - a >= warm - (0 if extra_warmup_row else 1):
                 break
         for r in range(a + warm, b):
             layer_base = (stream.item[r * k] // E) * E
