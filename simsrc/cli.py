@@ -54,8 +54,9 @@ def main() -> None:
 @click.option("--address", default=None, help="Dask scheduler, e.g. tcp://10.0.0.5:8786 (default: a local cluster).")
 @click.option("--restart", is_flag=True, help="Discard the rows already in --out (e.g. after changing the spec).")
 @click.option("--dry-run", is_flag=True, help="Only expand the spec and say how many runs it has.")
+@click.option("--checkpoint-every", default=2.0, show_default=True, help="Seconds between rewrites of --out.")
 @friendly_errors
-def grid(spec, out, jobs, executor, address, restart, dry_run) -> None:
+def grid(spec, out, jobs, executor, address, restart, dry_run, checkpoint_every) -> None:
     """Run every combination a grid SPEC (TOML) names; one row per run in --out."""
     import os
     from .grid import ResultFile, expand, run_grid
@@ -70,9 +71,50 @@ def grid(spec, out, jobs, executor, address, restart, dry_run) -> None:
     with click.progressbar(length=len(g) - done, label="runs", show_eta=True, show_pos=True,
                            file=sys.stderr) as bar:
         report = run_grid(g, out, jobs=jobs, executor=executor, address=address, restart=restart,
-                          progress=bar.update)
+                          progress=bar.update, flush_every_s=checkpoint_every)
     failed = f", {report.failed} failed (see the error column)" if report.failed else ""
     click.echo(f"wrote {report.out}: {report.runs:,} rows ({report.ran:,} run now{failed}) in {report.seconds:.1f} s")
+
+
+# ---- plot
+@main.command()
+@click.argument("sources", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--kind", required=True, type=click.Choice(["hit-rate", "stall", "layers", "predictor",
+                                                         "activations", "popularity"]),
+              help="hit-rate/stall/layers: grid RESULTS; predictor: score-predictor --json files; "
+                   "activations/popularity: a TRACE.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Figure file: .png, .svg or .pdf.")
+@click.option("--x", "x_axis", type=click.Choice(["auto", "bandwidth", "capacity"]), default="auto",
+              show_default=True, help="stall: the x axis.")
+@click.option("--y", "y_metric", type=click.Choice(["tpot", "stall", "total"]), default="tpot", show_default=True,
+              help="stall: time per output token, stall time, or total time.")
+@click.option("--by", type=click.Choice(["auto", "capacity", "policy"]), default="auto", show_default=True,
+              help="layers: heatmap columns.")
+@click.option("--metric", type=click.Choice(["hit_rate", "stall"]), default="hit_rate", show_default=True,
+              help="layers: what the heatmap shows.")
+@click.option("--policy", default=None, help="layers --by capacity: the policy (default: the first); "
+                                             "activations: lru or lfu (default lru).")
+@click.option("--capacity", type=float, default=None, help="layers --by policy: capacity fraction, e.g. 0.25.")
+@click.option("--request", type=int, default=None, help="activations: request id (default: the first).")
+@click.option("--layers", "layer_list", default=None, help="activations: MoE layer indices, e.g. 0,8,25.")
+@click.option("--slots", type=int, default=None, help="activations: cached experts per layer (default: 1/4).")
+@click.option("--tokens", type=int, default=96, show_default=True, help="activations: tokens shown.")
+@click.option("--title", default=None, help="Figure title (default: says what is drawn).")
+@friendly_errors
+def plot(sources, kind, out, x_axis, y_metric, by, metric, policy, capacity, request, layer_list, slots, tokens,
+         title) -> None:
+    """Draw a figure from grid RESULTS (or scorecards, or a TRACE) into --out."""
+    from .plots import plot as make_plot, save
+    options = {"title": title}
+    if kind == "stall":
+        options.update(x=x_axis, y=y_metric)
+    elif kind == "layers":
+        options.update(by=by, metric=metric, policy=policy, capacity=capacity)
+    elif kind == "activations":
+        layers = None if layer_list is None else [int(v) for v in layer_list.split(",") if v.strip()]
+        options.update(request=request, layers=layers, policy=policy or "lru", slots=slots, tokens=tokens)
+    path = save(make_plot(list(sources), kind, **options), out)
+    click.echo(f"wrote {path}")
 
 
 # ---- replay

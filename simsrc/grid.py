@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -321,7 +322,8 @@ def execute(run: Run) -> dict:
         row.setdefault(k, v)  # parameters replay does not echo (new keywords) still become columns
     row.update(trace=run.trace, trace_fingerprint=run.fingerprint, run_key=run.key, moesim_version=__version__,
                error=error, run_s=time.perf_counter() - t0)
-    return row
+    # numpy scalars as plain Python, so a fresh row and one read back from the checkpoint have the same types
+    return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()}
 
 
 # ---------------------------------------------------------------- the checkpoint file
@@ -393,7 +395,7 @@ def rows_to_table(rows: list[dict]) -> pa.Table:
         values.extend(row.get(k) for row in rows)
     arrays = {}
     for k, values in columns.items():
-        kinds = {type(v) for v in values if v is not None}
+        kinds = {_kind(v) for v in values if v is not None}
         if kinds <= {int, float, bool} and len(kinds) > 1 and bool not in kinds:
             values = [None if v is None else float(v) for v in values]
         elif len(kinds) > 1 and not kinds <= {list}:
@@ -401,6 +403,13 @@ def rows_to_table(rows: list[dict]) -> pa.Table:
         # NaN in a metric of an error row stays NaN; None becomes a null
         arrays[k] = pa.array(values, from_pandas=True)
     return pa.table(arrays)
+
+
+def _kind(value) -> type:
+    for t in (bool, int, float, str, list):
+        if isinstance(value, t):
+            return t
+    return type(value)
 
 
 def read_results(path: str | os.PathLike):

@@ -1,0 +1,251 @@
+"""moesim grid: spec expansion, rows equal to direct replays, resume after kill -9, changed specs, Dask."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+import moesim
+from moesim.cli import main
+from moesim.grid import expand, read_results, run_grid
+
+ROOT = Path(__file__).resolve().parents[1]
+TRACES = ROOT / "traces"
+SWITCH = TRACES / "switch-base-8-stratamoe.parquet"
+MIXTRAL = TRACES / "mixtral-8x7b-speculative-decode.parquet"
+PREDICTED = TRACES / "dsv2lite-moebeyond-test-predicted.parquet"
+# run_s is wall time: the only column allowed to differ between two runs of the same grid
+VOLATILE = ["run_s"]
+
+
+def write_spec(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def comparable(df: pd.DataFrame) -> pd.DataFrame:
+    return df.drop(columns=VOLATILE).sort_values("run_key").reset_index(drop=True)
+
+
+def test_spec_is_a_product_except_groups(tmp_path):
+    spec = write_spec(tmp_path / "g.toml", f"""
+name = "product"
+traces = ["{SWITCH}", "{MIXTRAL}"]
+policies = ["lru", "lfu", "fifo"]
+capacity = ["10%", 0.5]
+mode = "count"
+[[group]]
+hardware = ["a100-pcie4", "h100-pcie5"]
+seed = [3, 4]
+""")
+    grid = expand(spec)
+    assert len(grid) == 2 * 3 * 2 * 2
+    combos = {(r.trace, r.params["policy"], r.params["capacity"], r.params["hardware"], r.params["seed"])
+              for r in grid.runs}
+    assert len(combos) == 24
+    # grouped values move together: no run pairs a100 with seed 4
+    assert {(r.params["hardware"], r.params["seed"]) for r in grid.runs} == {("a100-pcie4", 3), ("h100-pcie5", 4)}
+    assert all(r.params["mode"] == "count" for r in grid.runs)
+    # traces outermost, so each trace's runs are contiguous
+    names = [r.trace for r in grid.runs]
+    assert names == sorted(names, key=[str(SWITCH), str(MIXTRAL)].index)
+
+
+def test_globs_resolve_against_the_spec_folder(tmp_path):
+    folder = tmp_path / "experiments"
+    folder.mkdir()
+    (tmp_path / "traces").mkdir()
+    for name in ("a.parquet", "b.parquet"):
+        (tmp_path / "traces" / name).write_bytes(SWITCH.read_bytes())
+    spec = write_spec(folder / "g.toml", 'trace = "../traces/*.parquet"\npolicy = "lru"\n')
+    grid = expand(spec)
+    assert [r.trace for r in grid.runs] == ["../traces/a.parquet", "../traces/b.parquet"]
+    assert len({r.fingerprint for r in grid.runs}) == 1  # same bytes, same fingerprint
+    assert len({r.key for r in grid.runs}) == 2          # but two runs: the trace name is part of the key
+
+
+@pytest.mark.parametrize("text, words", [
+    ('trace = "{t}"\npolicy = "lru"\ncapasity = ["10%"]\n', ["capasity", "unknown field"]),
+    ('policy = "lru"\n', ["no traces"]),
+    ('trace = "{t}"\n[[group]]\npolicy = ["lru", "lfu"]\ncapacity = ["10%"]\n', ["differ in length", "group"]),
+    ('trace = "nothing-*.parquet"\n', ["matches no file"]),
+    ('trace = "{t}"\npolicy = []\n', ["empty list", "policy"]),
+    ('trace = "{t}"\npolicy = "lru"\npolicies = ["lfu"]\n', ["given twice"]),
+    ('trace = "{t}"\npolicy = [lru]\n', ["not valid TOML"]),
+])
+def test_bad_specs_name_file_field_and_fix(tmp_path, text, words):
+    spec = write_spec(tmp_path / "bad.toml", text.format(t=SWITCH))
+    with pytest.raises(ValueError) as e:
+        expand(spec)
+    assert str(spec) in str(e.value)
+    for w in words:
+        assert w in str(e.value)
+
+
+def test_rows_equal_direct_replays(tmp_path):
+    spec = write_spec(tmp_path / "g.toml", f"""
+trace = ["{MIXTRAL}"]
+policy = ["lru", "belady", "lfu"]
+capacity = ["25%", 100]
+bandwidth = ["8GB/s", "32GB/s"]
+mode = "timed"
+per_layer = true
+""")
+    out = tmp_path / "r.parquet"
+    report = run_grid(spec, out, jobs=1)
+    assert (report.runs, report.ran, report.failed) == (12, 12, 0)
+    df = read_results(out)
+    assert len(df) == 12 and df["run_key"].is_unique
+    for row in df.itertuples():
+        ref = moesim.replay(MIXTRAL, policy=row.policy, capacity=row.capacity if row.capacity != "100" else 100,
+                            bandwidth=row.bandwidth, mode="timed", per_layer=True)
+        for col in ("hits", "misses", "stall_s", "tpot_s", "bytes_moved", "capacity_experts", "bandwidth_gbps"):
+            assert getattr(row, col) == ref[col], col
+        assert list(row.hits_per_layer) == ref["hits_per_layer"]
+    assert set(df["moesim_version"]) == {moesim.__version__}
+    assert df["trace_fingerprint"].nunique() == 1 and df["error"].isna().all()
+
+
+def test_bad_run_becomes_an_error_row_and_the_rest_finish(tmp_path):
+    spec = write_spec(tmp_path / "g.toml", f'trace = "{SWITCH}"\npolicy = ["lru", "static"]\nmode = "count"\n')
+    out = tmp_path / "r.parquet"
+    result = CliRunner().invoke(main, ["grid", str(spec), "--out", str(out), "--jobs", "1"])
+    assert result.exit_code == 0, result.output
+    assert "1 failed" in result.output
+    df = read_results(out).set_index("policy")
+    assert pd.isna(df.loc["lru", "error"]) and df.loc["lru", "hits"] >= 0
+    assert "train=" in df.loc["static", "error"]
+
+
+def test_changed_spec_is_reported_not_mixed(tmp_path):
+    spec = write_spec(tmp_path / "g.toml", f'trace = "{SWITCH}"\npolicy = ["lru", "lfu"]\nmode = "count"\n')
+    out = tmp_path / "r.parquet"
+    run_grid(spec, out, jobs=1)
+    write_spec(spec, f'trace = "{SWITCH}"\npolicy = ["lru", "fifo"]\nmode = "count"\n')
+    with pytest.raises(ValueError, match="different grid.*1 of them in the file.*--restart"):
+        run_grid(spec, out, jobs=1)
+    result = CliRunner().invoke(main, ["grid", str(spec), "--out", str(out), "--jobs", "1"])
+    assert result.exit_code != 0 and "different grid" in result.output
+    report = run_grid(spec, out, jobs=1, restart=True)
+    assert report.ran == 2
+    assert set(read_results(out)["policy"]) == {"lru", "fifo"}
+
+
+def test_rerun_of_a_finished_grid_runs_nothing(tmp_path):
+    spec = write_spec(tmp_path / "g.toml", f'trace = "{SWITCH}"\npolicy = ["lru", "fifo"]\nmode = "count"\n')
+    out = tmp_path / "r.parquet"
+    run_grid(spec, out, jobs=1)
+    before = out.read_bytes()
+    (tmp_path / ".r.parquet.999.tmp").write_bytes(b"half a file from a killed writer")
+    report = run_grid(spec, out, jobs=2)
+    assert (report.done_before, report.ran) == (2, 0)
+    assert out.read_bytes() == before
+    assert not list(tmp_path.glob(".r.parquet.*.tmp"))
+
+
+KILL_SPEC = f"""
+name = "killed"
+trace = ["{PREDICTED}", "{MIXTRAL}"]
+policy = ["lru", "fifo", "lfu", "belady", "random"]
+capacity = ["5%", "10%", "20%", "30%", "40%", "50%", "60%", "75%"]
+mode = "count"
+"""
+
+
+def _rows(out: Path) -> int:
+    try:
+        return pq.ParquetFile(out).metadata.num_rows
+    except Exception:
+        return 0
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        kids += [int(c) for c in (task / "children").read_text().split()]
+    return kids
+
+
+def test_grid_resumes_after_kill(tmp_path):
+    spec = write_spec(tmp_path / "g.toml", KILL_SPEC)
+    total = len(expand(spec))
+    reference = tmp_path / "reference.parquet"
+    run_grid(spec, reference, jobs=2)
+    out = tmp_path / "r.parquet"
+    cmd = [sys.executable, "-m", "moesim.cli", "grid", str(spec), "--out", str(out), "--jobs", "2",
+           "--checkpoint-every", "0.05"]
+    kills = 0
+    for wanted in (1, total // 2):
+        # kill -9 once the checkpoint holds at least `wanted` rows, mid-grid
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while _rows(out) < wanted and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if proc.poll() is None:
+            workers = _children(proc.pid)
+            os.kill(proc.pid, signal.SIGKILL)
+            kills += 1
+            proc.wait()
+            deadline = time.monotonic() + 10
+            while any(Path(f"/proc/{w}").exists() for w in workers) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert not [w for w in workers if Path(f"/proc/{w}").exists()], "orphaned grid workers"
+        proc.wait()
+        assert 0 < _rows(out) <= total
+    assert kills >= 1, "the grid finished before it could be killed; make it bigger"
+    assert _rows(out) < total or kills == 2
+    finish = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert finish.returncode == 0, finish.stderr
+    done_before = int(finish.stderr.split(" already in")[0].rsplit(", ", 1)[1].replace(",", ""))
+    assert 0 < done_before
+    df = read_results(out)
+    assert len(df) == total and df["run_key"].is_unique
+    pd.testing.assert_frame_equal(comparable(df), comparable(read_results(reference)))
+    # nothing of the killed runs is left behind in the folder
+    assert not list(tmp_path.glob(".r.parquet.*.tmp"))
+
+
+def test_trace_read_through_fsspec_url_gives_the_same_rows(tmp_path):
+    local = write_spec(tmp_path / "a.toml", f'trace = "{MIXTRAL}"\npolicy = ["lru", "lfu"]\nmode = "count"\n')
+    url = write_spec(tmp_path / "b.toml", f'trace = "file://{MIXTRAL}"\npolicy = ["lru", "lfu"]\nmode = "count"\n')
+    run_grid(local, tmp_path / "a.parquet", jobs=1)
+    run_grid(url, tmp_path / "b.parquet", jobs=1)
+    a, b = read_results(tmp_path / "a.parquet"), read_results(tmp_path / "b.parquet")
+    metrics = ["policy", "hits", "misses", "hit_rate", "trace_fingerprint"]
+    pd.testing.assert_frame_equal(a[metrics], b[metrics])
+
+
+def test_dask_executor_matches_local(tmp_path):
+    distributed = pytest.importorskip("distributed")
+    spec = write_spec(tmp_path / "g.toml", f"""
+trace = ["{MIXTRAL}", "{SWITCH}"]
+policy = ["lru", "lfu", "belady"]
+capacity = ["25%", "50%"]
+bandwidth = ["8GB/s", "32GB/s"]
+mode = "timed"
+per_layer = true
+""")
+    run_grid(spec, tmp_path / "local.parquet", jobs=2)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster:
+        result = CliRunner().invoke(main, ["grid", str(spec), "--out", str(tmp_path / "dask.parquet"),
+                                           "--executor", "dask", "--address", cluster.scheduler_address])
+        assert result.exit_code == 0, result.output
+        assert f"dask at {cluster.scheduler_address}" in result.output
+    local, dask = read_results(tmp_path / "local.parquet"), read_results(tmp_path / "dask.parquet")
+    assert len(local) == 24
+    pd.testing.assert_frame_equal(local.drop(columns=VOLATILE), dask.drop(columns=VOLATILE))
+
+
+def test_cli_dry_run_counts_runs(tmp_path):
+    spec = write_spec(tmp_path / "g.toml", f'trace = "{SWITCH}"\npolicy = ["lru", "lfu"]\ncapacity = [1, 2, 3]\n')
+    result = CliRunner().invoke(main, ["grid", str(spec), "--out", str(tmp_path / "r.parquet"), "--dry-run"])
+    assert result.exit_code == 0
+    assert "6 runs, 0 already in" in result.output
+    assert not (tmp_path / "r.parquet").exists()
