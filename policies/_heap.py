@@ -11,16 +11,19 @@ from numba import njit
 def new_heaps(num_items: int, part_capacity: np.ndarray):
     base = np.zeros(len(part_capacity), np.int64)
     base[1:] = np.cumsum(part_capacity)[:-1]
-    return (base, np.zeros(len(part_capacity), np.int64), np.full(max(int(part_capacity.sum()), 1), -1, np.int32),
-            np.full(num_items, -1, np.int64), np.zeros(num_items, np.float64), np.zeros(num_items, np.int64))
+    total = max(int(part_capacity.sum()), 1)
+    # base, size, heap, pos, key1, key2, stack (scratch for heap_min_free: the engine loop allocates nothing)
+    return (base, np.zeros(len(part_capacity), np.int64), np.full(total, -1, np.int32),
+            np.full(num_items, -1, np.int64), np.zeros(num_items, np.float64), np.zeros(num_items, np.int64),
+            np.empty(2 * total + 1, np.int64))
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, _nrt=False)
 def _less(key1, key2, a, b):
     return key1[a] < key1[b] or (key1[a] == key1[b] and key2[a] < key2[b])
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _sift_up(base, heap, pos, key1, key2, b, i):
     x = heap[b + i]
     while i > 0:
@@ -35,7 +38,7 @@ def _sift_up(base, heap, pos, key1, key2, b, i):
     pos[x] = i
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _sift_down(base, heap, pos, key1, key2, b, n, i):
     x = heap[b + i]
     while True:
@@ -54,7 +57,7 @@ def _sift_down(base, heap, pos, key1, key2, b, n, i):
     pos[x] = i
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def heap_push(base, size, heap, pos, key1, key2, part, x):
     b = base[part]
     i = size[part]
@@ -64,7 +67,7 @@ def heap_push(base, size, heap, pos, key1, key2, part, x):
     _sift_up(base, heap, pos, key1, key2, b, i)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def heap_remove(base, size, heap, pos, key1, key2, part, x):
     b = base[part]
     i = pos[x]
@@ -80,7 +83,7 @@ def heap_remove(base, size, heap, pos, key1, key2, part, x):
     _sift_down(base, heap, pos, key1, key2, b, n, pos[last])
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def heap_update(base, size, heap, pos, key1, key2, part, x):
     """Restore order after x's keys changed."""
     b = base[part]
@@ -88,8 +91,8 @@ def heap_update(base, size, heap, pos, key1, key2, part, x):
     _sift_down(base, heap, pos, key1, key2, b, size[part], pos[x])
 
 
-@njit(cache=True)
-def heap_min_free(base, size, heap, key1, key2, part, busy):
+@njit(cache=True, _nrt=False)
+def heap_min_free(base, size, heap, key1, key2, stack, part, busy):
     """The smallest item that is not busy, or -1.
 
     A heap node's descendants are never smaller than it, so only the children
@@ -102,7 +105,6 @@ def heap_min_free(base, size, heap, key1, key2, part, busy):
     top = heap[b]
     if not busy[top]:
         return top
-    stack = np.empty(2 * n + 1, np.int64)
     sp = 0
     stack[sp] = 0
     sp += 1

@@ -12,7 +12,7 @@ def new_lists(num_items: int, num_parts: int):
             np.full(num_parts, -1, np.int32), np.full(num_parts, -1, np.int32))
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, _nrt=False)
 def push_front(prev, nxt, head, tail, part, x):
     h = head[part]
     prev[x] = -1
@@ -24,7 +24,7 @@ def push_front(prev, nxt, head, tail, part, x):
     head[part] = x
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, _nrt=False)
 def unlink(prev, nxt, head, tail, part, x):
     p = prev[x]
     n = nxt[x]
@@ -40,7 +40,7 @@ def unlink(prev, nxt, head, tail, part, x):
     nxt[x] = -1
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, _nrt=False)
 def last_free(prev, tail, part, busy):
     """The item nearest the tail that is not busy (in use or in flight), or -1."""
     x = tail[part]

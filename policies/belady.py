@@ -16,7 +16,7 @@ from ._heap import heap_min_free, heap_push, heap_remove, heap_update, new_heaps
 NEVER = 1 << 62
 
 
-BeladyState = namedtuple("BeladyState", "part_of base size heap pos key tie occ end cursor")
+BeladyState = namedtuple("BeladyState", "part_of base size heap pos key tie stack occ end cursor")
 
 
 def init(num_items, part_of, part_capacity, stream, params):
@@ -28,7 +28,7 @@ def init(num_items, part_of, part_capacity, stream, params):
                        starts[:-1].copy())
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, _nrt=False)
 def _next_use_after(occ, end, cursor, x, t):
     c = cursor[x]
     while c < end[x] and occ[c] <= t:
@@ -37,28 +37,28 @@ def _next_use_after(occ, end, cursor, x, t):
     return occ[c] if c < end[x] else NEVER
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def on_hit(state, x, t):
-    part_of, base, size, heap, pos, key, tie, occ, end, cursor = state
+    part_of, base, size, heap, pos, key, tie, stack, occ, end, cursor = state
     key[x] = -float(_next_use_after(occ, end, cursor, x, t))
     heap_update(base, size, heap, pos, key, tie, part_of[x], x)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def on_insert(state, x, t):
-    part_of, base, size, heap, pos, key, tie, occ, end, cursor = state
+    part_of, base, size, heap, pos, key, tie, stack, occ, end, cursor = state
     key[x] = -float(_next_use_after(occ, end, cursor, x, t))
     tie[x] = x
     heap_push(base, size, heap, pos, key, tie, part_of[x], x)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def on_evict(state, x):
-    part_of, base, size, heap, pos, key, tie, occ, end, cursor = state
+    part_of, base, size, heap, pos, key, tie, stack, occ, end, cursor = state
     heap_remove(base, size, heap, pos, key, tie, part_of[x], x)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def victim(state, part, busy):
-    part_of, base, size, heap, pos, key, tie, occ, end, cursor = state
-    return heap_min_free(base, size, heap, key, tie, part, busy)
+    part_of, base, size, heap, pos, key, tie, stack, occ, end, cursor = state
+    return heap_min_free(base, size, heap, key, tie, stack, part, busy)

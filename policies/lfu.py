@@ -13,36 +13,36 @@ from numba import njit
 from ._heap import heap_min_free, heap_push, heap_remove, heap_update, new_heaps
 
 
-LfuState = namedtuple("LfuState", "part_of base size heap pos count last")
+LfuState = namedtuple("LfuState", "part_of base size heap pos count last stack")
 
 
 def init(num_items, part_of, part_capacity, stream, params):
     return LfuState(part_of, *new_heaps(num_items, part_capacity))
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def on_hit(state, x, t):
-    part_of, base, size, heap, pos, count, last = state
+    part_of, base, size, heap, pos, count, last, stack = state
     count[x] += 1.0
     last[x] = t
     heap_update(base, size, heap, pos, count, last, part_of[x], x)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def on_insert(state, x, t):
-    part_of, base, size, heap, pos, count, last = state
+    part_of, base, size, heap, pos, count, last, stack = state
     count[x] = 1.0
     last[x] = t
     heap_push(base, size, heap, pos, count, last, part_of[x], x)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def on_evict(state, x):
-    part_of, base, size, heap, pos, count, last = state
+    part_of, base, size, heap, pos, count, last, stack = state
     heap_remove(base, size, heap, pos, count, last, part_of[x], x)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def victim(state, part, busy):
-    part_of, base, size, heap, pos, count, last = state
-    return heap_min_free(base, size, heap, count, last, part, busy)
+    part_of, base, size, heap, pos, count, last, stack = state
+    return heap_min_free(base, size, heap, count, last, stack, part, busy)

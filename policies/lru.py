@@ -19,7 +19,7 @@ def init(num_items, part_of, part_capacity, stream, params):
     return LruState(part_of, *new_lists(num_items, len(part_capacity)))
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def on_hit(state, x, t):
     part_of, prev, nxt, head, tail = state
     p = part_of[x]
@@ -28,19 +28,19 @@ def on_hit(state, x, t):
         push_front(prev, nxt, head, tail, p, x)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def on_insert(state, x, t):
     part_of, prev, nxt, head, tail = state
     push_front(prev, nxt, head, tail, part_of[x], x)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def on_evict(state, x):
     part_of, prev, nxt, head, tail = state
     unlink(prev, nxt, head, tail, part_of[x], x)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def victim(state, part, busy):
     part_of, prev, nxt, head, tail = state
     return last_free(prev, tail, part, busy)

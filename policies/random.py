@@ -22,7 +22,7 @@ def init(num_items, part_of, part_capacity, stream, params):
                        np.full(num_items, -1, np.int64), rng)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, _nrt=False)
 def _draw(rng, n):
     z = rng[0] + np.uint64(0x9E3779B97F4A7C15)
     rng[0] = z
@@ -32,12 +32,12 @@ def _draw(rng, n):
     return np.int64(z % np.uint64(n))
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def on_hit(state, x, t):
     pass
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def on_insert(state, x, t):
     part_of, base, size, members, pos, rng = state
     p = part_of[x]
@@ -46,7 +46,7 @@ def on_insert(state, x, t):
     size[p] += 1
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def on_evict(state, x):
     part_of, base, size, members, pos, rng = state
     p = part_of[x]
@@ -57,7 +57,7 @@ def on_evict(state, x):
     pos[x] = -1
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def victim(state, part, busy):
     part_of, base, size, members, pos, rng = state
     n = size[part]

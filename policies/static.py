@@ -42,7 +42,7 @@ def warm(num_items, part_of, part_capacity, params):
     return pinned_items(part_of, part_capacity, params)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def on_hit(state, x, t):
     part_of, pinned, prev, nxt, head, tail = state
     p = part_of[x]
@@ -51,20 +51,20 @@ def on_hit(state, x, t):
         push_front(prev, nxt, head, tail, p, x)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def on_insert(state, x, t):
     part_of, pinned, prev, nxt, head, tail = state
     if not pinned[x]:
         push_front(prev, nxt, head, tail, part_of[x], x)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def on_evict(state, x):
     part_of, pinned, prev, nxt, head, tail = state
     unlink(prev, nxt, head, tail, part_of[x], x)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def victim(state, part, busy):
     part_of, pinned, prev, nxt, head, tail = state
     return last_free(prev, tail, part, busy)

@@ -13,15 +13,26 @@ from .ops import on_evict, on_hit, on_insert, victim
 from .timed import NUM_COUNTERS, PF_HARMFUL, PF_ISSUED, PF_LATE, PF_USED, PF_WASTED
 
 
-@njit(cache=True)
 def count_replay(item, seg_offsets, seg_layer, part_of, part_capacity, pinned, warm, num_layers,
                  pf_offsets, pf_item, state):
+    """Returns (hits per layer, misses per layer, counters); see timed.py for the counter indices."""
+    n = part_of.shape[0]
+    hits = np.zeros(num_layers, np.int64)
+    misses = np.zeros(num_layers, np.int64)
+    c = np.zeros(NUM_COUNTERS, np.float64)
+    _count_loop(item, seg_offsets, seg_layer, part_of, part_capacity, pinned, warm, pf_offsets, pf_item, state,
+                np.zeros(n, np.uint8), np.zeros(n, np.uint8), np.zeros(n, np.uint8), np.full(n, -1, np.int32),
+                part_capacity.copy(), hits, misses, c)
+    return hits, misses, c
+
+
+# _nrt=False: no reference counting in the loop. With it, numba increfs and
+# decrefs the policy's state arrays on every access (~10x slower); so the loop
+# allocates nothing and gets its work arrays from count_replay.
+@njit(cache=True, _nrt=False)
+def _count_loop(item, seg_offsets, seg_layer, part_of, part_capacity, pinned, warm, pf_offsets, pf_item, state,
+                resident, busy, pf_unused, evictor, free, hits, misses, c):
     num_items = part_of.shape[0]
-    resident = np.zeros(num_items, np.uint8)
-    busy = np.zeros(num_items, np.uint8)
-    pf_unused = np.zeros(num_items, np.uint8)
-    evictor = np.full(num_items, -1, np.int32)
-    free = part_capacity.copy()
     for x in range(num_items):
         if pinned[x]:
             resident[x] = 1  # user pins sit outside the policy and its capacity
@@ -30,9 +41,6 @@ def count_replay(item, seg_offsets, seg_layer, part_of, part_capacity, pinned, w
         resident[x] = 1
         free[part_of[x]] -= 1
         on_insert(state, x, -1)
-    hits = np.zeros(num_layers, np.int64)
-    misses = np.zeros(num_layers, np.int64)
-    c = np.zeros(NUM_COUNTERS, np.float64)
     for s in range(seg_layer.shape[0]):
         layer = seg_layer[s]
         h = 0
@@ -92,4 +100,3 @@ def count_replay(item, seg_offsets, seg_layer, part_of, part_capacity, pinned, w
     for x in range(num_items):
         if pf_unused[x]:
             c[PF_WASTED] += 1
-    return hits, misses, c

@@ -1,7 +1,7 @@
 """The four policy operations, resolved at compile time from the policy's state type.
 
 Each policy keeps its state in a namedtuple class of its own module; these
-generic operations find that module and inline its compiled functions. The
+generic operations find that module and call its compiled functions. The
 engine's compiled code is then specialised by a type that pickles by name, so
 numba's on-disk cache hits in every new process. (Passing the policy's jitted
 functions as arguments would not: numba keys those by the dispatcher's memory
@@ -43,25 +43,25 @@ def victim(state, part, busy):
     return _module_of(state).victim(state, part, busy)
 
 
-@overload(on_hit, inline="always")
+@overload(on_hit)
 def _on_hit(state, x, t):
     fn = _policy_module(state).on_hit
     return lambda state, x, t: fn(state, x, t)
 
 
-@overload(on_insert, inline="always")
+@overload(on_insert)
 def _on_insert(state, x, t):
     fn = _policy_module(state).on_insert
     return lambda state, x, t: fn(state, x, t)
 
 
-@overload(on_evict, inline="always")
+@overload(on_evict)
 def _on_evict(state, x):
     fn = _policy_module(state).on_evict
     return lambda state, x: fn(state, x)
 
 
-@overload(victim, inline="always")
+@overload(victim)
 def _victim(state, part, busy):
     fn = _policy_module(state).victim
     return lambda state, part, busy: fn(state, part, busy)

@@ -25,7 +25,7 @@ NUM_COUNTERS = 10
 ERR_CAPACITY = 1.0  # a layer needs more experts at once than its partition holds
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _transfer(issue_t, eng_free, link, latency_s, xfer_s):
     """Schedule one transfer; returns its arrival time. link[0] = when the pipe is free."""
     e = 0
@@ -39,7 +39,7 @@ def _transfer(issue_t, eng_free, link, latency_s, xfer_s):
     return done
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _evict(v, resident, pf_unused, c, expert_bytes, state):
     if pf_unused[v]:
         pf_unused[v] = 0
@@ -49,16 +49,17 @@ def _evict(v, resident, pf_unused, c, expert_bytes, state):
     resident[v] = 0
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _start_prefetches(until_t, min_target, clock, q, q_end, pf_offsets, pf_item, pf_target_seg, route_t,
                       part_of, part_capacity, free, resident, busy, ready, pf_unused, evictor,
-                      inflight, n_inflight, eng_free, link, latency_s, xfer_s, expert_bytes, c,
+                      inflight, n_inflight, eng_free, link, hold, latency_s, xfer_s, expert_bytes, c,
                       state):
     """Start queued prefetches (FIFO) whose start time is <= until_t; returns (q, n_inflight).
 
-    A prefetch is dropped if its expert is already resident, cancelled if its
-    target layer has already routed (target < min_target), was over budget, or
-    no expert can be evicted for it.
+    A prefetch is dropped if its expert is already resident, and cancelled if
+    its target layer has already routed (target < min_target) or it was over
+    budget. If every slot it could take is in use or in flight, it waits at the
+    head of the queue (hold[0]: the earliest it may start) and is tried again.
     """
     while q < q_end:
         q_seg = np.searchsorted(pf_offsets, q, side="right") - 1  # the segment that issued it
@@ -66,23 +67,23 @@ def _start_prefetches(until_t, min_target, clock, q, q_end, pf_offsets, pf_item,
         for k in range(1, eng_free.shape[0]):
             if eng_free[k] < eng_free[e]:
                 e = k
-        start = max(route_t[q_seg], eng_free[e])
+        start = max(route_t[q_seg], eng_free[e], hold[0])
         if start > until_t:
             break
         x = pf_item[q]
-        target = pf_target_seg[q]
-        q += 1
-        if resident[x]:
-            continue
         p = part_of[x]
-        if target < min_target or part_capacity[p] == 0:
+        if resident[x]:
+            q += 1
+            continue
+        if pf_target_seg[q] < min_target or part_capacity[p] == 0:
+            q += 1
             c[PF_CANCELLED] += 1
             continue
         if free[p] == 0:
             v = victim(state, p, busy)
             if v < 0:
-                c[PF_CANCELLED] += 1
-                continue
+                hold[0] = until_t
+                break
             _evict(v, resident, pf_unused, c, expert_bytes, state)
             evictor[v] = x
         else:
@@ -95,28 +96,44 @@ def _start_prefetches(until_t, min_target, clock, q, q_end, pf_offsets, pf_item,
         pf_unused[x] = 1
         evictor[x] = -1
         on_insert(state, x, clock)
+        q += 1
         c[PF_ISSUED] += 1
         c[BYTES_PREFETCH] += expert_bytes
     return q, n_inflight
 
 
-@njit(cache=True)
 def timed_replay(item, seg_offsets, seg_layer, seg_step, seg_dense_s, num_steps,
                  part_of, part_capacity, pinned, warm, num_layers,
                  expert_bytes, bandwidth_Bps, latency_s, copy_engines,
                  expert_flops_per_token, flops, hbm_Bps, launch_s,
-                 pf_offsets, pf_item, pf_target_seg, pf_step_cap,
-                 state):
+                 pf_offsets, pf_item, pf_target_seg, pf_step_cap, state):
+    """Returns (hits, misses, stall seconds per layer, end time of each step, counters)."""
+    n = part_of.shape[0]
+    hits = np.zeros(num_layers, np.int64)
+    misses = np.zeros(num_layers, np.int64)
+    stall = np.zeros(num_layers, np.float64)
+    step_end = np.zeros(num_steps, np.float64)
+    c = np.zeros(NUM_COUNTERS, np.float64)
+    work = (np.zeros(n, np.uint8), np.zeros(n, np.uint8), np.zeros(n, np.float64), np.full(n, -1, np.int64),
+            np.zeros(n, np.uint8), np.full(n, -1, np.int32), pf_target_seg.copy(), part_capacity.copy(),
+            np.zeros(max(copy_engines, 1), np.float64), np.zeros(1, np.float64), np.empty(n, np.int32),
+            np.empty(n, np.int32), np.empty(n, np.int64), np.empty(n, np.float64),
+            np.zeros(len(seg_layer), np.float64), np.zeros(1, np.float64))
+    _timed_loop(item, seg_offsets, seg_layer, seg_step, seg_dense_s, part_of, part_capacity, pinned, warm,
+                expert_bytes, bandwidth_Bps, latency_s, expert_flops_per_token, flops, hbm_Bps, launch_s,
+                pf_offsets, pf_item, pf_step_cap, state, hits, misses, stall, step_end, c, *work)
+    return hits, misses, stall, step_end, c
+
+
+# _nrt=False as in count.py: no reference counting per access; work arrays come from timed_replay.
+@njit(cache=True, _nrt=False)
+def _timed_loop(item, seg_offsets, seg_layer, seg_step, seg_dense_s, part_of, part_capacity, pinned, warm,
+                expert_bytes, bandwidth_Bps, latency_s, expert_flops_per_token, flops, hbm_Bps, launch_s,
+                pf_offsets, pf_item, pf_step_cap, state, hits, misses, stall, step_end, c,
+                resident, busy, ready, in_seg, pf_unused, evictor, target, free, eng_free, link,
+                inflight, seg_items, seg_tok, seg_ready, route_t, hold):
     num_items = part_of.shape[0]
     num_segments = seg_layer.shape[0]
-    resident = np.zeros(num_items, np.uint8)
-    busy = np.zeros(num_items, np.uint8)
-    ready = np.zeros(num_items, np.float64)
-    in_seg = np.full(num_items, -1, np.int64)       # slot in this segment's expert list
-    pf_unused = np.zeros(num_items, np.uint8)       # prefetched and not yet used
-    evictor = np.full(num_items, -1, np.int32)      # the prefetch that pushed this expert out
-    target = pf_target_seg.copy()
-    free = part_capacity.copy()
     for x in range(num_items):
         if pinned[x]:
             resident[x] = 1
@@ -124,21 +141,8 @@ def timed_replay(item, seg_offsets, seg_layer, seg_step, seg_dense_s, num_steps,
         resident[warm[j]] = 1
         free[part_of[warm[j]]] -= 1
         on_insert(state, warm[j], -1)
-
-    hits = np.zeros(num_layers, np.int64)
-    misses = np.zeros(num_layers, np.int64)
-    stall = np.zeros(num_layers, np.float64)
-    step_end = np.zeros(num_steps, np.float64)
-    c = np.zeros(NUM_COUNTERS, np.float64)
-    eng_free = np.zeros(max(copy_engines, 1), np.float64)
-    link = np.zeros(1, np.float64)
     xfer_s = expert_bytes / bandwidth_Bps
-    inflight = np.empty(num_items, np.int32)
     n_inflight = 0
-    seg_items = np.empty(num_items, np.int32)
-    seg_tok = np.empty(num_items, np.int64)
-    seg_ready = np.empty(num_items, np.float64)
-    route_t = np.zeros(num_segments, np.float64)
     q = 0
     step_pf = 0
     gpu_t = 0.0
@@ -163,7 +167,7 @@ def timed_replay(item, seg_offsets, seg_layer, seg_step, seg_dense_s, num_steps,
         q, n_inflight = _start_prefetches(
             now, s, seg_offsets[s] - 1, q, pf_offsets[s], pf_offsets, pf_item, target, route_t,
             part_of, part_capacity, free, resident, busy, ready, pf_unused, evictor,
-            inflight, n_inflight, eng_free, link, latency_s, xfer_s, expert_bytes, c,
+            inflight, n_inflight, eng_free, link, hold, latency_s, xfer_s, expert_bytes, c,
             state)
 
         # demand: every access of the segment, in stream order
@@ -211,7 +215,7 @@ def timed_replay(item, seg_offsets, seg_layer, seg_step, seg_dense_s, num_steps,
                                 w = y
                         if w < 0:
                             c[ERROR] = ERR_CAPACITY
-                            return hits, misses, stall, step_end, c
+                            return
                         issue = max(issue, ready[w])
                         busy[w] = 0
                         v = victim(state, p, busy)
@@ -259,7 +263,7 @@ def timed_replay(item, seg_offsets, seg_layer, seg_step, seg_dense_s, num_steps,
         q, n_inflight = _start_prefetches(
             gpu_t, s + 1, seg_offsets[s + 1] - 1, q, pf_offsets[s + 1], pf_offsets, pf_item, target, route_t,
             part_of, part_capacity, free, resident, busy, ready, pf_unused, evictor,
-            inflight, n_inflight, eng_free, link, latency_s, xfer_s, expert_bytes, c,
+            inflight, n_inflight, eng_free, link, hold, latency_s, xfer_s, expert_bytes, c,
             state)
         for a in range(n_seg):
             x = seg_items[a]
@@ -272,4 +276,3 @@ def timed_replay(item, seg_offsets, seg_layer, seg_step, seg_dense_s, num_steps,
         if pf_unused[x]:
             c[PF_WASTED] += 1
             c[BYTES_WASTED] += expert_bytes
-    return hits, misses, stall, step_end, c
