@@ -164,11 +164,12 @@ def _timed_loop(item, seg_offsets, seg_layer, seg_step, seg_dense_s, part_of, pa
                 inflight[k] = x
                 k += 1
         n_inflight = k
-        q, n_inflight = _start_prefetches(
-            now, s, seg_offsets[s] - 1, q, pf_offsets[s], pf_offsets, pf_item, target, route_t,
-            part_of, part_capacity, free, resident, busy, ready, pf_unused, evictor,
-            inflight, n_inflight, eng_free, link, hold, latency_s, xfer_s, expert_bytes, c,
-            state)
+        if q < pf_offsets[s]:  # (a call per segment with ~30 arrays costs more than a layer's accesses)
+            q, n_inflight = _start_prefetches(
+                now, s, seg_offsets[s] - 1, q, pf_offsets[s], pf_offsets, pf_item, target, route_t,
+                part_of, part_capacity, free, resident, busy, ready, pf_unused, evictor,
+                inflight, n_inflight, eng_free, link, hold, latency_s, xfer_s, expert_bytes, c,
+                state)
 
         # demand: every access of the segment, in stream order
         n_seg = 0
@@ -260,11 +261,12 @@ def _timed_loop(item, seg_offsets, seg_layer, seg_step, seg_dense_s, part_of, pa
             else:
                 step_pf += 1
         # prefetches that start while this layer computes must not evict its experts
-        q, n_inflight = _start_prefetches(
-            gpu_t, s + 1, seg_offsets[s + 1] - 1, q, pf_offsets[s + 1], pf_offsets, pf_item, target, route_t,
-            part_of, part_capacity, free, resident, busy, ready, pf_unused, evictor,
-            inflight, n_inflight, eng_free, link, hold, latency_s, xfer_s, expert_bytes, c,
-            state)
+        if q < pf_offsets[s + 1]:
+            q, n_inflight = _start_prefetches(
+                gpu_t, s + 1, seg_offsets[s + 1] - 1, q, pf_offsets[s + 1], pf_offsets, pf_item, target, route_t,
+                part_of, part_capacity, free, resident, busy, ready, pf_unused, evictor,
+                inflight, n_inflight, eng_free, link, hold, latency_s, xfer_s, expert_bytes, c,
+                state)
         for a in range(n_seg):
             x = seg_items[a]
             in_seg[x] = -1
