@@ -238,6 +238,11 @@ def _location(trace: str, base: Path) -> str:
 def _resolve_path(key: str, value, base: Path):
     if key in PATH_FIELDS and isinstance(value, str) and not _is_url(value) and not os.path.isabs(value):
         return str((base / value).resolve())
+    # a fitted predictor file: predictor = "learned:models/coact.npz"
+    if key == "predictor" and isinstance(value, str) and value.startswith("learned:"):
+        model = value.split(":", 1)[1]
+        if model and not _is_url(model) and not os.path.isabs(model):
+            return "learned:" + str((base / model).resolve())
     return value
 
 
@@ -310,10 +315,12 @@ def _cached_stream(location: str, prefill_chunk: int) -> tuple[Trace, AccessStre
 def execute(run: Run) -> dict:
     """Replay one run and return its row; bad parameters give a row with `error` set, not an exception."""
     t0 = time.perf_counter()
+    t_read = 0.0
     row: dict[str, Any] = {}
     try:
         chunk = int(run.params.get("prefill_chunk", 1))
         trace, stream = _stream_for(run.location, chunk)
+        t_read = time.perf_counter() - t0
         row = replay(trace, stream=stream, **run.params)
         error = None
     except (TraceError, ValueError) as e:
@@ -321,7 +328,7 @@ def execute(run: Run) -> dict:
     for k, v in run.params.items():
         row.setdefault(k, v)  # parameters replay does not echo (new keywords) still become columns
     row.update(trace=run.trace, trace_fingerprint=run.fingerprint, run_key=run.key, moesim_version=__version__,
-               error=error, run_s=time.perf_counter() - t0)
+               error=error, run_s=time.perf_counter() - t0, read_s=t_read)
     # numpy scalars as plain Python, so a fresh row and one read back from the checkpoint have the same types
     return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()}
 

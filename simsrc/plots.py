@@ -47,31 +47,50 @@ def _ok(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["error"].isna()] if "error" in df.columns else df
 
 
-def _series_label(policy: str, predictor: str) -> str:
+# parameters that, when they vary inside a panel, make lines of their own (e.g. two prefetch budgets)
+SERIES_EXTRA = ("horizon", "top_n", "threshold", "prefetch_bytes_per_step", "adaptive", "latency_us",
+                "copy_engines", "prefill_chunk")
+
+
+def _series_label(policy: str, predictor: str, extra: dict | None = None) -> str:
     if policy == BOUND_POLICY and predictor in ("none", None):
-        return "Belady (optimal)"
-    return policy.upper() if predictor in ("none", None) else f"{policy.upper()} + {predictor} prefetch"
+        label = "Belady (optimal)"
+    else:
+        label = policy.upper() if predictor in ("none", None) else f"{policy.upper()} + {predictor} prefetch"
+    if extra:
+        label += " (" + ", ".join(f"{k} {v}" for k, v in extra.items()) + ")"
+    return label
 
 
-def _style(policy: str, predictor: str, color_of: dict) -> dict:
+def _style(policy: str, predictor: str, color_of: dict, extra: dict | None = None) -> dict:
     if policy == BOUND_POLICY:
         return {"color": "black", "linestyle": "--", "marker": None, "linewidth": 1.5, "zorder": 3}
     if predictor == BOUND_PREDICTOR:
         return {"color": "dimgray", "linestyle": ":", "marker": None, "linewidth": 1.5, "zorder": 3}
-    key = (policy, predictor)
+    key = (policy, predictor, tuple((extra or {}).items()))
     if key not in color_of:
         color_of[key] = f"C{len(color_of) % 10}"
     return {"color": color_of[key], "linestyle": "-", "marker": "o", "markersize": 3.5, "linewidth": 1.4}
 
 
 def _series(df: pd.DataFrame):
-    """(policy, predictor) groups, bounds last so they draw on top and end the legend."""
+    """((policy, predictor, extra), rows) per line; bounds last so they draw on top and end the legend."""
     if "predictor" not in df.columns:
         df = df.assign(predictor="none")
-    keys = sorted(df.groupby(["policy", "predictor"]).groups,
-                  key=lambda k: (k[0] == BOUND_POLICY, k[1] == BOUND_PREDICTOR, k[0], str(k[1])))
+    no_prefetch = df["predictor"].isin(["none"]) | df["predictor"].isna()
+    prefetch_knobs = ("horizon", "top_n", "threshold", "adaptive", "prefetch_bytes_per_step")
+    extra_cols = [c for c in SERIES_EXTRA if c in df.columns
+                  and df.loc[~no_prefetch if c in prefetch_knobs else slice(None), c].astype(str).nunique() > 1]
+    df = df.copy()
+    for c in extra_cols:
+        df[c] = df[c].astype(object).where(~(no_prefetch & (c in prefetch_knobs)), "-")  # one line without prefetch
+    cols = ["policy", "predictor", *extra_cols]
+    groups = df.groupby(cols, dropna=False, sort=True)
+    keys = sorted(groups.groups, key=lambda k: (k[0] == BOUND_POLICY, k[1] == BOUND_PREDICTOR, str(k)))
     for key in keys:
-        yield key, df[(df["policy"] == key[0]) & (df["predictor"] == key[1])]
+        extra = {c: (int(v) if isinstance(v, float) and v.is_integer() else v) for c, v in zip(extra_cols, key[2:])
+                 if v != "-" and not (isinstance(v, float) and np.isnan(v))}
+        yield (key[0], key[1], extra), groups.get_group(key)
 
 
 def _panels(df: pd.DataFrame, by: list[str]):
@@ -161,10 +180,10 @@ def hit_rate_vs_capacity(results, *, title: str | None = None):
     fig, axes = _grid_of(plt, len(panels))
     colors: dict = {}
     for ax, (name, part) in zip(axes, panels):
-        for (policy, predictor), rows in _series(part):
+        for (policy, predictor, extra), rows in _series(part):
             a = _agg(rows, "capacity_fraction", "hit_rate")
-            _line(ax, 100 * a["capacity_fraction"], 100 * a["mean"], _series_label(policy, predictor),
-                  _style(policy, predictor, colors), (100 * a["min"], 100 * a["max"]))
+            _line(ax, 100 * a["capacity_fraction"], 100 * a["mean"], _series_label(policy, predictor, extra),
+                  _style(policy, predictor, colors, extra), (100 * a["min"], 100 * a["max"]))
         _log_if_wide(ax, part["capacity_fraction"])
         ax.set_xlabel("cache capacity (% of routed experts)")
         ax.set_ylabel("hit rate (%)")
@@ -212,10 +231,10 @@ def stall_vs(results, *, x: str = "auto", y: str = "tpot", title: str | None = N
     fig, axes = _grid_of(plt, len(panels))
     colors: dict = {}
     for ax, (name, part) in zip(axes, panels):
-        for (policy, predictor), rows in _series(part):
+        for (policy, predictor, extra), rows in _series(part):
             a = _agg(rows, xcol, column)
-            _line(ax, xscale * a[xcol], scale * a["mean"], _series_label(policy, predictor),
-                  _style(policy, predictor, colors), (scale * a["min"], scale * a["max"]))
+            _line(ax, xscale * a[xcol], scale * a["mean"], _series_label(policy, predictor, extra),
+                  _style(policy, predictor, colors, extra), (scale * a["min"], scale * a["max"]))
         _log_if_wide(ax, part[xcol])
         _log_if_wide(ax, scale * part[column], "y")
         xs = np.unique(xscale * part[xcol])
@@ -349,18 +368,21 @@ def predictor_accuracy(scorecards, *, title: str | None = None):
 
 # ---------------------------------------------------------------- traces
 
-def cache_residency(expert_ids: np.ndarray, num_experts: int, slots: int, policy: str = "lru") -> np.ndarray:
-    """Which experts one layer's cache holds before each token (bool, tokens x experts).
+def cache_residency(expert_ids: np.ndarray, num_experts: int, slots: int,
+                    policy: str = "lru") -> tuple[np.ndarray, np.ndarray]:
+    """One layer's cache token by token: (held before each token, each routed expert a hit), bool tokens x experts.
 
-    A per-layer cache of `slots` experts, replayed token by token (the setting of
-    the LRU-vs-LFU offloading figures): LRU evicts the expert used longest ago;
-    LFU evicts the fewest uses since insertion, ties to the one whose count changed
-    longest ago (the tie-break of moesim.policies.lfu). Experts of the same token are used in order.
+    A per-layer cache of `slots` experts, replayed as a plain cache simulator
+    (count mode): a token's experts are looked up in stored order, so a miss
+    may evict an expert the same token needs next (which then misses too).
+    LRU evicts the expert used longest ago; LFU the fewest uses since insertion,
+    ties to the one whose count changed longest ago (moesim.policies.lfu's tie-break).
     """
     if policy not in ("lru", "lfu"):
         raise ValueError(f"the activation map simulates lru or lfu, not {policy!r}")
     T = expert_ids.shape[0]
     resident = np.zeros((T, num_experts), dtype=bool)
+    hit = np.zeros((T, num_experts), dtype=bool)
     cached: dict[int, list] = {}  # expert -> [uses, last change]
     clock = 0
     for t in range(T):
@@ -370,6 +392,7 @@ def cache_residency(expert_ids: np.ndarray, num_experts: int, slots: int, policy
             e = int(e)
             clock += 1
             if e in cached:
+                hit[t, e] = True
                 cached[e][0] += 1
                 cached[e][1] = clock
                 continue
@@ -382,7 +405,7 @@ def cache_residency(expert_ids: np.ndarray, num_experts: int, slots: int, policy
                     victim = min(cached, key=lambda x: (cached[x][0], cached[x][1]))
                 del cached[victim]
             cached[e] = [1, clock]
-    return resident
+    return resident, hit
 
 
 def _trace(trace):
@@ -430,17 +453,16 @@ def activation_map(trace, *, request: int | None = None, layers: Iterable[int] |
         rows = np.flatnonzero(layer_idx == layer)
         rows = rows[np.argsort(pos[rows], kind="stable")][:tokens]
         lids = ids[rows]
-        res = cache_residency(lids, E, slots, policy)
-        img = np.where(res, 1, 0)
+        res, hit = cache_residency(lids, E, slots, policy)
         active = np.zeros_like(res)
         np.put_along_axis(active, lids.astype(np.int64), True, axis=1)
-        img = np.where(active, np.where(res, 3, 2), img)
-        total_hits += int((active & res).sum())
+        img = np.where(active, np.where(hit, 3, 2), np.where(res, 1, 0))
+        total_hits += int(hit.sum())
         total += int(active.sum())
         ax.imshow(img.T, aspect="auto", origin="lower", cmap=cmap, vmin=0, vmax=3, interpolation="nearest",
                   extent=(-0.5, len(rows) - 0.5, -0.5, E - 0.5))
         ax.set_ylabel(f"layer {meta.moe_layers[layer]}\nexpert")
-        hr = (active & res).sum() / max(1, active.sum())
+        hr = hit.sum() / max(1, active.sum())
         ax.text(1.005, 0.5, f"hit rate\n{100 * hr:.0f}%", transform=ax.transAxes, va="center", fontsize=8)
     axes[-1, 0].set_xlabel(f"token position in request {request}")
     fig.legend(handles=[Patch(color="#2ca02c", label="routed, cached (hit)"),
