@@ -2,63 +2,118 @@
 
 Source: Belady, "A study of replacement algorithms for a virtual-storage
 computer" (1966): the offline optimum for hit count, the bound on every curve.
-It reads the future from the access stream (positions of every access of each
-expert), so it is an oracle, not a deployable policy. Tie-break: experts never
-used again all tie at +inf; which of them goes does not change the hit count.
+It reads the future from the access stream, so it is an oracle, not a
+deployable policy. Tie-break: experts never used again go first, the one
+that entered that state earliest first; which of them goes does not change
+the hit count.
+
+Each resident's next use is a stream position, and no two residents share
+one, so the residents sit in a bitmap over positions (per partition, over the
+positions of that partition's accesses): the victim is its largest member.
 """
 from collections import namedtuple
 
 import numpy as np
 from numba import njit
 
-from ._heap import heap_min_free, heap_push, heap_remove, heap_update, new_heaps
+from ._bitmap import bitmap_add, bitmap_below, bitmap_discard, new_bitmap
+from ._list import new_lists, push_front, unlink
 
-NEVER = 1 << 62
+NEVER = -1
+
+BeladyState = namedtuple("BeladyState", "part_of item occ end cursor key_of_pos pos_of_key part_end key bitmap "
+                                        "never_prev never_next never_head never_tail")
 
 
-BeladyState = namedtuple("BeladyState", "part_of base size heap pos key tie stack occ end cursor")
+@njit(cache=True)
+def _group_positions(group, num_groups, out):
+    """Positions 0..n-1 grouped by group[p], in order within a group (a stable counting sort, O(n))."""
+    fill = np.zeros(num_groups + 1, np.int64)
+    for p in range(group.shape[0]):
+        fill[group[p] + 1] += 1
+    for g in range(num_groups):
+        fill[g + 1] += fill[g]
+    starts = fill.copy()
+    for p in range(group.shape[0]):
+        g = group[p]
+        out[fill[g]] = p
+        fill[g] += 1
+    return starts
 
 
 def init(num_items, part_of, part_capacity, stream, params):
-    # every access position of each item, item-major (CSR); cursor walks forward
-    order = np.argsort(stream.item, kind="stable")
-    starts = np.zeros(num_items + 1, np.int64)
-    np.cumsum(np.bincount(stream.item, minlength=num_items), out=starts[1:])
-    return BeladyState(part_of, *new_heaps(num_items, part_capacity), order.astype(np.int64), starts[1:].copy(),
-                       starts[:-1].copy())
+    item = stream.item
+    n = len(item)
+    idx = np.int32 if n < 2**31 else np.int64
+    occ = np.empty(n, idx)  # every access position of each item, item-major
+    starts = _group_positions(item, num_items, occ)
+    parts = len(part_capacity)
+    if parts == 1:  # a position is its own key
+        key_of_pos = pos_of_key = np.zeros(0, idx)
+        part_end = np.array([n], np.int64)
+    else:  # keys: positions renumbered partition by partition
+        pos_of_key = np.empty(n, idx)
+        part_end = _group_positions(part_of[item], parts, pos_of_key)[1:]
+        key_of_pos = np.empty(n, idx)
+        key_of_pos[pos_of_key] = np.arange(n, dtype=idx)
+    return BeladyState(part_of, item, occ, starts[1:].copy(), starts[:-1].copy(), key_of_pos, pos_of_key,
+                       part_end, np.full(num_items, NEVER, np.int64), new_bitmap(n),
+                       *new_lists(num_items, parts))
 
 
 @njit(cache=True, _nrt=False)
-def _next_use_after(occ, end, cursor, x, t):
-    c = cursor[x]
-    while c < end[x] and occ[c] <= t:
+def _remember_next_use(st, x, t):
+    """Find x's first use after position t and file x under it (or under 'never')."""
+    c = st.cursor[x]
+    while c < st.end[x] and st.occ[c] <= t:
         c += 1
-    cursor[x] = c
-    return occ[c] if c < end[x] else NEVER
+    st.cursor[x] = c
+    if c < st.end[x]:
+        p = st.occ[c]
+        k = st.key_of_pos[p] if st.key_of_pos.shape[0] else p
+        st.key[x] = k
+        bitmap_add(st.bitmap, k)
+    else:
+        st.key[x] = NEVER
+        push_front(st.never_prev, st.never_next, st.never_head, st.never_tail, st.part_of[x], x)
 
 
 @njit(cache=True, _nrt=False)
-def on_hit(state, x, t):
-    part_of, base, size, heap, pos, key, tie, stack, occ, end, cursor = state
-    key[x] = -float(_next_use_after(occ, end, cursor, x, t))
-    heap_update(base, size, heap, pos, key, tie, part_of[x], x)
+def _forget(st, x):
+    if st.key[x] == NEVER:
+        unlink(st.never_prev, st.never_next, st.never_head, st.never_tail, st.part_of[x], x)
+    else:
+        bitmap_discard(st.bitmap, st.key[x])
 
 
 @njit(cache=True, _nrt=False)
-def on_insert(state, x, t):
-    part_of, base, size, heap, pos, key, tie, stack, occ, end, cursor = state
-    key[x] = -float(_next_use_after(occ, end, cursor, x, t))
-    tie[x] = x
-    heap_push(base, size, heap, pos, key, tie, part_of[x], x)
+def on_hit(st, x, t):
+    _forget(st, x)
+    _remember_next_use(st, x, t)
 
 
 @njit(cache=True, _nrt=False)
-def on_evict(state, x):
-    part_of, base, size, heap, pos, key, tie, stack, occ, end, cursor = state
-    heap_remove(base, size, heap, pos, key, tie, part_of[x], x)
+def on_insert(st, x, t):
+    _remember_next_use(st, x, t)
 
 
 @njit(cache=True, _nrt=False)
-def victim(state, part, busy):
-    part_of, base, size, heap, pos, key, tie, stack, occ, end, cursor = state
-    return heap_min_free(base, size, heap, key, tie, stack, part, busy)
+def on_evict(st, x):
+    _forget(st, x)
+
+
+@njit(cache=True, _nrt=False)
+def victim(st, part, busy):
+    x = st.never_tail[part]
+    while x >= 0:
+        if not busy[x]:
+            return x
+        x = st.never_prev[x]
+    low = st.part_end[part - 1] if part > 0 else 0
+    k = bitmap_below(st.bitmap, st.part_end[part])
+    while k >= low:
+        x = st.item[st.pos_of_key[k] if st.pos_of_key.shape[0] else k]
+        if not busy[x]:
+            return x
+        k = bitmap_below(st.bitmap, k)
+    return -1

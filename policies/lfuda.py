@@ -14,44 +14,37 @@ from collections import namedtuple
 import numpy as np
 from numba import njit
 
-from ._heap import heap_min_free, heap_push, heap_remove, heap_update, new_heaps
+from ._heap import heap_key1, heap_min_free, heap_push, heap_remove, heap_set, new_heaps
 
-
-LfudaState = namedtuple("LfudaState", "part_of base size heap pos prio last stack count age")
+LfudaState = namedtuple("LfudaState", "part_of heaps count age")
 
 
 def init(num_items, part_of, part_capacity, stream, params):
-    # per partition: the age L
-    return LfudaState(part_of, *new_heaps(num_items, part_capacity), np.zeros(num_items, np.float64),
+    return LfudaState(part_of, new_heaps(num_items, part_capacity), np.zeros(num_items, np.float64),
                       np.zeros(len(part_capacity), np.float64))
 
 
 @njit(cache=True, _nrt=False)
-def on_hit(state, x, t):
-    part_of, base, size, heap, pos, prio, last, stack, count, age = state
-    count[x] += 1.0
-    prio[x] = age[part_of[x]] + count[x]
-    last[x] = t
-    heap_update(base, size, heap, pos, prio, last, part_of[x], x)
+def on_hit(st, x, t):
+    p = st.part_of[x]
+    st.count[x] += 1.0
+    heap_set(st.heaps, p, x, st.age[p] + st.count[x], t)
 
 
 @njit(cache=True, _nrt=False)
-def on_insert(state, x, t):
-    part_of, base, size, heap, pos, prio, last, stack, count, age = state
-    count[x] = 1.0
-    prio[x] = age[part_of[x]] + 1.0
-    last[x] = t
-    heap_push(base, size, heap, pos, prio, last, part_of[x], x)
+def on_insert(st, x, t):
+    p = st.part_of[x]
+    st.count[x] = 1.0
+    heap_push(st.heaps, p, x, st.age[p] + 1.0, t)
 
 
 @njit(cache=True, _nrt=False)
-def on_evict(state, x):
-    part_of, base, size, heap, pos, prio, last, stack, count, age = state
-    age[part_of[x]] = prio[x]
-    heap_remove(base, size, heap, pos, prio, last, part_of[x], x)
+def on_evict(st, x):
+    p = st.part_of[x]
+    st.age[p] = heap_key1(st.heaps, x)
+    heap_remove(st.heaps, p, x)
 
 
 @njit(cache=True, _nrt=False)
-def victim(state, part, busy):
-    part_of, base, size, heap, pos, prio, last, stack, count, age = state
-    return heap_min_free(base, size, heap, prio, last, stack, part, busy)
+def victim(st, part, busy):
+    return heap_min_free(st.heaps, part, busy)
