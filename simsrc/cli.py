@@ -193,7 +193,7 @@ def format_row(row: dict) -> str:
         table += [("prefetches issued", num(row["prefetch_issued"])), ("  used", num(row["prefetch_used"])),
                   ("  late", num(row["prefetch_late"])), ("  wasted", num(row["prefetch_wasted"])),
                   ("  harmful", num(row["prefetch_harmful"]))]
-    table.append(("GB moved", num(row["bytes_moved"] / 1e9)))
+    table.append(("GB moved", f"{row['bytes_moved'] / 1e9:,.1f}"))
     if row["mode"] == "timed":
         table += [("total time", num(row["total_s"], " s")), ("stall time", num(row["stall_s"], " s")),
                   ("stall share", f"{row['stall_s'] / row['total_s']:.1%}" if row["total_s"] else "-"),
