@@ -9,8 +9,8 @@ inserts each segment's predicted experts right after that segment's accesses
 import numpy as np
 from numba import njit
 
-from .ops import on_evict, on_hit, on_insert, victim
-from .timed import NUM_COUNTERS, PF_HARMFUL, PF_ISSUED, PF_LATE, PF_USED, PF_WASTED
+from .ops import on_hit, on_insert, victim
+from .timed import NUM_COUNTERS, PF_HARMFUL, PF_ISSUED, PF_USED, PF_WASTED, _evict
 
 
 def count_replay(item, seg_offsets, seg_layer, part_of, part_capacity, pinned, warm, num_layers,
@@ -64,12 +64,7 @@ def _count_loop(item, seg_offsets, seg_layer, part_of, part_capacity, pinned, wa
             if part_capacity[p] == 0:
                 continue  # nothing can be cached in this partition: every access streams
             if free[p] == 0:
-                v = victim(state, p, busy)
-                if pf_unused[v]:
-                    pf_unused[v] = 0
-                    c[PF_WASTED] += 1
-                on_evict(state, v)
-                resident[v] = 0
+                _evict(victim(state, p, busy), resident, pf_unused, c, 0.0, state)
             else:
                 free[p] -= 1
             resident[x] = 1
@@ -84,11 +79,7 @@ def _count_loop(item, seg_offsets, seg_layer, part_of, part_capacity, pinned, wa
                 continue
             if free[p] == 0:
                 v = victim(state, p, busy)
-                if pf_unused[v]:
-                    pf_unused[v] = 0
-                    c[PF_WASTED] += 1
-                on_evict(state, v)
-                resident[v] = 0
+                _evict(v, resident, pf_unused, c, 0.0, state)
                 evictor[v] = x
             else:
                 free[p] -= 1
