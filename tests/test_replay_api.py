@@ -1,0 +1,113 @@
+"""The friendly edges of replay: capacities, pins, the static policy, seeds, the CLI, errors."""
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import TRACES
+from helpers import make_trace, random_routes
+from reference import replay_reference
+
+import moesim
+from moesim.cli import main
+from moesim.trace import access_stream, read_trace
+
+SAMPLE = TRACES / "dsv2lite-moebeyond-sample.parquet"
+
+
+def small(seed=1, tokens=80):
+    rng = np.random.default_rng(seed)
+    return make_trace(random_routes(rng, tokens=tokens, layers=3, experts=8, top_k=2), num_experts=8, top_k=2)
+
+
+def test_capacity_as_fraction_count_bytes_and_per_layer():
+    trace = small()  # 3 layers x 8 experts = 24, 1 MB each
+    for capacity, experts in (("25%", 6), (6, 6), ("6", 6), ("6MB", 6), ("2/layer", 6), (0.25, 6)):
+        assert moesim.replay(trace, capacity=capacity, mode="count")["capacity_experts"] == experts, capacity
+    assert moesim.replay(trace, capacity="2/layer", scope="per-layer", mode="count")["capacity_experts"] == 6
+
+
+def test_pinned_experts_always_hit_and_sit_outside_the_policy():
+    trace = small()
+    stream = access_stream(trace)
+    pin = [(0, 1), (2, 5)]
+    row = moesim.replay(trace, capacity=6, mode="count", pin=pin, stream=stream)
+    pinned_items = {0 * 8 + 1, 2 * 8 + 5}
+    rest = [x for x in stream.item.tolist() if x not in pinned_items]
+    hits_rest = sum(replay_reference(rest, [0] * 24, [6 - len(pin)], "lru"))
+    assert row["hits"] == hits_rest + sum(x in pinned_items for x in stream.item.tolist())
+    assert row["pinned_experts"] == 2 and row["capacity_experts"] == 6
+
+
+def test_static_pins_the_training_traces_favourites_and_streams_the_rest():
+    train, test = small(seed=2, tokens=200), small(seed=3)
+    items = access_stream(test).item.tolist()
+    counts = np.bincount(access_stream(train).item, minlength=24)
+    capacity, staging = 8, 2  # top_k staging slots
+    favourites = set(sorted(range(24), key=lambda x: (-counts[x], x))[: capacity - staging])
+    rest = [x for x in items if x not in favourites]
+    want = sum(x in favourites for x in items) + sum(replay_reference(rest, [0] * 24, [staging], "lru"))
+    got = moesim.replay(test, policy="static", train=train, capacity=capacity, mode="count")
+    assert got["hits"] == want
+    # pinned experts are loaded before serving: in timed mode they cost no transfer
+    timed = moesim.replay(test, policy="static", train=train, capacity=capacity)
+    assert timed["bytes_demand"] == got["misses"] * 1e6
+
+
+def test_random_is_reproducible_by_seed():
+    trace = small(tokens=300)
+    a = moesim.replay(trace, policy="random", capacity=6, mode="count", seed=1)["hits"]
+    assert a == moesim.replay(trace, policy="random", capacity=6, mode="count", seed=1)["hits"]
+    others = {moesim.replay(trace, policy="random", capacity=6, mode="count", seed=s)["hits"] for s in range(2, 8)}
+    assert len(others | {a}) > 1
+
+
+def test_per_layer_results_add_up():
+    row = moesim.replay(small(), capacity=8, per_layer=True)
+    assert sum(row["hits_per_layer"]) == row["hits"]
+    assert sum(row["misses_per_layer"]) == row["misses"]
+    assert sum(row["stall_per_layer_s"]) == pytest.approx(row["stall_s"])
+
+
+def test_hardware_overrides_are_used_and_reported():
+    trace = small()
+    base = moesim.replay(trace, capacity=6, hardware="a100-pcie4")
+    slow = moesim.replay(trace, capacity=6, hardware="a100-pcie4", bandwidth="12.5GB/s", latency="20us")
+    assert (slow["bandwidth_gbps"], slow["latency_us"]) == (12.5, 20.0)
+    assert slow["stall_s"] > base["stall_s"]
+    assert moesim.replay(trace, capacity=6, bytes_per_expert="2MB")["bytes_demand"] == 2 * base["bytes_demand"]
+
+
+def test_cli_prints_the_same_row_as_python():
+    result = CliRunner().invoke(main, ["replay", str(SAMPLE), "--policy", "lfu", "--capacity", "5%",
+                                       "--mode", "count", "--json"])
+    assert result.exit_code == 0, result.output
+    row = json.loads(result.output)
+    want = moesim.replay(read_trace(SAMPLE), policy="lfu", capacity="5%", mode="count")
+    assert {k: row[k] for k in ("hits", "misses", "capacity_experts")} == \
+        {k: want[k] for k in ("hits", "misses", "capacity_experts")}
+    table = CliRunner().invoke(main, ["replay", str(SAMPLE), "--capacity", "5%", "--per-layer"])
+    assert table.exit_code == 0 and "time per output token" in table.output and "layer" in table.output
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--policy", "lruu"], "unknown policy 'lruu'"),
+    (["--capacity", "lots"], "cannot read capacity 'lots'"),
+    (["--policy", "static"], "pass train=TRACE"),
+    (["--hardware", "tpu"], "unknown hardware preset 'tpu'"),
+    (["--bandwidth", "fast"], "cannot read 'fast' as a bandwidth"),
+    (["--pin", "3-17"], "write LAYER:EXPERT"),
+    (["--pin", "0:17"], "layer 0 is not a MoE layer"),
+])
+def test_bad_input_is_one_clear_line(args, message):
+    result = CliRunner().invoke(main, ["replay", str(SAMPLE), *args])
+    assert result.exit_code != 0
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_trace_without_expert_sizes_needs_them_for_timed_mode():
+    trace = make_trace([[[0]], [[1]]], num_experts=2, top_k=1, bytes_per_expert=0)
+    with pytest.raises(ValueError, match="bytes_per_expert"):
+        moesim.replay(trace, capacity=1)
+    assert moesim.replay(trace, capacity=1, bytes_per_expert="1MB")["misses"] == 2
