@@ -143,3 +143,12 @@ def test_metadata_is_plain_json(tmp_path):
     meta = json.loads(pq.ParquetFile(path).schema_arrow.metadata[META_KEY])
     assert meta["schema_version"] == 1 and meta["top_k"] == 2
     assert os.stat(path).st_size > 0
+
+
+def test_a_written_trace_is_readable_by_others_as_the_umask_allows(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = write_trace(sample(), tmp_path / "t.parquet")
+    finally:
+        os.umask(old)
+    assert os.stat(path).st_mode & 0o777 == 0o644

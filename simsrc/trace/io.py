@@ -245,6 +245,10 @@ class TraceWriter:
 
     def close(self) -> None:
         self._writer.close()
+        # mkstemp makes the file private (0600); a finished trace is as readable as any file the user writes
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(self._tmp, 0o666 & ~umask)
         os.replace(self._tmp, self.path)
 
     def abort(self) -> None:
