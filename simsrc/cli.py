@@ -95,21 +95,23 @@ def grid(spec, out, jobs, executor, address, restart, dry_run, checkpoint_every)
 @click.option("--policy", default=None, help="layers --by capacity: the policy (default: the first); "
                                              "activations: lru or lfu (default lru).")
 @click.option("--capacity", type=float, default=None, help="layers --by policy: capacity fraction, e.g. 0.25.")
+@click.option("--scope", type=click.Choice(["global", "per-layer"]), default=None,
+              help="layers: which cache scope when the results hold both (default per-layer).")
 @click.option("--request", type=int, default=None, help="activations: request id (default: the first).")
 @click.option("--layers", "layer_list", default=None, help="activations: MoE layer indices, e.g. 0,8,25.")
 @click.option("--slots", type=int, default=None, help="activations: cached experts per layer (default: 1/4).")
 @click.option("--tokens", type=int, default=96, show_default=True, help="activations: tokens shown.")
 @click.option("--title", default=None, help="Figure title (default: says what is drawn).")
 @friendly_errors
-def plot(sources, kind, out, x_axis, y_metric, by, metric, policy, capacity, request, layer_list, slots, tokens,
-         title) -> None:
+def plot(sources, kind, out, x_axis, y_metric, by, metric, policy, capacity, scope, request, layer_list, slots,
+         tokens, title) -> None:
     """Draw a figure from grid RESULTS (or scorecards, or a TRACE) into --out."""
     from .plots import plot as make_plot, save
     options = {"title": title}
     if kind == "stall":
         options.update(x=x_axis, y=y_metric)
     elif kind == "layers":
-        options.update(by=by, metric=metric, policy=policy, capacity=capacity)
+        options.update(by=by, metric=metric, policy=policy, capacity=capacity, scope=scope)
     elif kind == "activations":
         layers = None if layer_list is None else [int(v) for v in layer_list.split(",") if v.strip()]
         options.update(request=request, layers=layers, policy=policy or "lru", slots=slots, tokens=tokens)

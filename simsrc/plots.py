@@ -86,7 +86,8 @@ def _series(df: pd.DataFrame):
         df[c] = df[c].astype(object).where(~(no_prefetch & (c in prefetch_knobs)), "-")  # one line without prefetch
     cols = ["policy", "predictor", *extra_cols]
     groups = df.groupby(cols, dropna=False, sort=True)
-    keys = sorted(groups.groups, key=lambda k: (k[0] == BOUND_POLICY, k[1] == BOUND_PREDICTOR, str(k)))
+    keys = sorted(groups.groups, key=lambda k: (k[0] == BOUND_POLICY, k[1] == BOUND_PREDICTOR,
+                                                 k[1] not in ("none", None), str(k)))
     for key in keys:
         extra = {c: (int(v) if isinstance(v, float) and v.is_integer() else v) for c, v in zip(extra_cols, key[2:])
                  if v != "-" and not (isinstance(v, float) and np.isnan(v))}
@@ -255,7 +256,7 @@ def stall_vs(results, *, x: str = "auto", y: str = "tpot", title: str | None = N
 
 
 def layer_heatmap(results, *, by: str = "auto", metric: str = "hit_rate", policy: str | None = None,
-                  capacity: float | None = None, title: str | None = None):
+                  capacity: float | None = None, scope: str | None = None, title: str | None = None):
     """Per-layer hit rate (or stall) as a heatmap: MoE layer x capacity (one policy) or x policy (one capacity)."""
     plt = _plt()
     df = _ok(load_results(results))
@@ -265,6 +266,11 @@ def layer_heatmap(results, *, by: str = "auto", metric: str = "hit_rate", policy
         raise ValueError("no per-layer stall: run the grid with per_layer = true and mode = \"timed\"")
     if "trace" in df.columns and df["trace"].nunique() > 1:
         df = df[df["trace"] == df["trace"].iloc[0]]  # one trace per heatmap: layers differ between models
+    if "scope" in df.columns and (scope is not None or df["scope"].nunique() > 1):
+        # a global and a per-layer cache of the same size are different caches: never average them
+        scope = scope or ("per-layer" if "per-layer" in set(df["scope"]) else df["scope"].iloc[0])
+        df = df[df["scope"] == scope]
+    scope_note = f", {scope} cache" if scope else ""
     if by == "auto":
         by = "capacity" if df["capacity_fraction"].nunique() > 1 else "policy"
     if by == "capacity":
@@ -309,7 +315,8 @@ def layer_heatmap(results, *, by: str = "auto", metric: str = "hit_rate", policy
     ax.set_ylabel("MoE layer (index)")
     fig.colorbar(img, ax=ax, label="hit rate (%)" if metric != "stall" else "stall per layer (ms)")
     trace_name = Path(str(df["trace"].iloc[0])).stem if "trace" in df.columns else ""
-    ax.set_title(title or f"{trace_name}: per-layer {'hit rate' if metric != 'stall' else 'stall'}, {what}")
+    ax.set_title(title or f"{trace_name}: per-layer {'hit rate' if metric != 'stall' else 'stall'}, "
+                          f"{what}{scope_note}")
     return fig
 
 
