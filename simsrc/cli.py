@@ -53,15 +53,16 @@ def main() -> None:
 @click.option("--executor", type=click.Choice(["local", "dask"]), default="local", show_default=True)
 @click.option("--address", default=None, help="Dask scheduler, e.g. tcp://10.0.0.5:8786 (default: a local cluster).")
 @click.option("--restart", is_flag=True, help="Discard the rows already in --out (e.g. after changing the spec).")
+@click.option("--extend", is_flag=True, help="Keep the rows in --out when the spec only grew; run the new ones.")
 @click.option("--dry-run", is_flag=True, help="Only expand the spec and say how many runs it has.")
 @click.option("--checkpoint-every", default=2.0, show_default=True, help="Seconds between rewrites of --out.")
 @friendly_errors
-def grid(spec, out, jobs, executor, address, restart, dry_run, checkpoint_every) -> None:
+def grid(spec, out, jobs, executor, address, restart, extend, dry_run, checkpoint_every) -> None:
     """Run every combination a grid SPEC (TOML) names; one row per run in --out."""
     import os
     from .grid import ResultFile, expand, run_grid
     g = expand(spec)
-    done = 0 if restart else len(ResultFile(out, g).done)
+    done = 0 if restart else len(ResultFile(out, g, extend=extend).done)
     where = f"dask at {address}" if executor == "dask" and address else (
         f"{executor}, {jobs or os.cpu_count()} workers")
     click.echo(f"{g.name}: {len(g):,} runs, {done:,} already in {out}, {len(g) - done:,} to run ({where})",
@@ -70,7 +71,7 @@ def grid(spec, out, jobs, executor, address, restart, dry_run, checkpoint_every)
         return
     with click.progressbar(length=len(g) - done, label="runs", show_eta=True, show_pos=True,
                            file=sys.stderr) as bar:
-        report = run_grid(g, out, jobs=jobs, executor=executor, address=address, restart=restart,
+        report = run_grid(g, out, jobs=jobs, executor=executor, address=address, restart=restart, extend=extend,
                           progress=bar.update, flush_every_s=checkpoint_every)
     failed = f", {report.failed} failed (see the error column)" if report.failed else ""
     click.echo(f"wrote {report.out}: {report.runs:,} rows ({report.ran:,} run now{failed}) in {report.seconds:.1f} s")

@@ -338,7 +338,7 @@ def execute(run: Run) -> dict:
 class ResultFile:
     """The output Parquet file, rewritten whole and renamed into place: any moment it is complete."""
 
-    def __init__(self, path: str | os.PathLike, grid: Grid, *, restart: bool = False):
+    def __init__(self, path: str | os.PathLike, grid: Grid, *, restart: bool = False, extend: bool = False):
         self.path = Path(path)
         self.grid = grid
         self.order = {r.key: i for i, r in enumerate(grid.runs)}
@@ -347,9 +347,9 @@ class ResultFile:
         for stale in self.path.parent.glob(f".{self.path.name}.*.tmp"):
             stale.unlink(missing_ok=True)  # left by a killed writer; the real file is intact
         if self.path.exists() and not restart:
-            self._load()
+            self._load(extend)
 
-    def _load(self) -> None:
+    def _load(self, extend: bool = False) -> None:
         try:
             pf = pq.ParquetFile(self.path)
         except (OSError, pa.ArrowException) as e:
@@ -364,11 +364,15 @@ class ResultFile:
             table = pf.read(columns=["run_key"])
             keys = set(table.column("run_key").to_pylist())
             common = len(keys & set(self.order))
-            raise ValueError(
-                f"{self.path}: holds {len(keys)} rows of a different grid (spec {info.get('spec')}, "
-                f"{info.get('runs')} runs); {self.grid.source} now expands to {len(self.grid)} runs, {common} of "
-                f"them in the file. The spec or a trace changed: write to a new --out, or pass --restart to "
-                f"discard the old rows")
+            grown = common == len(keys)
+            if not (extend and grown):
+                hint = (f"pass --extend to keep them and run the {len(self.grid) - common} new runs, "
+                        if grown else "")
+                raise ValueError(
+                    f"{self.path}: holds {len(keys)} rows of a different grid (spec {info.get('spec')}, "
+                    f"{info.get('runs')} runs); {self.grid.source} now expands to {len(self.grid)} runs, {common} "
+                    f"of them in the file. The spec or a trace changed: {hint}write to a new --out, or pass "
+                    f"--restart to discard the old rows")
         for row in pf.read().to_pylist():
             self.rows[row["run_key"]] = row
 
@@ -430,18 +434,19 @@ def read_results(path: str | os.PathLike):
 # ---------------------------------------------------------------- executors
 
 def run_grid(spec: dict | str | os.PathLike | Grid, out: str | os.PathLike, *, jobs: int | None = None,
-             executor: str = "local", address: str | None = None, restart: bool = False,
+             executor: str = "local", address: str | None = None, restart: bool = False, extend: bool = False,
              progress: Callable[[int], None] | None = None, base: str | os.PathLike | None = None,
              flush_every_s: float = FLUSH_EVERY_S) -> GridReport:
     """Run every run of a grid not yet in `out`, writing rows to `out` as they finish.
 
     executor: 'local' (jobs processes; 1 runs in this process) or 'dask' (a
     distributed scheduler at `address`, or a LocalCluster of `jobs` workers when
-    none is given). progress(n) is called with the runs finished since the last call.
+    none is given). restart: discard the rows in `out`; extend: keep them when the spec only grew (its runs
+    include every row there). progress(n) is called with the runs finished since the last call.
     """
     t0 = time.perf_counter()
     grid = spec if isinstance(spec, Grid) else expand(spec, base=base)
-    results = ResultFile(out, grid, restart=restart)
+    results = ResultFile(out, grid, restart=restart, extend=extend)
     pending = [r for r in grid.runs if r.key not in results.done]
     done_before = len(grid) - len(pending)
     jobs = jobs or os.cpu_count() or 1
@@ -453,7 +458,7 @@ def run_grid(spec: dict | str | os.PathLike | Grid, out: str | os.PathLike, *, j
         raise ValueError(f"unknown executor {executor!r}; choose local or dask")
     failed = 0
     last_write = time.monotonic()
-    dirty = restart or not results.path.exists()
+    dirty = restart or extend or not results.path.exists()
     try:
         for row in stream:
             results.add(row)

@@ -132,9 +132,27 @@ def test_changed_spec_is_reported_not_mixed(tmp_path):
         run_grid(spec, out, jobs=1)
     result = CliRunner().invoke(main, ["grid", str(spec), "--out", str(out), "--jobs", "1"])
     assert result.exit_code != 0 and "different grid" in result.output
+    with pytest.raises(ValueError, match="different grid"):
+        run_grid(spec, out, jobs=1, extend=True)  # lfu's row is not in the new grid: extending cannot keep it
     report = run_grid(spec, out, jobs=1, restart=True)
     assert report.ran == 2
     assert set(read_results(out)["policy"]) == {"lru", "fifo"}
+
+
+def test_a_grown_spec_extends_the_file_keeping_done_rows(tmp_path):
+    spec = write_spec(tmp_path / "g.toml", f'trace = "{SWITCH}"\npolicy = ["lru", "lfu"]\nmode = "count"\n')
+    out = tmp_path / "r.parquet"
+    run_grid(spec, out, jobs=1)
+    first = read_results(out).set_index("run_key")
+    write_spec(spec, f'trace = "{SWITCH}"\npolicy = ["lru", "lfu", "fifo"]\nmode = "count"\n')
+    with pytest.raises(ValueError, match="pass --extend to keep them and run the 1 new runs"):
+        run_grid(spec, out, jobs=1)
+    report = run_grid(spec, out, jobs=1, extend=True)
+    assert (report.done_before, report.ran) == (2, 1)
+    df = read_results(out).set_index("run_key")
+    assert list(df["policy"]) == ["lru", "lfu", "fifo"]
+    assert df.loc[first.index, "run_s"].tolist() == first["run_s"].tolist()  # kept, not re-run
+    assert run_grid(spec, out, jobs=1).ran == 0  # the file now belongs to the grown spec
 
 
 def test_rerun_of_a_finished_grid_runs_nothing(tmp_path):
