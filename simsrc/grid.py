@@ -169,7 +169,10 @@ def expand(spec: dict | str | os.PathLike, *, base: str | os.PathLike | None = N
             if location not in fingerprints:
                 fingerprints[location] = trace_fingerprint(location)
             run_params = {k: _resolve_path(k, v, base) for k, v in params.items()}
-            key = run_key(fingerprints[location], name_written, run_params)
+            # files a run reads besides its trace (a training trace) count by content too
+            inputs = {k: trace_fingerprint(v) for k, v in run_params.items()
+                      if k in PATH_FIELDS and isinstance(v, str) and (_is_url(v) or os.path.isfile(v))}
+            key = run_key(fingerprints[location], name_written, run_params, inputs)
             if key in seen:
                 continue  # the same run twice (e.g. overlapping globs): one row
             seen.add(key)
@@ -178,8 +181,11 @@ def expand(spec: dict | str | os.PathLike, *, base: str | os.PathLike | None = N
     return Grid(name, where, runs, _hash(sorted(r.key for r in runs)))
 
 
-def run_key(fingerprint: str, trace: str, params: dict) -> str:
-    return _hash({"trace": trace, "fingerprint": fingerprint, "params": params})[:24]
+def run_key(fingerprint: str, trace: str, params: dict, inputs: dict | None = None) -> str:
+    key = {"trace": trace, "fingerprint": fingerprint, "params": params}
+    if inputs:
+        key["inputs"] = inputs
+    return _hash(key)[:24]
 
 
 def _hash(obj) -> str:

@@ -267,3 +267,14 @@ def test_cli_dry_run_counts_runs(tmp_path):
     assert result.exit_code == 0
     assert "6 runs, 0 already in" in result.output
     assert not (tmp_path / "r.parquet").exists()
+
+
+def test_a_changed_training_trace_changes_the_runs(tmp_path):
+    train = tmp_path / "train.parquet"
+    train.write_bytes(SWITCH.read_bytes())
+    spec = write_spec(tmp_path / "g.toml", f'trace = "{SWITCH}"\npolicy = "static"\ntrain = "train.parquet"\n'
+                                           f'mode = "count"\n')
+    before = expand(spec).runs[0]
+    assert before.params["train"] == str(train)  # relative to the spec's folder
+    train.write_bytes(MIXTRAL.read_bytes())
+    assert expand(spec).runs[0].key != before.key
