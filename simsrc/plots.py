@@ -125,6 +125,8 @@ def _grid_of(plt, n: int, width: float = 4.6, height: float = 3.4):
 def _line(ax, x, y, label, style, spread=None):
     order = np.argsort(x)
     x, y = np.asarray(x)[order], np.asarray(y)[order]
+    if len(x) == 1 and not style.get("marker"):
+        style = {**style, "marker": "D", "markersize": 5}  # a single point of a bound needs a mark to be seen
     ax.plot(x, y, label=label, **style)
     if spread is not None:
         lo, hi = np.asarray(spread[0])[order], np.asarray(spread[1])[order]
@@ -186,6 +188,10 @@ def hit_rate_vs_capacity(results, *, title: str | None = None):
             _line(ax, 100 * a["capacity_fraction"], 100 * a["mean"], _series_label(policy, predictor, extra),
                   _style(policy, predictor, colors, extra), (100 * a["min"], 100 * a["max"]))
         _log_if_wide(ax, part["capacity_fraction"])
+        caps = np.unique(100 * part["capacity_fraction"])
+        if len(caps) == 1:  # one capacity: a labelled tick, not a zoomed axis of fractions of a percent
+            ax.set_xticks(caps, [f"{caps[0]:.3g}"])
+            ax.set_xlim(caps[0] - 5, caps[0] + 5)
         ax.set_xlabel("cache capacity (% of routed experts)")
         ax.set_ylabel("hit rate (%)")
         ax.set_ylim(0, 102)  # a bound at 100 % stays visible
