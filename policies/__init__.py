@@ -5,7 +5,8 @@ stream, params) -> state` in plain Python (stream: the moesim.trace.AccessStream
 being replayed; state: a namedtuple class defined in the module), then four compiled operations
 `on_hit(state, item, t)`, `on_insert(state, item, t)`, `on_evict(state, item)`
 and `victim(state, partition, busy) -> item or -1`. `t` is the position in the
-access stream. A module may also define `warm(...)` -> items resident at start.
+access stream. A module may also define `warm(...)` -> items resident at start,
+and `USES_SEED = True` if its decisions depend on replay's `seed`.
 Adding a policy is adding a module here and a line below; the engine is untouched.
 """
 import importlib
@@ -28,3 +29,11 @@ def get(name: str):
     if key not in POLICIES:
         raise ValueError(f"unknown policy {name!r}; choose one of {', '.join(POLICIES)}")
     return importlib.import_module(f"{__name__}.{POLICIES[key]}")
+
+
+def uses_seed(name: str) -> bool:
+    """Whether a policy's decisions depend on the seed (unknown names: assume they do)."""
+    try:
+        return bool(getattr(get(name), "USES_SEED", False))
+    except ValueError:
+        return True

@@ -10,6 +10,8 @@ import numpy as np
 from numba import njit
 
 
+USES_SEED = True  # the grid replays seed-only variants of other policies once
+
 RandomState = namedtuple("RandomState", "part_of base size members pos rng")
 
 
@@ -17,7 +19,7 @@ def init(num_items, part_of, part_capacity, stream, params):
     base = np.zeros(len(part_capacity), np.int64)
     base[1:] = np.cumsum(part_capacity)[:-1]
     members = np.full(max(int(part_capacity.sum()), 1), -1, np.int32)
-    rng = np.array([np.uint64(params.get("seed", 0)) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(1)], np.uint64)
+    rng = np.array([(int(params.get("seed", 0)) * 0x9E3779B97F4A7C15 + 1) % 2**64], np.uint64)
     return RandomState(part_of, base, np.zeros(len(part_capacity), np.int64), members,
                        np.full(num_items, -1, np.int64), rng)
 

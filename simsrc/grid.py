@@ -44,6 +44,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import __version__
+from . import policies as policy_registry
 from .replay import replay
 from .trace import AccessStream, Trace, TraceError, TraceMeta, access_stream, read_trace
 from .trace.schema import META_KEY
@@ -456,10 +457,11 @@ def run_grid(spec: dict | str | os.PathLike | Grid, out: str | os.PathLike, *, j
     pending = [r for r in grid.runs if r.key not in results.done]
     done_before = len(grid) - len(pending)
     jobs = jobs or os.cpu_count() or 1
+    leaders, twins = _share_replays(pending)
     if executor == "local":
-        stream = _local(pending, jobs)
+        stream = _local(leaders, jobs)
     elif executor == "dask":
-        stream = _dask(pending, address, jobs)
+        stream = _dask(leaders, address, jobs)
     else:
         raise ValueError(f"unknown executor {executor!r}; choose local or dask")
     failed = 0
@@ -467,11 +469,12 @@ def run_grid(spec: dict | str | os.PathLike | Grid, out: str | os.PathLike, *, j
     dirty = restart or extend or not results.path.exists()
     try:
         for row in stream:
-            results.add(row)
-            failed += row.get("error") is not None
+            for twin in [row, *_twin_rows(row, twins.get(row["run_key"], ()))]:
+                results.add(twin)
+                failed += twin.get("error") is not None
             dirty = True
             if progress:
-                progress(1)
+                progress(1 + len(twins.get(row["run_key"], ())))
             if time.monotonic() - last_write >= flush_every_s:
                 results.write()
                 last_write, dirty = time.monotonic(), False
@@ -479,6 +482,31 @@ def run_grid(spec: dict | str | os.PathLike | Grid, out: str | os.PathLike, *, j
         if dirty:
             results.write()
     return GridReport(results.path, len(grid), done_before, len(pending), failed, time.perf_counter() - t0)
+
+
+def _share_replays(runs: list[Run]) -> tuple[list[Run], dict[str, list[Run]]]:
+    """Runs that differ only in a seed their policy ignores replay once.
+
+    Returns the runs to execute and, per executed run's key, the runs that get a copy of its row.
+    """
+    first: dict[tuple, Run] = {}
+    twins: dict[str, list[Run]] = {}
+    for run in runs:
+        params = dict(run.params)
+        if not policy_registry.uses_seed(str(params.get("policy", "lru"))):
+            params.pop("seed", None)
+        identity = (run.location, run.fingerprint, _hash(params))
+        if identity in first:
+            twins.setdefault(first[identity].key, []).append(run)
+        else:
+            first[identity] = run
+    return list(first.values()), twins
+
+
+def _twin_rows(row: dict, runs: Iterable[Run]) -> Iterable[dict]:
+    for run in runs:
+        yield {**row, "run_key": run.key, "seed": run.params.get("seed", row.get("seed")), "run_s": 0.0,
+               "read_s": 0.0}
 
 
 def _local(runs: list[Run], jobs: int) -> Iterable[dict]:

@@ -112,6 +112,25 @@ per_layer = true
     assert df["trace_fingerprint"].nunique() == 1 and df["error"].isna().all()
 
 
+def test_seeds_a_policy_ignores_share_one_replay_and_every_row_is_still_written(tmp_path):
+    spec = write_spec(tmp_path / "g.toml", f"""
+trace = ["{SWITCH}"]
+policy = ["lru", "random"]
+capacity = [12]
+mode = "count"
+seed = [0, 1, 2]
+""")
+    out = tmp_path / "r.parquet"
+    report = run_grid(spec, out, jobs=1)
+    assert (report.runs, report.ran) == (6, 6)
+    df = read_results(out)
+    assert len(df) == 6 and df["run_key"].is_unique and sorted(df["seed"]) == [0, 0, 1, 1, 2, 2]
+    lru = df[df.policy == "lru"]
+    assert lru["hits"].nunique() == 1 and (lru["run_s"] > 0).sum() == 1  # replayed once, copied twice
+    for row in df.itertuples():  # and every row is what its own replay gives
+        assert row.hits == moesim.replay(SWITCH, policy=row.policy, capacity=12, mode="count", seed=row.seed)["hits"]
+
+
 def test_bad_run_becomes_an_error_row_and_the_rest_finish(tmp_path):
     spec = write_spec(tmp_path / "g.toml", f'trace = "{SWITCH}"\npolicy = ["lru", "static"]\nmode = "count"\n')
     out = tmp_path / "r.parquet"
