@@ -81,9 +81,13 @@ def main() -> None:
         df = read_results(out)
     assert report.failed == 0, df[df["error"].notna()]["error"].iloc[0]
     df["replay_s"] = df["run_s"] - df["read_s"]
+    # rows of runs that differ only in a seed their policy ignores are copies (run_s 0): time only real replays
+    replayed = df[df["run_s"] > 0]
     per_policy = {p: {"runs": int((df["policy"] == p).sum()),
-                      "mean_replay_s": round(float(df.loc[df["policy"] == p, "replay_s"].mean()), 4),
-                      "ns_per_access": round(float(df.loc[df["policy"] == p, "replay_s"].mean()) / accesses * 1e9, 1)}
+                      "replays": int((replayed["policy"] == p).sum()),
+                      "mean_replay_s": round(float(replayed.loc[replayed["policy"] == p, "replay_s"].mean()), 4),
+                      "ns_per_access": round(float(replayed.loc[replayed["policy"] == p, "replay_s"].mean())
+                                             / accesses * 1e9, 1)}
                   for p in policies}
     busy = float(df["replay_s"].sum())
     result = {
@@ -92,6 +96,7 @@ def main() -> None:
                 f"--jobs {args.jobs}",
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "runs": len(df),
+        "replays": len(replayed),
         "wall_s": round(wall, 1),
         "runs_per_s": round(len(df) / wall, 2),
         "replay_busy_s": round(busy, 1),
