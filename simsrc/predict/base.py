@@ -52,6 +52,16 @@ class Predictions:
                            self.score[idx], self.name)
 
 
+def same_model(traces) -> tuple[int, int]:
+    """(MoE layers, experts) shared by every training trace; a clear error when they differ."""
+    L, E = traces[0].meta.num_moe_layers, traces[0].meta.num_experts
+    for tr in traces:
+        if (tr.meta.num_moe_layers, tr.meta.num_experts) != (L, E):
+            raise ValueError(f"{tr.path}: {tr.meta.num_moe_layers} MoE layers x {tr.meta.num_experts} experts, "
+                             f"unlike the first training trace ({L} x {E}); fit one model per model")
+    return L, E
+
+
 def seg_position(stream: AccessStream) -> np.ndarray:
     """Each segment's place in the step-major layer sequence (strictly increasing in stream order)."""
     return stream.seg_step.astype(np.int64) * stream.num_layers + stream.seg_layer

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..trace import AccessStream, Trace, access_stream
-from .base import Predictions, from_dense, seg_at, seg_counts, seg_position
+from .base import Predictions, from_dense, same_model, seg_at, seg_counts, seg_position
 
 GROUPS = 3  # history groups: last routed layer, the one before it, same layer one step back
 KIND = "moesim-coactivation-v1"
@@ -87,17 +87,13 @@ def _logit(p):
 def fit(train: Trace | list[Trace], *, horizon: int = 1, smoothing: float = 1.0) -> CoactivationModel:
     """Count co-activations in training traces (replayed as decoded, one token per step)."""
     traces = train if isinstance(train, list) else [train]
-    m0 = traces[0].meta
-    L, E = m0.num_moe_layers, m0.num_experts
+    L, E = same_model(traces)
     F = GROUPS * E
     xty = np.zeros((horizon, L, F, E))
     xsum = np.zeros((horizon, L, F))
     ysum = np.zeros((horizon, L, E))
     n = np.zeros((horizon, L))
     for tr in traces:
-        if (tr.meta.num_moe_layers, tr.meta.num_experts) != (L, E):
-            raise ValueError(f"{tr.path}: {tr.meta.num_moe_layers} MoE layers x {tr.meta.num_experts} experts, "
-                             f"unlike the first training trace ({L} x {E}); fit one model per model")
         stream = access_stream(tr, prefill_chunk=1)
         counts = seg_counts(stream)
         targets = np.arange(stream.num_segments)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..trace import AccessStream, Trace, access_stream
-from .base import Predictions, from_dense, seg_at, seg_counts, seg_position
+from .base import Predictions, from_dense, same_model, seg_at, seg_counts, seg_position
 
 CONFIG_KEY = "moesim_gru_config"  # tensor [num_layers, num_experts, hidden, version]
 
@@ -102,12 +102,9 @@ def fit_gru(train: Trace | list[Trace], *, hidden: int = 128, epochs: int = 4, b
     torch = _torch()
     torch.manual_seed(seed)
     traces = train if isinstance(train, list) else [train]
-    L, E = traces[0].meta.num_moe_layers, traces[0].meta.num_experts
+    L, E = same_model(traces)
     xs, ys, ms = [], [], []
     for tr in traces:
-        if (tr.meta.num_moe_layers, tr.meta.num_experts) != (L, E):
-            raise ValueError(f"{tr.path}: {tr.meta.num_moe_layers} MoE layers x {tr.meta.num_experts} experts, "
-                             f"unlike the first training trace ({L} x {E}); fit one model per model")
         stream = access_stream(tr, prefill_chunk=1)
         counts = seg_counts(stream)
         x, seg = _inputs(stream, counts)
