@@ -110,7 +110,7 @@ def fit(train: Trace | list[Trace], *, horizon: int = 1, smoothing: float = 1.0)
     cond = (xty + smoothing * base[:, :, None, :]) / (xsum[..., None] + smoothing)
     cond = np.clip(cond, 1e-6, 1 - 1e-6)
     evidence = _logit(cond) - _logit(np.clip(base, 1e-6, 1 - 1e-6))[:, :, None, :]
-    meta = {"num_layers": L, "num_experts": E, "model": m0.model, "smoothing": smoothing,
+    meta = {"num_layers": L, "num_experts": E, "model": traces[0].meta.model, "smoothing": smoothing,
             "train": [str(t.path) if t.path else "<in memory>" for t in traces], "tokens": int(n[0].max())}
     return CoactivationModel(_logit(np.clip(base, 1e-6, 1 - 1e-6)).astype(np.float32), evidence.astype(np.float32),
                              meta)
