@@ -2,13 +2,17 @@
 
 Source: the classic policy; matches libCacheSim's FIFO exactly in count mode.
 Tie-break: none (insertion order is total); busy items are skipped.
+
+FIFO is LRU without the move to the front on a hit: it keeps the same list
+and shares LRU's insert, evict and victim operations. Its own state type is
+what sends the engine to this module's on_hit.
 """
 from collections import namedtuple
 
 from numba import njit
 
-from ._list import last_free, new_lists, push_front, unlink
-
+from ._list import new_lists
+from .lru import on_evict, on_insert, victim  # noqa: F401 (the engine finds them here)
 
 FifoState = namedtuple("FifoState", "part_of prev nxt head tail")
 
@@ -20,21 +24,3 @@ def init(num_items, part_of, part_capacity, stream, params):
 @njit(cache=True, _nrt=False)
 def on_hit(state, x, t):
     pass
-
-
-@njit(cache=True, _nrt=False)
-def on_insert(state, x, t):
-    part_of, prev, nxt, head, tail = state
-    push_front(prev, nxt, head, tail, part_of[x], x)
-
-
-@njit(cache=True, _nrt=False)
-def on_evict(state, x):
-    part_of, prev, nxt, head, tail = state
-    unlink(prev, nxt, head, tail, part_of[x], x)
-
-
-@njit(cache=True, _nrt=False)
-def victim(state, part, busy):
-    part_of, prev, nxt, head, tail = state
-    return last_free(prev, tail, part, busy)
