@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import glob
+import json
 import os
 import re
 from pathlib import Path
@@ -162,3 +163,20 @@ def parse_layers(spec: str | Sequence[int] | None) -> list[int] | None:
         else:
             raise ValueError(f"moe layers {spec!r}: write them as '1-26' or '0,2,4'")
     return sorted(set(out))
+
+
+def json_int_table(path: Path, key: str, what: str, layout: str) -> tuple[dict, np.ndarray]:
+    """A JSON file and the integer table under `key`; one clear error for bad JSON, a missing key, ragged lists.
+
+    what: the kind of file expected (for the message); layout: the table's expected nesting.
+    """
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise TraceError(f"{path}: not JSON ({e})") from None
+    if key not in d:
+        raise TraceError(f"{path}: no '{key}' key; not {what}")
+    try:
+        return d, np.asarray(d[key], dtype=np.int64)
+    except ValueError:
+        raise TraceError(f"{path}: '{key}' is ragged; expected {layout}") from None

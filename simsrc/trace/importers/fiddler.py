@@ -5,7 +5,6 @@ popularity prior (frequency pinning) and for per-layer skew plots.
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..schema import TraceError
+from .common import json_int_table
 
 
 @dataclass
@@ -34,16 +34,7 @@ class Popularity:
 def read_fiddler_popularity(path: str | os.PathLike, *, top_k: int = 2) -> Popularity:
     """expert_popularity_<subject>.json -> counts [layers, experts] (Mixtral: 32 x 8, top-2)."""
     path = Path(path)
-    try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise TraceError(f"{path}: not JSON ({e})") from None
-    if "expert_popularity" not in d:
-        raise TraceError(f"{path}: no 'expert_popularity' key; not a Fiddler popularity file")
-    try:
-        counts = np.asarray(d["expert_popularity"], dtype=np.int64)
-    except ValueError:
-        raise TraceError(f"{path}: expert_popularity is ragged; expected [layers][experts] counts") from None
+    d, counts = json_int_table(path, "expert_popularity", "a Fiddler popularity file", "[layers][experts] counts")
     if counts.ndim != 2 or (counts < 0).any():
         raise TraceError(f"{path}: expert_popularity must be a [layers][experts] table of non-negative counts")
     sums = counts.sum(axis=1)

@@ -13,22 +13,15 @@ import numpy as np
 
 from ..io import Trace
 from ..schema import PREFILL, TraceError, TraceMeta
+from .common import json_int_table
 from .models import SWITCH_BASE_8
 
 
 def read_stratamoe(path: str | os.PathLike, *, metadata: str | os.PathLike | None = None, progress=None) -> Trace:
     """router-trace.v2.json -> trace; one request per prompt span (one prefill step each)."""
     path = Path(path)
-    try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise TraceError(f"{path}: not JSON ({e})") from None
-    if "selections" not in d:
-        raise TraceError(f"{path}: no 'selections' key; not a StrataMoE router trace")
-    try:
-        sel = np.asarray(d["selections"], dtype=np.int64)
-    except ValueError:
-        raise TraceError(f"{path}: 'selections' is ragged; every position needs one list per sparse layer") from None
+    d, sel = json_int_table(path, "selections", "a StrataMoE router trace",
+                            "one list per sparse layer at every position")
     if sel.ndim != 3:
         raise TraceError(f"{path}: 'selections' has shape {sel.shape}, expected [positions, layers, top_k]")
     T, L, k = sel.shape
