@@ -5,7 +5,7 @@ stream, params) -> state` in plain Python (stream: the moesim.trace.AccessStream
 being replayed; state: a namedtuple class defined in the module), then four compiled operations
 `on_hit(state, item, t)`, `on_insert(state, item, t)`, `on_evict(state, item)`
 and `victim(state, partition, busy) -> item or -1`. `t` is the position in the
-access stream. A module may also define `warm(...)` -> items resident at start,
+access stream. A module may also define `warm(state)` -> items resident at start,
 and `USES_SEED = True` if its decisions depend on replay's `seed`.
 Adding a policy is adding a module here and a line below; the engine is untouched.
 """
@@ -23,12 +23,17 @@ POLICIES = {
 }
 
 
-def get(name: str):
-    """The policy module for a name (see POLICIES)."""
+def canonical(name: str) -> str:
+    """The registered spelling of a policy name ('LFU_DA' and 'lfu-da' alike), or a clear error."""
     key = name.lower().replace("_", "-")
     if key not in POLICIES:
         raise ValueError(f"unknown policy {name!r}; choose one of {', '.join(POLICIES)}")
-    return importlib.import_module(f"{__name__}.{POLICIES[key]}")
+    return key
+
+
+def get(name: str):
+    """The policy module for a name (see POLICIES)."""
+    return importlib.import_module(f"{__name__}.{POLICIES[canonical(name)]}")
 
 
 def uses_seed(name: str) -> bool:

@@ -38,8 +38,8 @@ def init(num_items, part_of, part_capacity, stream, params):
     return StaticState(part_of, pinned, *new_lists(num_items, len(part_capacity)))
 
 
-def warm(num_items, part_of, part_capacity, params):
-    return pinned_items(part_of, part_capacity, params)
+def warm(state):
+    return np.flatnonzero(state.pinned).astype(np.int32)
 
 
 @njit(cache=True, _nrt=False)

@@ -44,9 +44,11 @@ def parse_capacity(capacity: str | int | float, *, num_items: int, num_layers: i
     if isinstance(capacity, (int, np.integer)):
         return int(capacity), False
     if isinstance(capacity, float):
-        if 0 < capacity < 1:
-            return int(math.floor(capacity * num_items)), False
-        return int(capacity), False
+        # a float is a fraction of all experts (0.25, 1.0); a count is an int, so 1.0 cannot mean "1 expert"
+        if not 0 < capacity <= 1:
+            raise ValueError(f"capacity {capacity!r}: a float is a fraction of all experts, in (0, 1]; "
+                             f"write an expert count as an integer (166) or a percentage ('10%')")
+        return int(math.floor(capacity * num_items + 1e-9)), False
     text = str(capacity).strip()
     m = re.fullmatch(r"([0-9.]+)\s*%", text)
     if m:
@@ -149,6 +151,7 @@ def replay(
         part_cap = np.maximum(part_cap, 0)
 
     module = policy_registry.get(policy)
+    policy = policy_registry.canonical(policy)
     params: dict[str, Any] = {"seed": seed, "top_k": stream.top_k}
     if policy == "static":
         if train is None:
@@ -156,8 +159,7 @@ def replay(
                              "(--train TRACE)")
         params["train_counts"] = expert_counts(_load(train), num_layers=L, num_experts=E)
     state = module.init(n_items, part_of, part_cap, stream, params)
-    warm = (module.warm(n_items, part_of, part_cap, params) if hasattr(module, "warm")
-            else np.zeros(0, np.int32)).astype(np.int32)
+    warm = (module.warm(state) if hasattr(module, "warm") else np.zeros(0, np.int32)).astype(np.int32)
     horizon_used = 0
     if prefetch is None and predictor != "none":
         from .predict import plan as prefetch_plan
@@ -203,7 +205,7 @@ def replay(
                                        pinned, warm, L, prefetch.offsets, prefetch.item, state)
         row.update(_hit_fields(hits, misses))
         row.update({k: math.nan for k in ("stall_s", "total_s", "tpot_s", "ttft_s")})
-        row.update(_prefetch_fields(c, count_mode=True))
+        row.update(_prefetch_fields(c))
         row["bytes_demand"] = float(misses.sum()) * expert_bytes
         row["bytes_prefetch"] = c[PF_ISSUED] * expert_bytes
         row["bytes_wasted"] = c[PF_WASTED] * expert_bytes
@@ -216,7 +218,7 @@ def replay(
     if not expert_bytes:
         raise ValueError(f"{row['trace']}: the trace does not say how many bytes an expert has "
                          f"(bytes_per_expert=0); timed mode needs it: pass bytes_per_expert (--bytes-per-expert)")
-    seg_dense = dense_seconds(stream, meta, hw)
+    seg_dense = dense_seconds(stream, meta, hw, expert_bytes)
     flops_per_token = 2.0 * expert_bytes / dtype_bytes(meta.dtype)
     hits, misses, stall, step_end, c = timed_replay(
         stream.item, stream.seg_offsets, stream.seg_layer, stream.seg_step, seg_dense, stream.num_steps,
@@ -260,7 +262,7 @@ def expert_counts(trace: Trace, *, num_layers: int, num_experts: int) -> np.ndar
     return np.bincount(items.reshape(-1), minlength=num_layers * num_experts).astype(np.float64)
 
 
-def dense_seconds(stream: AccessStream, meta, hw: Hardware) -> np.ndarray:
+def dense_seconds(stream: AccessStream, meta, hw: Hardware, expert_bytes: float) -> np.ndarray:
     """Time of each segment's dense part (attention, router, norms): a roofline of its weights.
 
     Layers without experts (e.g. DeepSeek's first dense layers) are charged to the
@@ -275,14 +277,14 @@ def dense_seconds(stream: AccessStream, meta, hw: Hardware) -> np.ndarray:
     n_dense_layers = meta.num_layers - meta.num_moe_layers
     if n_dense_layers > 0:
         first = np.r_[True, stream.seg_step[1:] != stream.seg_step[:-1]]
-        extra_bytes = dense_bytes + meta.bytes_per_expert
+        extra_bytes = dense_bytes + expert_bytes
         extra = np.maximum(tokens * 2 * extra_bytes / dtype_bytes(meta.dtype) / (hw.gpu_tflops * 1e12),
                            extra_bytes / (hw.hbm_gbps * 1e9)) + 2 * hw.launch_us * 1e-6
         t = t + np.where(first, n_dense_layers * extra, 0.0)
     return t
 
 
-def _prefetch_fields(c: np.ndarray, count_mode: bool = False) -> dict[str, Any]:
+def _prefetch_fields(c: np.ndarray) -> dict[str, Any]:
     return {"prefetch_issued": int(c[PF_ISSUED]), "prefetch_used": int(c[PF_USED]), "prefetch_late": int(c[PF_LATE]),
             "prefetch_wasted": int(c[PF_WASTED]), "prefetch_harmful": int(c[PF_HARMFUL]),
             "prefetch_cancelled": int(c[PF_CANCELLED])}
@@ -296,7 +298,7 @@ def _hit_fields(hits: np.ndarray, misses: np.ndarray) -> dict[str, Any]:
 def _time_fields(stream: AccessStream, step_end: np.ndarray, stall: np.ndarray) -> dict[str, Any]:
     step_start = np.r_[0.0, step_end[:-1]]
     step_time = step_end - step_start
-    valid = stream.request_first_output_step < stream.num_steps  # request ids with no rows are gaps
+    valid = stream.request_first_step < stream.num_steps  # request ids with no rows are gaps
     first_out = stream.request_first_output_step[valid]
     # time to first token: from the request's first step starting to its first token's step ending
     ttft = step_end[first_out] - step_start[stream.request_first_step[valid]]

@@ -111,3 +111,36 @@ def test_a_trace_without_expert_sizes_needs_them_for_timed_mode():
     with pytest.raises(ValueError, match="bytes_per_expert"):
         moesim.replay(trace, capacity=1)
     assert moesim.replay(trace, capacity=1, bytes_per_expert="1MB")["misses"] == 2
+
+
+def test_a_trace_with_gaps_in_its_request_ids_replays_in_timed_mode():
+    trace = read_trace(TRACES / "switch-base-8-stratamoe.parquet").select_requests([0, 2])
+    whole = moesim.replay(trace, capacity=12, prefill_chunk=0)
+    assert whole["ttft_s"] > 0 and whole["hits"] + whole["misses"] == whole["accesses"]
+
+
+def test_policy_names_are_read_as_the_registry_spells_them():
+    trace = small()
+    assert moesim.replay(trace, policy="LRU", capacity=6, mode="count")["policy"] == "lru"
+    assert moesim.replay(trace, policy="Static", train=trace, capacity=6, mode="count")["policy"] == "static"
+
+
+def test_a_float_capacity_is_a_fraction_never_a_count():
+    trace = small()  # 24 experts
+    assert moesim.replay(trace, capacity=1.0, mode="count")["capacity_experts"] == 24
+    with pytest.raises(ValueError, match="a float is a fraction of all experts"):
+        moesim.replay(trace, capacity=6.0, mode="count")
+
+
+def test_the_expert_size_override_prices_the_dense_layers_too():
+    # 4 decoder layers, 3 of them MoE: the dense layer's FFN, charged on each step's first MoE segment,
+    # is one expert's worth of weights -- the overridden size, not the trace's (here unknown, 0)
+    from moesim.hardware import get_hardware
+    from moesim.replay import dense_seconds
+    trace = make_trace(random_routes(np.random.default_rng(0), tokens=5, layers=3, experts=8, top_k=2),
+                       num_experts=8, top_k=2, bytes_per_expert=0, num_layers=4)
+    stream, hw = access_stream(trace), get_hardware("a100-pcie4")
+    one, eight = (dense_seconds(stream, trace.meta, hw, b) for b in (1e6, 8e6))
+    first = stream.seg_layer == 0
+    assert (eight[first] - one[first]) == pytest.approx(np.full(first.sum(), 7e6 / (hw.hbm_gbps * 1e9)))
+    assert (eight[~first] == one[~first]).all()

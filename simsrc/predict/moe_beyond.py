@@ -27,12 +27,6 @@ import numpy as np
 from ..trace import Trace, access_stream
 
 
-def _requests(trace: Trace):
-    stream = access_stream(trace, prefill_chunk=1)
-    req = stream.row_request[stream.seg_row_offsets[:-1]]
-    return stream, req
-
-
 def paper_protocol(trace: Trace, *, use_predictions: bool, capacity_fraction: float = 0.1,
                    warmup_tokens: int = 10, extra_warmup_row: bool = True) -> dict:
     """Hits and misses as the paper's simulator counts them (per-request cold LRU, pred_h0 touched first).

@@ -21,7 +21,7 @@ from .base import Predictions
 def segment_seconds(stream: AccessStream, meta, hw: Hardware, expert_bytes: float) -> tuple[np.ndarray, np.ndarray]:
     """(dense, total) seconds of each segment with every expert resident: what a prefetch can hide behind."""
     from ..replay import dense_seconds  # replay imports this package; import late to keep the arrow one way
-    dense = dense_seconds(stream, meta, hw)
+    dense = dense_seconds(stream, meta, hw, expert_bytes)
     seg_of = np.repeat(np.arange(stream.num_segments, dtype=np.int64), np.diff(stream.seg_offsets))
     key, tokens = np.unique(seg_of * stream.num_items + stream.item, return_counts=True)
     flops_per_token = 2.0 * expert_bytes / dtype_bytes(meta.dtype)

@@ -113,8 +113,11 @@ def access_stream(trace: Trace, *, prefill_chunk: int = 1) -> AccessStream:
     first_out = np.full(n_req, np.iinfo(np.int32).max, dtype=np.int64)
     if emits.any():
         np.minimum.at(first_out, req[emits], new_step[emits])
-    # a request whose prompt is processed as one chunk emits its first token at the end of it
-    no_emit = first_out == np.iinfo(np.int32).max
+    # a request whose prompt is processed as one chunk emits its first token at the end of it;
+    # request ids with no rows (gaps) keep int32 max in both arrays
+    seen = np.zeros(n_req, bool)
+    seen[req] = True
+    no_emit = (first_out == np.iinfo(np.int32).max) & seen
     if no_emit.any():
         last = np.full(n_req, -1, dtype=np.int64)
         np.maximum.at(last, req, new_step)
