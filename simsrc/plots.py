@@ -495,8 +495,7 @@ def expert_popularity(trace, *, title: str | None = None):
     tr = _trace(trace)
     meta = tr.meta
     L, E = meta.num_moe_layers, meta.num_experts
-    items = tr.layer_index()[:, None].astype(np.int64) * E + tr.expert_ids()
-    counts = np.bincount(items.reshape(-1), minlength=L * E).reshape(L, E).astype(float)
+    counts = tr.expert_counts().astype(float)
     share = 100 * counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, max(3.4, 0.14 * L + 1.6)), layout="constrained",
                                   gridspec_kw={"width_ratios": [2.2, 1]})

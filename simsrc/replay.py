@@ -255,11 +255,8 @@ def _item(meta, layer: int, expert: int) -> int:
 
 def expert_counts(trace: Trace, *, num_layers: int, num_experts: int) -> np.ndarray:
     """Activations of each (layer, expert) in a trace, as a flat per-item array."""
-    if trace.meta.num_moe_layers != num_layers or trace.meta.num_experts != num_experts:
-        raise ValueError(f"{trace.path}: has {trace.meta.num_moe_layers} MoE layers x {trace.meta.num_experts} "
-                         f"experts, the replayed trace {num_layers} x {num_experts}; train on the same model")
-    items = trace.layer_index()[:, None].astype(np.int64) * num_experts + trace.expert_ids()
-    return np.bincount(items.reshape(-1), minlength=num_layers * num_experts).astype(np.float64)
+    trace.check_same_model(num_layers, num_experts)
+    return trace.expert_counts().reshape(-1).astype(np.float64)
 
 
 def dense_seconds(stream: AccessStream, meta, hw: Hardware, expert_bytes: float) -> np.ndarray:

@@ -144,3 +144,11 @@ def test_the_expert_size_override_prices_the_dense_layers_too():
     first = stream.seg_layer == 0
     assert (eight[first] - one[first]) == pytest.approx(np.full(first.sum(), 7e6 / (hw.hbm_gbps * 1e9)))
     assert (eight[~first] == one[~first]).all()
+
+
+def test_training_data_from_another_model_is_refused_by_name():
+    other = read_trace(TRACES / "switch-base-8-stratamoe.parquet")
+    with pytest.raises(ValueError, match="switch-base-8-stratamoe.parquet: this training trace has 6 MoE layers x 8"):
+        moesim.replay(small(), policy="static", train=other, capacity=6, mode="count")
+    with pytest.raises(ValueError, match="use a trace of the same model"):
+        moesim.replay(small(), predictor="frequency", train=other, capacity=6, mode="count")

@@ -56,9 +56,7 @@ def same_model(traces) -> tuple[int, int]:
     """(MoE layers, experts) shared by every training trace; a clear error when they differ."""
     L, E = traces[0].meta.num_moe_layers, traces[0].meta.num_experts
     for tr in traces:
-        if (tr.meta.num_moe_layers, tr.meta.num_experts) != (L, E):
-            raise ValueError(f"{tr.path}: {tr.meta.num_moe_layers} MoE layers x {tr.meta.num_experts} experts, "
-                             f"unlike the first training trace ({L} x {E}); fit one model per model")
+        tr.check_same_model(L, E, role="training trace (unlike the first; fit one predictor per model)")
     return L, E
 
 

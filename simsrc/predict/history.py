@@ -24,11 +24,8 @@ def previous(stream: AccessStream, *, horizon: int, top_n: int) -> Predictions:
 
 def layer_frequency(train: Trace, num_layers: int, num_experts: int) -> np.ndarray:
     """(layers, experts): each expert's share of its layer's activations in a training trace."""
-    if train.meta.num_moe_layers != num_layers or train.meta.num_experts != num_experts:
-        raise ValueError(f"{train.path}: has {train.meta.num_moe_layers} MoE layers x {train.meta.num_experts} "
-                         f"experts, the replayed trace {num_layers} x {num_experts}; train on the same model")
-    items = train.layer_index()[:, None].astype(np.int64) * num_experts + train.expert_ids()
-    c = np.bincount(items.reshape(-1), minlength=num_layers * num_experts).reshape(num_layers, num_experts)
+    train.check_same_model(num_layers, num_experts)
+    c = train.expert_counts()
     return (c / np.maximum(c.sum(axis=1, keepdims=True), 1)).astype(np.float32)
 
 

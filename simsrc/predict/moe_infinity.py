@@ -22,9 +22,7 @@ from .base import Predictions, from_dense, seg_at, seg_position
 
 def collection(train: Trace, num_layers: int, num_experts: int) -> np.ndarray:
     """(requests, layers, experts) float64: each training request's activation counts."""
-    if train.meta.num_moe_layers != num_layers or train.meta.num_experts != num_experts:
-        raise ValueError(f"{train.path}: has {train.meta.num_moe_layers} MoE layers x {train.meta.num_experts} "
-                         f"experts, the replayed trace {num_layers} x {num_experts}; train on the same model")
+    train.check_same_model(num_layers, num_experts)
     req = train.column("request_id").astype(np.int64)
     _, r = np.unique(req, return_inverse=True)
     layer = train.layer_index().astype(np.int64)

@@ -160,6 +160,19 @@ class Trace:
         lut[self.meta.moe_layers] = np.arange(len(self.meta.moe_layers), dtype=np.int32)
         return lut[self.column("layer")]
 
+    def expert_counts(self) -> np.ndarray:
+        """(MoE layers, experts): how many times each expert was routed to."""
+        L, E = self.meta.num_moe_layers, self.meta.num_experts
+        items = self.layer_index()[:, None].astype(np.int64) * E + self.expert_ids()
+        return np.bincount(items.reshape(-1), minlength=L * E).reshape(L, E)
+
+    def check_same_model(self, num_layers: int, num_experts: int, role: str = "training trace") -> None:
+        """A clear error when this trace (e.g. training data) has another shape than the replayed one."""
+        if (self.meta.num_moe_layers, self.meta.num_experts) != (num_layers, num_experts):
+            raise ValueError(f"{self.path}: this {role} has {self.meta.num_moe_layers} MoE layers x "
+                             f"{self.meta.num_experts} experts, the replayed trace {num_layers} x {num_experts}; "
+                             f"use a trace of the same model")
+
     def select_requests(self, request_ids) -> "Trace":
         """A trace holding only these requests (ids kept)."""
         mask = np.isin(self.column("request_id"), np.asarray(list(request_ids)))
