@@ -156,9 +156,7 @@ class Trace:
 
     def layer_index(self) -> np.ndarray:
         """Each row's MoE layer as a dense index 0..num_moe_layers-1."""
-        lut = np.full(max(self.meta.moe_layers) + 1, -1, dtype=np.int32)
-        lut[self.meta.moe_layers] = np.arange(len(self.meta.moe_layers), dtype=np.int32)
-        return lut[self.column("layer")]
+        return self.meta.layer_lut()[self.column("layer")]
 
     def expert_counts(self) -> np.ndarray:
         """(MoE layers, experts): how many times each expert was routed to."""

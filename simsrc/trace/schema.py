@@ -70,6 +70,12 @@ class TraceMeta:
     def num_moe_layers(self) -> int:
         return len(self.moe_layers)
 
+    def layer_lut(self) -> np.ndarray:
+        """Model layer id -> dense MoE layer index 0..num_moe_layers-1 (-1 for layers without experts)."""
+        lut = np.full(max(self.moe_layers) + 1, -1, dtype=np.int32)
+        lut[self.moe_layers] = np.arange(len(self.moe_layers), dtype=np.int32)
+        return lut
+
     def to_json(self) -> bytes:
         return json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
 

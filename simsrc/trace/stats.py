@@ -250,12 +250,6 @@ def _batches(source: Trace | str | os.PathLike, batch_rows: int):
         }
 
 
-def _layer_lut(meta: TraceMeta) -> np.ndarray:
-    lut = np.full(max(meta.moe_layers) + 1, -1, dtype=np.int32)
-    lut[meta.moe_layers] = np.arange(meta.num_moe_layers, dtype=np.int32)
-    return lut
-
-
 def inspect_trace(source: Trace | str | os.PathLike, *, batch_rows: int = 1 << 20,
                   successors: bool = False) -> dict[str, Any]:
     """Statistics of a trace (a path, streamed by row batch, or a Trace in memory). See the module doc.
@@ -266,7 +260,7 @@ def inspect_trace(source: Trace | str | os.PathLike, *, batch_rows: int = 1 << 2
     meta = source.meta if isinstance(source, Trace) else read_meta(source)
     L, E, k = meta.num_moe_layers, meta.num_experts, meta.top_k
     num_items = L * E
-    lut = _layer_lut(meta)
+    lut = meta.layer_lut()
     coupling_on = L > 1 and (L - 1) * E * E <= MAX_COUPLING_CELLS
 
     requests = _Requests()
