@@ -42,7 +42,7 @@ import numpy as np
 import pyarrow as pa
 
 from .io import Trace, iter_batches, read_meta
-from .schema import DECODE, PREFILL, TraceMeta
+from .schema import DECODE, PREFILL
 
 PHASE_NAMES = ("prefill", "decode")
 # Successor tables above this many cells (layers x experts x experts) are not
