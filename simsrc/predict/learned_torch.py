@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..trace import AccessStream, Trace, access_stream
-from .base import Predictions, from_dense, same_model, seg_at, seg_counts, seg_position
+from .base import Predictions, from_dense, same_model, seg_at, seg_counts
 
 CONFIG_KEY = "moesim_gru_config"  # tensor [num_layers, num_experts, hidden, version]
 

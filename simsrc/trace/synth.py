@@ -37,7 +37,7 @@ import numpy as np
 import pyarrow as pa
 
 from .io import Trace, read_meta
-from .schema import DECODE, KEY_COLUMNS, PREFILL, TraceError, TraceMeta, arrow_schema
+from .schema import DECODE, KEY_COLUMNS, PREFILL, TraceMeta, arrow_schema
 from .stats import inspect_trace
 
 GENERATOR = "moesim.trace.synth"
