@@ -26,12 +26,18 @@ ERR_CAPACITY = 1.0  # a layer needs more experts at once than its partition hold
 
 
 @njit(cache=True, _nrt=False)
-def _transfer(issue_t, eng_free, link, latency_s, xfer_s):
-    """Schedule one transfer; returns its arrival time. link[0] = when the pipe is free."""
+def _first_free_engine(eng_free):
     e = 0
     for k in range(1, eng_free.shape[0]):
         if eng_free[k] < eng_free[e]:
             e = k
+    return e
+
+
+@njit(cache=True, _nrt=False)
+def _transfer(issue_t, eng_free, link, latency_s, xfer_s):
+    """Schedule one transfer; returns its arrival time. link[0] = when the pipe is free."""
+    e = _first_free_engine(eng_free)
     start = max(issue_t, eng_free[e])
     done = max(start + latency_s, link[0]) + xfer_s
     link[0] = done
@@ -63,11 +69,7 @@ def _start_prefetches(until_t, min_target, clock, q, q_end, pf_offsets, pf_item,
     """
     while q < q_end:
         q_seg = np.searchsorted(pf_offsets, q, side="right") - 1  # the segment that issued it
-        e = 0
-        for k in range(1, eng_free.shape[0]):
-            if eng_free[k] < eng_free[e]:
-                e = k
-        start = max(route_t[q_seg], eng_free[e], hold[0])
+        start = max(route_t[q_seg], eng_free[_first_free_engine(eng_free)], hold[0])
         if start > until_t:
             break
         x = pf_item[q]
