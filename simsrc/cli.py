@@ -62,7 +62,8 @@ def grid(spec, out, jobs, executor, address, restart, extend, dry_run, checkpoin
     import os
     from .grid import ResultFile, expand, run_grid
     g = expand(spec)
-    done = 0 if restart else len(ResultFile(out, g, extend=extend).done)
+    results = ResultFile(out, g, restart=restart, extend=extend)
+    done = len(results.done)
     where = f"dask at {address}" if executor == "dask" and address else (
         f"{executor}, {jobs or os.cpu_count()} workers")
     click.echo(f"{g.name}: {len(g):,} runs, {done:,} already in {out}, {len(g) - done:,} to run ({where})",
@@ -72,7 +73,7 @@ def grid(spec, out, jobs, executor, address, restart, extend, dry_run, checkpoin
     with click.progressbar(length=len(g) - done, label="runs", show_eta=True, show_pos=True,
                            file=sys.stderr) as bar:
         report = run_grid(g, out, jobs=jobs, executor=executor, address=address, restart=restart, extend=extend,
-                          progress=bar.update, flush_every_s=checkpoint_every)
+                          progress=bar.update, flush_every_s=checkpoint_every, results=results)
     failed = f", {report.failed} failed (see the error column)" if report.failed else ""
     click.echo(f"wrote {report.out}: {report.runs:,} rows ({report.ran:,} run now{failed}) in {report.seconds:.1f} s")
 

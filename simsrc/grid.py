@@ -443,17 +443,18 @@ def read_results(path: str | os.PathLike):
 def run_grid(spec: dict | str | os.PathLike | Grid, out: str | os.PathLike, *, jobs: int | None = None,
              executor: str = "local", address: str | None = None, restart: bool = False, extend: bool = False,
              progress: Callable[[int], None] | None = None, base: str | os.PathLike | None = None,
-             flush_every_s: float = FLUSH_EVERY_S) -> GridReport:
+             flush_every_s: float = FLUSH_EVERY_S, results: "ResultFile | None" = None) -> GridReport:
     """Run every run of a grid not yet in `out`, writing rows to `out` as they finish.
 
     executor: 'local' (jobs processes; 1 runs in this process) or 'dask' (a
     distributed scheduler at `address`, or a LocalCluster of `jobs` workers when
     none is given). restart: discard the rows in `out`; extend: keep them when the spec only grew (its runs
     include every row there). progress(n) is called with the runs finished since the last call.
+    results: `out` already opened as a ResultFile (the CLI opens it to report what is done; not read twice).
     """
     t0 = time.perf_counter()
     grid = spec if isinstance(spec, Grid) else expand(spec, base=base)
-    results = ResultFile(out, grid, restart=restart, extend=extend)
+    results = results or ResultFile(out, grid, restart=restart, extend=extend)
     pending = [r for r in grid.runs if r.key not in results.done]
     done_before = len(grid) - len(pending)
     jobs = jobs or os.cpu_count() or 1
