@@ -127,6 +127,7 @@ def replay(
         raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
     tr = _load(trace)
     meta = tr.meta
+    reuse_stream = stream is not None  # the caller keeps it for more replays: predictions for it may be reused
     if stream is None:
         stream = access_stream(tr, prefill_chunk=prefill_chunk)
     L, E = stream.num_layers, stream.num_experts
@@ -164,7 +165,7 @@ def replay(
         from .predict import plan as prefetch_plan
         prefetch, horizon_used = prefetch_plan(
             tr, stream, predictor, hardware=hw, expert_bytes=expert_bytes, horizon=horizon, top_n=top_n,
-            threshold=threshold, adaptive=adaptive, train=train,
+            threshold=threshold, adaptive=adaptive, train=train, reuse=reuse_stream,
             step_cap_bytes=None if prefetch_bytes_per_step is None else parse_bytes(prefetch_bytes_per_step))
     if prefetch is None:
         prefetch = Prefetch.none(stream.num_segments)

@@ -230,3 +230,19 @@ def test_cli_score_predictor_and_replay(tmp_path):
     assert row["predictor"] == "recorded" and row["prefetch_issued"] > 0 and row["horizon"] == 1
     r = CliRunner().invoke(main, ["score-predictor", str(SAMPLE)])
     assert r.exit_code != 0 and "pred_h" in r.output
+
+
+def test_replays_of_one_stream_reuse_its_predictions_and_give_the_same_rows(monkeypatch):
+    import moesim.predict as predict_module
+    trace = moesim.read_trace(TEST)
+    stream = access_stream(trace)
+    fresh = [moesim.replay(trace, predictor="recorded", capacity=c, mode="count") for c in ("10%", "20%")]
+    calls = []
+    real = predict_module.predict
+    monkeypatch.setattr(predict_module, "predict", lambda *a, **k: calls.append(1) or real(*a, **k))
+    kept = [moesim.replay(trace, predictor="recorded", capacity=c, mode="count", stream=stream)
+            for c in ("10%", "20%")]
+    assert len(calls) == 1  # predicted once for the kept stream
+    for a, b in zip(fresh, kept):
+        assert {k: a[k] for k in ("hits", "prefetch_issued", "prefetch_used")} == \
+               {k: b[k] for k in ("hits", "prefetch_issued", "prefetch_used")}

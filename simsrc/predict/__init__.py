@@ -14,6 +14,7 @@ returns the engine's prefetch plan; `score()` (moesim.predict.score) grades them
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from pathlib import Path
 
 from ..hardware import Hardware
@@ -94,16 +95,46 @@ def predict(trace: Trace | str | os.PathLike, predictor: str = "recorded", *, st
     raise ValueError(f"unknown predictor {predictor!r}; choose one of {', '.join(PREDICTORS)}")
 
 
+# Predictions made lately, for plan(reuse=True): a grid replays one access stream at many capacities
+# and links, and predicting costs 10-20x a replay. An entry holds its stream and training trace, so
+# the ids in its key stay theirs while it is kept.
+_RECENT: OrderedDict = OrderedDict()
+KEEP_RECENT = 8
+
+
+def _train_identity(train):
+    if train is None or isinstance(train, Trace):
+        return id(train)
+    path = Path(train).resolve()
+    return str(path), path.stat().st_mtime_ns if path.exists() else None
+
+
+def _recent_predictions(trace, stream, predictor, horizon, top_n, train) -> Predictions:
+    key = (id(stream), predictor, horizon, top_n, _train_identity(train))
+    if key in _RECENT:
+        _RECENT.move_to_end(key)
+        return _RECENT[key][2]
+    pred = predict(trace, predictor, stream=stream, horizon=horizon, top_n=top_n, train=train)
+    _RECENT[key] = (stream, train, pred)
+    while len(_RECENT) > KEEP_RECENT:
+        _RECENT.popitem(last=False)
+    return pred
+
+
 def plan(trace: Trace, stream: AccessStream, predictor: str, *, hardware: Hardware, expert_bytes: float,
          horizon: int = 1, top_n: int | None = None, threshold: float | None = None,
          step_cap_bytes: float | None = None, adaptive: bool = False,
-         train: Trace | str | os.PathLike | None = None):
+         train: Trace | str | os.PathLike | None = None, reuse: bool = False):
     """(Prefetch plan, the horizon used) for replay: predictions cut to the horizon and the budget.
 
     adaptive: horizon becomes the cap; the plan keeps only the horizon whose lead
     time just covers one layer's prefetches on this hardware's link.
+    reuse: the caller keeps `stream` for more replays (a grid worker): reuse recent predictions for it.
     """
-    pred = predict(trace, predictor, stream=stream, horizon=horizon, top_n=top_n, train=train)
+    if reuse:
+        pred = _recent_predictions(trace, stream, predictor, horizon, top_n, train)
+    else:
+        pred = predict(trace, predictor, stream=stream, horizon=horizon, top_n=top_n, train=train)
     used = horizon
     if adaptive and len(pred):
         per_layer = stream.top_k if top_n is None else int(top_n)
