@@ -152,3 +152,19 @@ def test_a_written_trace_is_readable_by_others_as_the_umask_allows(tmp_path):
     finally:
         os.umask(old)
     assert os.stat(path).st_mode & 0o777 == 0o644
+
+
+def test_the_head_of_a_stream_replays_like_the_trace_cut_at_that_step():
+    from moesim.trace import access_stream
+    import moesim
+    trace = read_trace(TRACES / "switch-base-8-stratamoe.parquet")
+    stream = access_stream(trace)
+    n_seg = int(np.searchsorted(stream.seg_step, 30))  # the first 30 steps (tokens)
+    cut = trace.table.slice(0, 30 * trace.meta.num_moe_layers)
+    shorter = Trace(cut, trace.meta)
+    for mode in ("count", "timed"):
+        a = moesim.replay(trace, capacity=12, mode=mode, stream=stream.head(n_seg))
+        b = moesim.replay(shorter, capacity=12, mode=mode)
+        assert (a["hits"], a["misses"], a["steps"]) == (b["hits"], b["misses"], b["steps"])
+        if mode == "timed":
+            assert a["total_s"] == pytest.approx(b["total_s"])

@@ -97,13 +97,7 @@ def engine_protocol(trace: Trace, predictor: str = "none", *, capacity: str | in
             plan = to_plan(p, stream.num_segments)
         full = replay(sub, policy=policy, capacity=capacity, mode="count", stream=stream, prefetch=plan,
                       predictor=predictor)
-        prefix = access_stream(sub.select_requests([q]), prefill_chunk=1)
-        cut = int(prefix.seg_offsets[warm_segs])
-        prefix.item = prefix.item[:cut]
-        prefix.seg_offsets = prefix.seg_offsets[:warm_segs + 1]
-        prefix.seg_layer, prefix.seg_step = prefix.seg_layer[:warm_segs], prefix.seg_step[:warm_segs]
-        prefix.seg_tokens = prefix.seg_tokens[:warm_segs]
-        head = replay(sub, policy=policy, capacity=capacity, mode="count", stream=prefix,
+        head = replay(sub, policy=policy, capacity=capacity, mode="count", stream=stream.head(warm_segs),
                       prefetch=Prefetch.none(warm_segs))
         hits += full["hits"] - head["hits"]
         misses += full["misses"] - head["misses"]

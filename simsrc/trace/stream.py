@@ -10,6 +10,7 @@ before that layer's experts compute.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,6 +52,23 @@ class AccessStream:
 
     def __len__(self) -> int:
         return len(self.item)
+
+    def head(self, num_segments: int) -> "AccessStream":
+        """The first `num_segments` segments as a stream of their own (e.g. a warm-up prefix)."""
+        cut = int(self.seg_offsets[num_segments])
+        rows = int(self.seg_row_offsets[num_segments])
+        steps = int(self.seg_step[num_segments - 1]) + 1 if num_segments else 0
+        gap = np.iinfo(np.int32).max  # requests that have not started (or emitted) within the head
+        return dataclasses.replace(
+            self, item=self.item[:cut], seg_offsets=self.seg_offsets[:num_segments + 1],
+            seg_layer=self.seg_layer[:num_segments], seg_step=self.seg_step[:num_segments],
+            seg_tokens=self.seg_tokens[:num_segments], seg_row_offsets=self.seg_row_offsets[:num_segments + 1],
+            row_order=self.row_order[:rows], row_request=self.row_request[:rows],
+            step_phase=self.step_phase[:steps], step_tokens=self.step_tokens[:steps],
+            step_outputs=self.step_outputs[:steps],
+            request_first_step=np.where(self.request_first_step < steps, self.request_first_step, gap).astype(np.int32),
+            request_first_output_step=np.where(self.request_first_output_step < steps,
+                                               self.request_first_output_step, gap).astype(np.int32))
 
 
 def access_stream(trace: Trace, *, prefill_chunk: int = 1) -> AccessStream:
