@@ -132,7 +132,8 @@ def plot(sources, kind, out, x_axis, y_metric, by, metric, policy, capacity, sco
 @click.option("--bandwidth", default=None, help="override the host link, e.g. 25GB/s")
 @click.option("--latency", default=None, help="override per-transfer latency, e.g. 10us")
 @click.option("--copy-engines", type=int, default=None, help="override concurrent transfers")
-@click.option("--gpu-tflops", type=float, default=None, help="override dense tensor TFLOP/s")
+@click.option("--gpu-tflops", "--gpu-flops", "gpu_tflops", default=None,
+              help="override dense tensor FLOP rate, e.g. 312T, 312TFLOPS or 3.12e14 (a bare 312 is TFLOP/s)")
 @click.option("--hbm", default=None, help="override GPU memory bandwidth, e.g. 2000GB/s")
 @click.option("--bytes-per-expert", default=None, help="override the trace's expert size, e.g. 17MB")
 @click.option("--prefill-chunk", type=int, default=1, show_default=True,

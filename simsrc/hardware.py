@@ -91,6 +91,19 @@ def parse_bandwidth_gbps(text: str | float) -> float:
     return value / 1e9
 
 
+def parse_tflops(text: str | float) -> float:
+    """'312T', '312 TFLOPS', '3.12e14', 312 (already TFLOP/s) -> TFLOP/s."""
+    if isinstance(text, (int, float)):
+        return float(text)
+    m = re.fullmatch(r"\s*([0-9.]+(?:e[0-9]+)?)\s*([kmgtpKMGTP]?)(?:flop/?s|flops)?\s*", text, re.IGNORECASE)
+    if not m:
+        raise ValueError(f"cannot read {text!r} as a FLOP rate; write e.g. 312T, 312TFLOPS or 3.12e14")
+    scale = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12, "p": 1e15}[m.group(2).lower()]
+    value = float(m.group(1)) * scale
+    # a bare number below 1e6 is already in TFLOP/s (312); a large one is FLOP/s (3.12e14)
+    return value if not m.group(2) and value < 1e6 else value / 1e12
+
+
 def parse_seconds(text: str | float, default_unit: str = "us") -> float:
     """'10us', '2ms', '0.5s', 10 (in default_unit) -> seconds."""
     scale = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0}

@@ -13,7 +13,8 @@ from . import __version__
 from . import policies as policy_registry
 from .engine import (BYTES_DEMAND, BYTES_PREFETCH, BYTES_WASTED, ERR_CAPACITY, ERROR, PF_CANCELLED, PF_HARMFUL,
                      PF_ISSUED, PF_LATE, PF_USED, PF_WASTED, count_replay, timed_replay)
-from .hardware import Hardware, dtype_bytes, get_hardware, parse_bandwidth_gbps, parse_bytes, parse_seconds
+from .hardware import (Hardware, dtype_bytes, get_hardware, parse_bandwidth_gbps, parse_bytes, parse_seconds,
+                       parse_tflops)
 from .trace import AccessStream, Trace, access_stream, read_trace
 
 MODES = ("timed", "count")
@@ -95,7 +96,7 @@ def replay(
     bandwidth: str | float | None = None,
     latency: str | float | None = None,
     copy_engines: int | None = None,
-    gpu_tflops: float | None = None,
+    gpu_tflops: str | float | None = None,
     hbm: str | float | None = None,
     bytes_per_expert: str | int | None = None,
     pin: list[tuple[int, int]] | None = None,
@@ -136,7 +137,7 @@ def replay(
     hw = hw.with_overrides(
         bandwidth_gbps=None if bandwidth is None else parse_bandwidth_gbps(bandwidth),
         latency_us=None if latency is None else parse_seconds(latency) * 1e6,
-        copy_engines=copy_engines, gpu_tflops=gpu_tflops,
+        copy_engines=copy_engines, gpu_tflops=None if gpu_tflops is None else parse_tflops(gpu_tflops),
         hbm_gbps=None if hbm is None else parse_bandwidth_gbps(hbm))
     expert_bytes = float(parse_bytes(bytes_per_expert)) if bytes_per_expert is not None else float(meta.bytes_per_expert)
 

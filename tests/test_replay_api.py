@@ -152,3 +152,13 @@ def test_training_data_from_another_model_is_refused_by_name():
         moesim.replay(small(), policy="static", train=other, capacity=6, mode="count")
     with pytest.raises(ValueError, match="use a trace of the same model"):
         moesim.replay(small(), predictor="frequency", train=other, capacity=6, mode="count")
+
+
+def test_the_gpu_flop_rate_is_read_with_or_without_units():
+    trace = small()
+    for given in (312, "312", "312T", "312 TFLOPS", "3.12e14"):
+        assert moesim.replay(trace, capacity=6, gpu_tflops=given)["gpu_tflops"] == pytest.approx(312.0), given
+    result = CliRunner().invoke(main, ["replay", str(SAMPLE), "--mode", "count", "--gpu-flops", "3.12e14", "--json"])
+    assert result.exit_code == 0 and json.loads(result.output)["gpu_tflops"] == pytest.approx(312.0)
+    bad = CliRunner().invoke(main, ["replay", str(SAMPLE), "--gpu-flops", "lots"])
+    assert bad.exit_code != 0 and "cannot read 'lots' as a FLOP rate" in bad.output
