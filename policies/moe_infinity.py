@@ -18,8 +18,10 @@ from collections import namedtuple
 import numpy as np
 from numba import njit
 
+from ._members import member_add, member_remove, new_members
 
-MoeInfinityState = namedtuple("MoeInfinityState", "part_of item access_request num_experts num_layers in_cache "
+
+MoeInfinityState = namedtuple("MoeInfinityState", "part_of item access_request num_experts num_layers members "
                                                   "req_count req_of global_count last clock")
 
 
@@ -27,15 +29,15 @@ def init(num_items, part_of, part_capacity, stream, params):
     top_k = max(int(stream.top_k), 1)
     access_request = np.repeat(stream.row_request.astype(np.int64), top_k)
     return MoeInfinityState(part_of, stream.item, access_request, np.int64(stream.num_experts),
-                            np.int64(stream.num_layers), np.zeros(num_items, np.uint8),
+                            np.int64(stream.num_layers), new_members(num_items, part_capacity),
                             np.zeros(num_items, np.float64), np.full(num_items, -1, np.int64),
                             np.zeros(num_items, np.float64), np.full(num_items, -1, np.int64),
                             np.full(1, -1, np.int64))
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _activate(state, x, t):
-    part_of, item, access_request, E, L, in_cache, req_count, req_of, global_count, last, clock = state
+    part_of, item, access_request, E, L, members, req_count, req_of, global_count, last, clock = state
     if t < 0:
         return
     clock[0] = t
@@ -49,37 +51,39 @@ def _activate(state, x, t):
         global_count[x] += 1.0
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def on_hit(state, x, t):
     _activate(state, x, t)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def on_insert(state, x, t):
-    state.in_cache[x] = 1
+    member_add(state.members, state.part_of[x], x)
     _activate(state, x, t)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def on_evict(state, x):
-    state.in_cache[x] = 0
+    member_remove(state.members, state.part_of[x], x)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def victim(state, part, busy):
-    part_of, item, access_request, E, L, in_cache, req_count, req_of, global_count, last, clock = state
+    part_of, item, access_request, E, L, members, req_count, req_of, global_count, last, clock = state
     t = clock[0]
     layer_now = item[t] // E if t >= 0 else 0
     q = access_request[t] if t >= 0 else -1
     best = -1
     best_score = 0.0
-    for x in range(part_of.shape[0]):
-        if not in_cache[x] or busy[x] or part_of[x] != part:
+    for i in range(members.size[part]):
+        x = members.slots[members.base[part] + i]
+        if busy[x]:
             continue
         d = (x // E - layer_now) % L
         rc = req_count[x] if req_of[x] == q else 0.0
         score = (1.0 - d / L) * (rc + 1.0) * (global_count[x] + 1.0)
-        if best < 0 or score < best_score or (score == best_score and last[x] < last[best]):
+        if best < 0 or score < best_score or (score == best_score and (
+                last[x] < last[best] or (last[x] == last[best] and x < best))):
             best = x
             best_score = score
     return best

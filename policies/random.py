@@ -9,19 +9,17 @@ from collections import namedtuple
 import numpy as np
 from numba import njit
 
+from ._members import member_add, member_remove, new_members
+
 
 USES_SEED = True  # the grid replays seed-only variants of other policies once
 
-RandomState = namedtuple("RandomState", "part_of base size members pos rng")
+RandomState = namedtuple("RandomState", "part_of members rng")
 
 
 def init(num_items, part_of, part_capacity, stream, params):
-    base = np.zeros(len(part_capacity), np.int64)
-    base[1:] = np.cumsum(part_capacity)[:-1]
-    members = np.full(max(int(part_capacity.sum()), 1), -1, np.int32)
     rng = np.array([(int(params.get("seed", 0)) * 0x9E3779B97F4A7C15 + 1) % 2**64], np.uint64)
-    return RandomState(part_of, base, np.zeros(len(part_capacity), np.int64), members,
-                       np.full(num_items, -1, np.int64), rng)
+    return RandomState(part_of, new_members(num_items, part_capacity), rng)
 
 
 @njit(cache=True, _nrt=False)
@@ -41,36 +39,26 @@ def on_hit(state, x, t):
 
 @njit(cache=True, _nrt=False)
 def on_insert(state, x, t):
-    part_of, base, size, members, pos, rng = state
-    p = part_of[x]
-    members[base[p] + size[p]] = x
-    pos[x] = size[p]
-    size[p] += 1
+    member_add(state.members, state.part_of[x], x)
 
 
 @njit(cache=True, _nrt=False)
 def on_evict(state, x):
-    part_of, base, size, members, pos, rng = state
-    p = part_of[x]
-    size[p] -= 1
-    last = members[base[p] + size[p]]
-    members[base[p] + pos[x]] = last
-    pos[last] = pos[x]
-    pos[x] = -1
+    member_remove(state.members, state.part_of[x], x)
 
 
 @njit(cache=True, _nrt=False)
 def victim(state, part, busy):
-    part_of, base, size, members, pos, rng = state
-    n = size[part]
+    m = state.members
+    n = m.size[part]
     if n == 0:
         return -1
     for _ in range(64):
-        x = members[base[part] + _draw(rng, n)]
+        x = m.slots[m.base[part] + _draw(state.rng, n)]
         if not busy[x]:
             return x
     for i in range(n):
-        x = members[base[part] + i]
+        x = m.slots[m.base[part] + i]
         if not busy[x]:
             return x
     return -1
