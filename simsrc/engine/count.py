@@ -10,7 +10,7 @@ import numpy as np
 from numba import njit
 
 from .ops import on_hit, on_insert, victim
-from .timed import NUM_COUNTERS, PF_HARMFUL, PF_ISSUED, PF_USED, PF_WASTED, _evict
+from .timed import NUM_COUNTERS, PF_ISSUED, PF_USED, PF_WASTED, _evict, _miss_after_prefetch
 
 
 def count_replay(item, seg_offsets, seg_layer, part_of, part_capacity, pinned, warm, num_layers,
@@ -56,10 +56,7 @@ def _count_loop(item, seg_offsets, seg_layer, part_of, part_capacity, pinned, wa
                     on_hit(state, x, i)
                 continue
             m += 1
-            if evictor[x] >= 0:
-                if pf_unused[evictor[x]]:
-                    c[PF_HARMFUL] += 1
-                evictor[x] = -1
+            _miss_after_prefetch(x, evictor, pf_unused, c)
             p = part_of[x]
             if part_capacity[p] == 0:
                 continue  # nothing can be cached in this partition: every access streams

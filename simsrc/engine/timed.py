@@ -46,6 +46,15 @@ def _transfer(issue_t, eng_free, link, latency_s, xfer_s):
 
 
 @njit(cache=True, _nrt=False)
+def _miss_after_prefetch(x, evictor, pf_unused, c):
+    """x misses: if a prefetch pushed it out and is still unused, that prefetch was harmful."""
+    if evictor[x] >= 0:
+        if pf_unused[evictor[x]]:
+            c[PF_HARMFUL] += 1
+        evictor[x] = -1
+
+
+@njit(cache=True, _nrt=False)
 def _evict(v, resident, pf_unused, c, expert_bytes, state):
     if pf_unused[v]:
         pf_unused[v] = 0
@@ -200,10 +209,7 @@ def _timed_loop(item, seg_offsets, seg_layer, seg_step, seg_dense_s, part_of, pa
                 seg_ready[in_seg[x]] = ready[x]
                 continue
             m += 1
-            if evictor[x] >= 0:
-                if pf_unused[evictor[x]]:
-                    c[PF_HARMFUL] += 1
-                evictor[x] = -1
+            _miss_after_prefetch(x, evictor, pf_unused, c)
             p = part_of[x]
             issue = now
             if part_capacity[p] > 0:
