@@ -3,9 +3,12 @@
 Every module has the same shape: `init(num_items, part_of, part_capacity,
 stream, params) -> state` in plain Python (stream: the moesim.trace.AccessStream
 being replayed; state: a namedtuple class defined in the module), then four compiled operations
-`on_hit(state, item, t)`, `on_insert(state, item, t)`, `on_evict(state, item)`
-and `victim(state, partition, busy) -> item or -1`. `t` is the position in the
-access stream. A module may also define `warm(state)` -> items resident at start,
+`on_hit(state, item, partition, t)`, `on_insert(state, item, partition, t)`,
+`on_evict(state, item, partition)` and `victim(state, partition, busy) -> item or -1`.
+`t` is the position in the access stream; the engine hands over the item's
+partition (a constant 0 with one partition, which the compiler folds in);
+`busy` is None in count mode, so victim searches test it with `_busy.is_busy`.
+A module may also define `warm(state)` -> items resident at start,
 and `USES_SEED = True` if its decisions depend on replay's `seed`.
 Adding a policy is adding a module here and a line below; the engine is untouched.
 """

@@ -10,6 +10,8 @@ from collections import namedtuple
 import numpy as np
 from numba import njit
 
+from ._busy import is_busy
+
 Heaps = namedtuple("Heaps", "base size item key1 key2 pos stack")
 
 
@@ -98,7 +100,7 @@ def heap_min_free(h, part, busy):
     n = h.size[part]
     if n == 0:
         return -1
-    if not busy[h.item[b]]:
+    if not is_busy(busy, h.item[b]):
         return h.item[b]
     stack = h.stack
     sp = 1
@@ -109,7 +111,7 @@ def heap_min_free(h, part, busy):
         i = stack[sp]
         if best >= 0 and not (h.key1[i] < h.key1[best] or (h.key1[i] == h.key1[best] and h.key2[i] < h.key2[best])):
             continue
-        if busy[h.item[i]]:
+        if is_busy(busy, h.item[i]):
             c = b + 2 * (i - b) + 1
             if c < b + n:
                 stack[sp] = c

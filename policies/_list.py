@@ -6,6 +6,8 @@ Arrays indexed by item: prev, nxt; by partition: head (most recent), tail.
 import numpy as np
 from numba import njit
 
+from ._busy import is_busy
+
 
 def new_lists(num_items: int, num_parts: int):
     return (np.full(num_items, -1, np.int32), np.full(num_items, -1, np.int32),
@@ -44,6 +46,6 @@ def unlink(prev, nxt, head, tail, part, x):
 def last_free(prev, tail, part, busy):
     """The item nearest the tail that is not busy (in use or in flight), or -1."""
     x = tail[part]
-    while x >= 0 and busy[x]:
+    while x >= 0 and is_busy(busy, x):
         x = prev[x]
     return x

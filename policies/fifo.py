@@ -14,13 +14,13 @@ from numba import njit
 from ._list import new_lists
 from .lru import on_evict, on_insert, victim  # noqa: F401 (the engine finds them here)
 
-FifoState = namedtuple("FifoState", "part_of prev nxt head tail")
+FifoState = namedtuple("FifoState", "prev nxt head tail")
 
 
 def init(num_items, part_of, part_capacity, stream, params):
-    return FifoState(part_of, *new_lists(num_items, len(part_capacity)))
+    return FifoState(*new_lists(num_items, len(part_capacity)))
 
 
 @njit(cache=True, _nrt=False)
-def on_hit(state, x, t):
+def on_hit(state, x, p, t):
     pass

@@ -15,7 +15,9 @@ from collections import namedtuple
 import numpy as np
 from numba import njit
 
-LfuState = namedtuple("LfuState", "part_of count prev nxt head tail base min_count")
+from ._busy import is_busy
+
+LfuState = namedtuple("LfuState", "count prev nxt head tail base min_count")
 
 
 def init(num_items, part_of, part_capacity, stream, params):
@@ -26,14 +28,14 @@ def init(num_items, part_of, part_capacity, stream, params):
     base = np.zeros(len(part_capacity), np.int64)
     base[1:] = np.cumsum(most + 1)[:-1]
     buckets = int((most + 1).sum())
-    return LfuState(part_of, np.zeros(num_items, np.int64), np.full(num_items, -1, np.int32),
+    return LfuState(np.zeros(num_items, np.int64), np.full(num_items, -1, np.int32),
                     np.full(num_items, -1, np.int32), np.full(buckets, -1, np.int32), np.full(buckets, -1, np.int32),
                     base, np.ones(len(part_capacity), np.int64))
 
 
 @njit(cache=True, _nrt=False)
-def _append(st, x):
-    b = st.base[st.part_of[x]] + st.count[x]
+def _append(st, x, p):
+    b = st.base[p] + st.count[x]
     t = st.tail[b]
     st.prev[x] = t
     st.nxt[x] = -1
@@ -45,8 +47,8 @@ def _append(st, x):
 
 
 @njit(cache=True, _nrt=False)
-def _unlink(st, x):
-    b = st.base[st.part_of[x]] + st.count[x]
+def _unlink(st, x, p):
+    b = st.base[p] + st.count[x]
     p = st.prev[x]
     n = st.nxt[x]
     if p >= 0:
@@ -60,25 +62,24 @@ def _unlink(st, x):
 
 
 @njit(cache=True, _nrt=False)
-def on_hit(st, x, t):
-    p = st.part_of[x]
-    _unlink(st, x)
+def on_hit(st, x, p, t):
+    _unlink(st, x, p)
     if st.count[x] == st.min_count[p] and st.head[st.base[p] + st.count[x]] < 0:
         st.min_count[p] += 1
     st.count[x] += 1
-    _append(st, x)
+    _append(st, x, p)
 
 
 @njit(cache=True, _nrt=False)
-def on_insert(st, x, t):
+def on_insert(st, x, p, t):
     st.count[x] = 1
-    st.min_count[st.part_of[x]] = 1
-    _append(st, x)
+    st.min_count[p] = 1
+    _append(st, x, p)
 
 
 @njit(cache=True, _nrt=False)
-def on_evict(st, x):
-    _unlink(st, x)
+def on_evict(st, x, p):
+    _unlink(st, x, p)
 
 
 @njit(cache=True, _nrt=False)
@@ -94,7 +95,7 @@ def victim(st, part, busy):
             st.min_count[part] = c - b
             below_empty = False
         while x >= 0:
-            if not busy[x]:
+            if not is_busy(busy, x):
                 return x
             x = st.nxt[x]
         c += 1

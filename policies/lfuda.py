@@ -16,31 +16,28 @@ from numba import njit
 
 from ._heap import heap_key1, heap_min_free, heap_push, heap_remove, heap_set, new_heaps
 
-LfudaState = namedtuple("LfudaState", "part_of heaps count age")
+LfudaState = namedtuple("LfudaState", "heaps count age")
 
 
 def init(num_items, part_of, part_capacity, stream, params):
-    return LfudaState(part_of, new_heaps(num_items, part_capacity), np.zeros(num_items, np.float64),
+    return LfudaState(new_heaps(num_items, part_capacity), np.zeros(num_items, np.float64),
                       np.zeros(len(part_capacity), np.float64))
 
 
 @njit(cache=True, _nrt=False)
-def on_hit(st, x, t):
-    p = st.part_of[x]
+def on_hit(st, x, p, t):
     st.count[x] += 1.0
     heap_set(st.heaps, p, x, st.age[p] + st.count[x], t)
 
 
 @njit(cache=True, _nrt=False)
-def on_insert(st, x, t):
-    p = st.part_of[x]
+def on_insert(st, x, p, t):
     st.count[x] = 1.0
     heap_push(st.heaps, p, x, st.age[p] + 1.0, t)
 
 
 @njit(cache=True, _nrt=False)
-def on_evict(st, x):
-    p = st.part_of[x]
+def on_evict(st, x, p):
     st.age[p] = heap_key1(st.heaps, x)
     heap_remove(st.heaps, p, x)
 

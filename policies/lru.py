@@ -12,19 +12,18 @@ from numba import njit
 from ._list import last_free, new_lists, push_front, unlink
 
 
-LruState = namedtuple("LruState", "part_of prev nxt head tail")
+LruState = namedtuple("LruState", "prev nxt head tail")
 
 
 def init(num_items, part_of, part_capacity, stream, params):
-    return LruState(part_of, *new_lists(num_items, len(part_capacity)))
+    return LruState(*new_lists(num_items, len(part_capacity)))
 
 
 @njit(cache=True, _nrt=False)
-def on_hit(state, x, t):
+def on_hit(state, x, p, t):
     # move to front, written out: x is not the head, so it has a predecessor (saves the generic
     # unlink's branches and stores on the hottest path)
-    part_of, prev, nxt, head, tail = state
-    p = part_of[x]
+    prev, nxt, head, tail = state
     h = head[p]
     if h == x:
         return
@@ -42,18 +41,18 @@ def on_hit(state, x, t):
 
 
 @njit(cache=True, _nrt=False)
-def on_insert(state, x, t):
-    part_of, prev, nxt, head, tail = state
-    push_front(prev, nxt, head, tail, part_of[x], x)
+def on_insert(state, x, p, t):
+    prev, nxt, head, tail = state
+    push_front(prev, nxt, head, tail, p, x)
 
 
 @njit(cache=True, _nrt=False)
-def on_evict(state, x):
-    part_of, prev, nxt, head, tail = state
-    unlink(prev, nxt, head, tail, part_of[x], x)
+def on_evict(state, x, p):
+    prev, nxt, head, tail = state
+    unlink(prev, nxt, head, tail, p, x)
 
 
 @njit(cache=True, _nrt=False)
 def victim(state, part, busy):
-    part_of, prev, nxt, head, tail = state
+    prev, nxt, head, tail = state
     return last_free(prev, tail, part, busy)

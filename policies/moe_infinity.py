@@ -18,17 +18,18 @@ from collections import namedtuple
 import numpy as np
 from numba import njit
 
+from ._busy import is_busy
 from ._members import member_add, member_remove, new_members
 
 
-MoeInfinityState = namedtuple("MoeInfinityState", "part_of item access_request num_experts num_layers members "
+MoeInfinityState = namedtuple("MoeInfinityState", "item access_request num_experts num_layers members "
                                                   "req_count req_of global_count last clock")
 
 
 def init(num_items, part_of, part_capacity, stream, params):
     top_k = max(int(stream.top_k), 1)
     access_request = np.repeat(stream.row_request.astype(np.int64), top_k)
-    return MoeInfinityState(part_of, stream.item, access_request, np.int64(stream.num_experts),
+    return MoeInfinityState(stream.item, access_request, np.int64(stream.num_experts),
                             np.int64(stream.num_layers), new_members(num_items, part_capacity),
                             np.zeros(num_items, np.float64), np.full(num_items, -1, np.int64),
                             np.zeros(num_items, np.float64), np.full(num_items, -1, np.int64),
@@ -37,7 +38,7 @@ def init(num_items, part_of, part_capacity, stream, params):
 
 @njit(cache=True, _nrt=False)
 def _activate(state, x, t):
-    part_of, item, access_request, E, L, members, req_count, req_of, global_count, last, clock = state
+    item, access_request, E, L, members, req_count, req_of, global_count, last, clock = state
     if t < 0:
         return
     clock[0] = t
@@ -52,24 +53,24 @@ def _activate(state, x, t):
 
 
 @njit(cache=True, _nrt=False)
-def on_hit(state, x, t):
+def on_hit(state, x, p, t):
     _activate(state, x, t)
 
 
 @njit(cache=True, _nrt=False)
-def on_insert(state, x, t):
-    member_add(state.members, state.part_of[x], x)
+def on_insert(state, x, p, t):
+    member_add(state.members, p, x)
     _activate(state, x, t)
 
 
 @njit(cache=True, _nrt=False)
-def on_evict(state, x):
-    member_remove(state.members, state.part_of[x], x)
+def on_evict(state, x, p):
+    member_remove(state.members, p, x)
 
 
 @njit(cache=True, _nrt=False)
 def victim(state, part, busy):
-    part_of, item, access_request, E, L, members, req_count, req_of, global_count, last, clock = state
+    item, access_request, E, L, members, req_count, req_of, global_count, last, clock = state
     t = clock[0]
     layer_now = item[t] // E if t >= 0 else 0
     q = access_request[t] if t >= 0 else -1
@@ -77,7 +78,7 @@ def victim(state, part, busy):
     best_score = 0.0
     for i in range(members.size[part]):
         x = members.slots[members.base[part] + i]
-        if busy[x]:
+        if is_busy(busy, x):
             continue
         d = (x // E - layer_now) % L
         rc = req_count[x] if req_of[x] == q else 0.0

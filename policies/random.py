@@ -9,17 +9,18 @@ from collections import namedtuple
 import numpy as np
 from numba import njit
 
+from ._busy import is_busy
 from ._members import member_add, member_remove, new_members
 
 
 USES_SEED = True  # the grid replays seed-only variants of other policies once
 
-RandomState = namedtuple("RandomState", "part_of members rng")
+RandomState = namedtuple("RandomState", "members rng")
 
 
 def init(num_items, part_of, part_capacity, stream, params):
     rng = np.array([(int(params.get("seed", 0)) * 0x9E3779B97F4A7C15 + 1) % 2**64], np.uint64)
-    return RandomState(part_of, new_members(num_items, part_capacity), rng)
+    return RandomState(new_members(num_items, part_capacity), rng)
 
 
 @njit(cache=True, _nrt=False)
@@ -33,18 +34,18 @@ def _draw(rng, n):
 
 
 @njit(cache=True, _nrt=False)
-def on_hit(state, x, t):
+def on_hit(state, x, p, t):
     pass
 
 
 @njit(cache=True, _nrt=False)
-def on_insert(state, x, t):
-    member_add(state.members, state.part_of[x], x)
+def on_insert(state, x, p, t):
+    member_add(state.members, p, x)
 
 
 @njit(cache=True, _nrt=False)
-def on_evict(state, x):
-    member_remove(state.members, state.part_of[x], x)
+def on_evict(state, x, p):
+    member_remove(state.members, p, x)
 
 
 @njit(cache=True, _nrt=False)
@@ -55,10 +56,10 @@ def victim(state, part, busy):
         return -1
     for _ in range(64):
         x = m.slots[m.base[part] + _draw(state.rng, n)]
-        if not busy[x]:
+        if not is_busy(busy, x):
             return x
     for i in range(n):
         x = m.slots[m.base[part] + i]
-        if not busy[x]:
+        if not is_busy(busy, x):
             return x
     return -1

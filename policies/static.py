@@ -29,13 +29,13 @@ def pinned_items(part_of, part_capacity, params):
     return np.array(sorted(pinned), np.int32)
 
 
-StaticState = namedtuple("StaticState", "part_of pinned prev nxt head tail")
+StaticState = namedtuple("StaticState", "pinned prev nxt head tail")
 
 
 def init(num_items, part_of, part_capacity, stream, params):
     pinned = np.zeros(num_items, np.uint8)
     pinned[pinned_items(part_of, part_capacity, params)] = 1
-    return StaticState(part_of, pinned, *new_lists(num_items, len(part_capacity)))
+    return StaticState(pinned, *new_lists(num_items, len(part_capacity)))
 
 
 def warm(state):
@@ -43,28 +43,27 @@ def warm(state):
 
 
 @njit(cache=True, _nrt=False)
-def on_hit(state, x, t):
-    part_of, pinned, prev, nxt, head, tail = state
-    p = part_of[x]
+def on_hit(state, x, p, t):
+    pinned, prev, nxt, head, tail = state
     if not pinned[x] and head[p] != x:
         unlink(prev, nxt, head, tail, p, x)
         push_front(prev, nxt, head, tail, p, x)
 
 
 @njit(cache=True, _nrt=False)
-def on_insert(state, x, t):
-    part_of, pinned, prev, nxt, head, tail = state
+def on_insert(state, x, p, t):
+    pinned, prev, nxt, head, tail = state
     if not pinned[x]:
-        push_front(prev, nxt, head, tail, part_of[x], x)
+        push_front(prev, nxt, head, tail, p, x)
 
 
 @njit(cache=True, _nrt=False)
-def on_evict(state, x):
-    part_of, pinned, prev, nxt, head, tail = state
-    unlink(prev, nxt, head, tail, part_of[x], x)
+def on_evict(state, x, p):
+    pinned, prev, nxt, head, tail = state
+    unlink(prev, nxt, head, tail, p, x)
 
 
 @njit(cache=True, _nrt=False)
 def victim(state, part, busy):
-    part_of, pinned, prev, nxt, head, tail = state
+    pinned, prev, nxt, head, tail = state
     return last_free(prev, tail, part, busy)

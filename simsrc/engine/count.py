@@ -9,82 +9,104 @@ inserts each segment's predicted experts right after that segment's accesses
 import numpy as np
 from numba import njit
 
-from .ops import on_hit, on_insert, victim
-from .timed import NUM_COUNTERS, PF_ISSUED, PF_USED, PF_WASTED, _evict, _miss_after_prefetch
+from .ops import on_evict, on_hit, on_insert, partition, victim
+from .timed import NUM_COUNTERS, PF_HARMFUL, PF_ISSUED, PF_USED, PF_WASTED
+
+# an expert's state in one byte, so the hot loop reads one array per access
+RESIDENT, PINNED, PF_UNUSED, PF_VICTIM = 1, 2, 4, 8  # PF_VICTIM: pushed out by a prefetch (see evictor)
 
 
 def count_replay(item, seg_offsets, seg_layer, part_of, part_capacity, pinned, warm, num_layers,
                  pf_offsets, pf_item, state):
     """Returns (hits per layer, misses per layer, counters); see timed.py for the counter indices."""
     n = part_of.shape[0]
-    hits = np.zeros(num_layers, np.int64)
-    misses = np.zeros(num_layers, np.int64)
+    # segments that prefetch, and the access after which their plan goes in
+    pf_segs = np.flatnonzero(np.diff(pf_offsets)) if len(pf_item) else np.zeros(0, np.int64)
+    hits_of = np.zeros(n, np.int64)
+    misses_of = np.zeros(n, np.int64)
     c = np.zeros(NUM_COUNTERS, np.float64)
-    _count_loop(item, seg_offsets, seg_layer, part_of, part_capacity, pinned, warm, pf_offsets, pf_item, state,
-                np.zeros(n, np.uint8), np.zeros(n, np.uint8), np.zeros(n, np.uint8), np.full(n, -1, np.int32),
-                part_capacity.copy(), hits, misses, c)
-    return hits, misses, c
+    parts = None if len(part_capacity) == 1 else part_of  # see ops.partition
+    _count_loop(item, seg_offsets[pf_segs + 1] - 1, pf_segs, parts, part_capacity, pinned, warm, pf_offsets,
+                pf_item, state, np.zeros(n, np.uint8), np.full(n, -1, np.int32), part_capacity.copy(), hits_of,
+                misses_of, c)
+    # items are numbered layer-major (layer * experts + expert)
+    return hits_of.reshape(num_layers, -1).sum(axis=1), misses_of.reshape(num_layers, -1).sum(axis=1), c
 
 
 # _nrt=False: no reference counting in the loop. With it, numba increfs and
 # decrefs the policy's state arrays on every access (~10x slower); so the loop
 # allocates nothing and gets its work arrays from count_replay.
 @njit(cache=True, _nrt=False)
-def _count_loop(item, seg_offsets, seg_layer, part_of, part_capacity, pinned, warm, pf_offsets, pf_item, state,
-                resident, busy, pf_unused, evictor, free, hits, misses, c):
-    num_items = part_of.shape[0]
+def _count_loop(item, pf_at, pf_segs, part_of, part_capacity, pinned, warm, pf_offsets, pf_item, state,
+                flags, evictor, free, hits_of, misses_of, c):
+    num_items = flags.shape[0]
     for x in range(num_items):
         if pinned[x]:
-            resident[x] = 1  # user pins sit outside the policy and its capacity
+            flags[x] = RESIDENT | PINNED  # user pins sit outside the policy and its capacity
     for j in range(warm.shape[0]):
         x = warm[j]
-        resident[x] = 1
-        free[part_of[x]] -= 1
-        on_insert(state, x, -1)
-    for s in range(seg_layer.shape[0]):
-        layer = seg_layer[s]
-        h = 0
-        m = 0
-        for i in range(seg_offsets[s], seg_offsets[s + 1]):
+        flags[x] = RESIDENT
+        p = partition(part_of, x)
+        free[p] -= 1
+        on_insert(state, x, p, -1)
+    # the stream in chunks that end where a segment's prefetch plan goes in (one chunk without a plan)
+    start = 0
+    for k in range(pf_segs.shape[0] + 1):
+        end = pf_at[k] + 1 if k < pf_segs.shape[0] else item.shape[0]
+        for i in range(start, end):
             x = item[i]
-            if resident[x]:
-                h += 1
-                if pf_unused[x]:
-                    pf_unused[x] = 0
-                    c[PF_USED] += 1
-                if not pinned[x]:
-                    on_hit(state, x, i)
+            f = flags[x]
+            if f & RESIDENT:
+                hits_of[x] += 1
+                if f != RESIDENT:
+                    if f & PF_UNUSED:
+                        flags[x] = f ^ PF_UNUSED
+                        c[PF_USED] += 1
+                    if f & PINNED:
+                        continue
+                on_hit(state, x, partition(part_of, x), i)
                 continue
-            m += 1
-            _miss_after_prefetch(x, evictor, pf_unused, c)
-            p = part_of[x]
-            if part_capacity[p] == 0:
-                continue  # nothing can be cached in this partition: every access streams
+            misses_of[x] += 1
+            if f & PF_VICTIM and flags[evictor[x]] & PF_UNUSED:
+                c[PF_HARMFUL] += 1  # the prefetch that pushed x out has not been used
+            p = partition(part_of, x)
             if free[p] == 0:
-                _evict(victim(state, p, busy), resident, pf_unused, c, 0.0, state)
+                if part_capacity[p] == 0:
+                    flags[x] = 0
+                    continue  # nothing can be cached in this partition: every access streams
+                _evict(victim(state, p, None), p, flags, c, state)
             else:
                 free[p] -= 1
-            resident[x] = 1
-            on_insert(state, x, i)
-        hits[layer] += h
-        misses[layer] += m
-        clock = seg_offsets[s + 1] - 1
+            flags[x] = RESIDENT
+            on_insert(state, x, p, i)
+        start = end
+        if k == pf_segs.shape[0]:
+            break
+        clock = end - 1
+        s = pf_segs[k]
         for j in range(pf_offsets[s], pf_offsets[s + 1]):
             x = pf_item[j]
-            p = part_of[x]
-            if resident[x] or part_capacity[p] == 0:
+            p = partition(part_of, x)
+            if flags[x] & RESIDENT or part_capacity[p] == 0:
                 continue
             if free[p] == 0:
-                v = victim(state, p, busy)
-                _evict(v, resident, pf_unused, c, 0.0, state)
+                v = victim(state, p, None)
+                _evict(v, p, flags, c, state)
+                flags[v] = PF_VICTIM
                 evictor[v] = x
             else:
                 free[p] -= 1
-            resident[x] = 1
-            pf_unused[x] = 1
-            evictor[x] = -1
-            on_insert(state, x, clock)
+            flags[x] = RESIDENT | PF_UNUSED
+            on_insert(state, x, p, clock)
             c[PF_ISSUED] += 1
     for x in range(num_items):
-        if pf_unused[x]:
+        if flags[x] & PF_UNUSED:
             c[PF_WASTED] += 1
+
+
+@njit(cache=True, _nrt=False)
+def _evict(v, p, flags, c, state):
+    if flags[v] & PF_UNUSED:
+        c[PF_WASTED] += 1
+    on_evict(state, v, p)
+    flags[v] = 0

@@ -16,7 +16,7 @@ Times are float64 seconds.
 import numpy as np
 from numba import njit
 
-from .ops import on_evict, on_hit, on_insert, victim
+from .ops import on_evict, on_hit, on_insert, partition, victim
 
 # indices of the counters array returned by timed_replay
 BYTES_DEMAND, BYTES_PREFETCH, BYTES_WASTED, PF_ISSUED, PF_USED, PF_LATE, PF_WASTED, PF_HARMFUL, \
@@ -55,12 +55,12 @@ def _miss_after_prefetch(x, evictor, pf_unused, c):
 
 
 @njit(cache=True, _nrt=False)
-def _evict(v, resident, pf_unused, c, expert_bytes, state):
+def _evict(v, p, resident, pf_unused, c, expert_bytes, state):
     if pf_unused[v]:
         pf_unused[v] = 0
         c[PF_WASTED] += 1
         c[BYTES_WASTED] += expert_bytes
-    on_evict(state, v)
+    on_evict(state, v, p)
     resident[v] = 0
 
 
@@ -82,7 +82,7 @@ def _start_prefetches(until_t, min_target, clock, q, q_end, pf_offsets, pf_item,
         if start > until_t:
             break
         x = pf_item[q]
-        p = part_of[x]
+        p = partition(part_of, x)
         if resident[x]:
             q += 1
             continue
@@ -95,7 +95,7 @@ def _start_prefetches(until_t, min_target, clock, q, q_end, pf_offsets, pf_item,
             if v < 0:
                 hold[0] = until_t
                 break
-            _evict(v, resident, pf_unused, c, expert_bytes, state)
+            _evict(v, p, resident, pf_unused, c, expert_bytes, state)
             evictor[v] = x
         else:
             free[p] -= 1
@@ -106,7 +106,7 @@ def _start_prefetches(until_t, min_target, clock, q, q_end, pf_offsets, pf_item,
         n_inflight += 1
         pf_unused[x] = 1
         evictor[x] = -1
-        on_insert(state, x, clock)
+        on_insert(state, x, p, clock)
         q += 1
         c[PF_ISSUED] += 1
         c[BYTES_PREFETCH] += expert_bytes
@@ -120,6 +120,7 @@ def timed_replay(item, seg_offsets, seg_layer, seg_step, seg_dense_s, num_steps,
                  pf_offsets, pf_item, pf_target_seg, pf_step_cap, state):
     """Returns (hits, misses, stall seconds per layer, end time of each step, counters)."""
     n = part_of.shape[0]
+    parts = None if len(part_capacity) == 1 else part_of  # see ops.partition
     hits = np.zeros(num_layers, np.int64)
     misses = np.zeros(num_layers, np.int64)
     stall = np.zeros(num_layers, np.float64)
@@ -130,7 +131,7 @@ def timed_replay(item, seg_offsets, seg_layer, seg_step, seg_dense_s, num_steps,
             np.zeros(max(copy_engines, 1), np.float64), np.zeros(1, np.float64), np.empty(n, np.int32),
             np.empty(n, np.int32), np.empty(n, np.int64), np.empty(n, np.float64),
             np.zeros(len(seg_layer), np.float64), np.zeros(1, np.float64))
-    _timed_loop(item, seg_offsets, seg_layer, seg_step, seg_dense_s, part_of, part_capacity, pinned, warm,
+    _timed_loop(item, seg_offsets, seg_layer, seg_step, seg_dense_s, parts, part_capacity, pinned, warm,
                 expert_bytes, bandwidth_Bps, latency_s, expert_flops_per_token, flops, hbm_Bps, launch_s,
                 pf_offsets, pf_item, pf_step_cap, state, hits, misses, stall, step_end, c, *work)
     return hits, misses, stall, step_end, c
@@ -143,15 +144,17 @@ def _timed_loop(item, seg_offsets, seg_layer, seg_step, seg_dense_s, part_of, pa
                 pf_offsets, pf_item, pf_step_cap, state, hits, misses, stall, step_end, c,
                 resident, busy, ready, in_seg, pf_unused, evictor, target, free, eng_free, link,
                 inflight, seg_items, seg_tok, seg_ready, route_t, hold):
-    num_items = part_of.shape[0]
+    num_items = resident.shape[0]
     num_segments = seg_layer.shape[0]
     for x in range(num_items):
         if pinned[x]:
             resident[x] = 1
     for j in range(warm.shape[0]):
-        resident[warm[j]] = 1
-        free[part_of[warm[j]]] -= 1
-        on_insert(state, warm[j], -1)
+        x = warm[j]
+        p = partition(part_of, x)
+        resident[x] = 1
+        free[p] -= 1
+        on_insert(state, x, p, -1)
     xfer_s = expert_bytes / bandwidth_Bps
     n_inflight = 0
     q = 0
@@ -204,13 +207,13 @@ def _timed_loop(item, seg_offsets, seg_layer, seg_step, seg_dense_s, part_of, pa
                     else:
                         c[PF_LATE] += 1
                 if not pinned[x]:
-                    on_hit(state, x, i)
+                    on_hit(state, x, partition(part_of, x), i)
                 busy[x] = 1
                 seg_ready[in_seg[x]] = ready[x]
                 continue
             m += 1
             _miss_after_prefetch(x, evictor, pf_unused, c)
-            p = part_of[x]
+            p = partition(part_of, x)
             issue = now
             if part_capacity[p] > 0:
                 if free[p] == 0:
@@ -220,7 +223,7 @@ def _timed_loop(item, seg_offsets, seg_layer, seg_step, seg_dense_s, part_of, pa
                         w = -1
                         for j in range(n_inflight):
                             y = inflight[j]
-                            if busy[y] and in_seg[y] < 0 and part_of[y] == p and (w < 0 or ready[y] < ready[w]):
+                            if busy[y] and in_seg[y] < 0 and partition(part_of, y) == p and (w < 0 or ready[y] < ready[w]):
                                 w = y
                         if w < 0:
                             c[ERROR] = ERR_CAPACITY
@@ -228,11 +231,11 @@ def _timed_loop(item, seg_offsets, seg_layer, seg_step, seg_dense_s, part_of, pa
                         issue = max(issue, ready[w])
                         busy[w] = 0
                         v = victim(state, p, busy)
-                    _evict(v, resident, pf_unused, c, expert_bytes, state)
+                    _evict(v, p, resident, pf_unused, c, expert_bytes, state)
                 else:
                     free[p] -= 1
                 resident[x] = 1
-                on_insert(state, x, i)
+                on_insert(state, x, p, i)
             ready[x] = _transfer(issue, eng_free, link, latency_s, xfer_s)
             c[BYTES_DEMAND] += expert_bytes
             busy[x] = 1
