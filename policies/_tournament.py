@@ -19,7 +19,7 @@ from ._busy import is_busy
 
 EMPTY = -1  # the key of a free slot
 
-Tournament = namedtuple("Tournament", "base leaves slot_base node item slot_of free num_free pending")
+Tournament = namedtuple("Tournament", "base leaves slot_base node item slot_of free num_free pending stack")
 
 
 def new_tournament(num_items: int, part_capacity: np.ndarray) -> Tournament:
@@ -34,7 +34,8 @@ def new_tournament(num_items: int, part_capacity: np.ndarray) -> Tournament:
     node = np.zeros(4 * slots, np.int64)
     node[0::2] = EMPTY
     return Tournament(base, leaves, slot_base, node, np.full(slots, -1, np.int32),
-                      np.full(num_items, -1, np.int32), free, leaves.copy(), np.full(len(leaves), -1, np.int64))
+                      np.full(num_items, -1, np.int32), free, leaves.copy(), np.full(len(leaves), -1, np.int64),
+                      np.zeros(2 * 64 + 2, np.int64))  # stack: tournament_max's search (depth < 64)
 
 
 @njit(cache=True, _nrt=False)
@@ -105,14 +106,29 @@ def tournament_max(t, part, busy):
     x = t.item[t.slot_base[part] + t.node[root + 1]]
     if not is_busy(busy, x):
         return x
-    # the best is in use or in flight (timed mode only, and rare): look at every slot
+    # timed mode: the best is in use or in flight (often: an expert this layer just used may be needed
+    # furthest ahead). Search down from the root, larger child first, and prune every subtree whose
+    # best key cannot beat the best free expert found so far: O((busy experts + 1) x depth).
+    b = t.base[part]
+    L = t.leaves[part]
     best = -1
     best_key = EMPTY
-    leaf0 = t.base[part] + t.leaves[part]
-    for s in range(t.leaves[part]):
-        k = t.node[2 * (leaf0 + s)]
-        y = t.item[t.slot_base[part] + s]
-        if k > best_key and not is_busy(busy, y):
-            best = y
-            best_key = k
+    stack = t.stack
+    stack[0] = 1
+    top = 1
+    while top > 0:
+        top -= 1
+        i = stack[top]
+        if t.node[2 * (b + i)] <= best_key:
+            continue
+        if i >= L:
+            y = t.item[t.slot_base[part] + i - L]
+            if not is_busy(busy, y):
+                best = y
+                best_key = t.node[2 * (b + i)]
+            continue
+        big = 2 * i if t.node[2 * (b + 2 * i)] >= t.node[2 * (b + 2 * i + 1)] else 2 * i + 1
+        stack[top] = big ^ 1  # the smaller child waits below the larger one
+        stack[top + 1] = big
+        top += 2
     return best
