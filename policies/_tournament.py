@@ -6,8 +6,9 @@ not experts or stream positions, so it stays in L1 (a partition of c experts is
 2 * 2^ceil(log2 c) nodes), and an eviction followed by its insert reuses one
 slot: each access costs one walk from a leaf to the root, and finding the
 victim costs nothing. (A removal only empties its leaf and leaves the walk
-`pending`: the insert that follows takes the same slot and walks it anyway.) Partitions' trees share flat arrays at offsets `base`
-(nodes) and `slot_base` (slots); node i's children are 2i and 2i+1, the root is 1.
+`pending`: the insert that follows takes the same slot and walks it anyway.)
+Partitions' trees share flat arrays at offsets `base` (nodes) and `slot_base`
+(slots); node i's children are 2i and 2i+1, the root is 1.
 Node i keeps its key at node[2i] and the slot holding it at node[2i+1].
 """
 from collections import namedtuple

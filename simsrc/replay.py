@@ -202,7 +202,7 @@ def replay(
         "steps": stream.num_steps,
     }
     if mode == "count":
-        hits, misses, c = count_replay(stream.item, stream.seg_offsets, stream.seg_layer, part_of, part_cap,
+        hits, misses, c = count_replay(stream.item, stream.seg_offsets, part_of, part_cap,
                                        pinned, warm, L, prefetch.offsets, prefetch.item, state)
         row.update(_hit_fields(hits, misses))
         row.update({k: math.nan for k in ("stall_s", "total_s", "tpot_s", "ttft_s")})

@@ -16,7 +16,7 @@ from .timed import NUM_COUNTERS, PF_HARMFUL, PF_ISSUED, PF_USED, PF_WASTED
 RESIDENT, PINNED, PF_UNUSED, PF_VICTIM = 1, 2, 4, 8  # PF_VICTIM: pushed out by a prefetch (see evictor)
 
 
-def count_replay(item, seg_offsets, seg_layer, part_of, part_capacity, pinned, warm, num_layers,
+def count_replay(item, seg_offsets, part_of, part_capacity, pinned, warm, num_layers,
                  pf_offsets, pf_item, state):
     """Returns (hits per layer, misses per layer, counters); see timed.py for the counter indices."""
     n = part_of.shape[0]
