@@ -9,7 +9,7 @@ inserts each segment's predicted experts right after that segment's accesses
 import numpy as np
 from numba import njit
 
-from .ops import on_evict, on_hit, on_insert, partition, victim
+from .ops import on_evict, on_hit, on_insert, partition, partition_map, victim
 from .timed import NUM_COUNTERS, PF_HARMFUL, PF_ISSUED, PF_USED, PF_WASTED
 
 # an expert's state in one byte, so the hot loop reads one array per access
@@ -25,7 +25,7 @@ def count_replay(item, seg_offsets, part_of, part_capacity, pinned, warm, num_la
     hits_of = np.zeros(n, np.int64)
     misses_of = np.zeros(n, np.int64)
     c = np.zeros(NUM_COUNTERS, np.float64)
-    parts = None if len(part_capacity) == 1 else part_of  # see ops.partition
+    parts = partition_map(part_of, part_capacity)
     _count_loop(item, seg_offsets[pf_segs + 1] - 1, pf_segs, parts, part_capacity, pinned, warm, pf_offsets,
                 pf_item, state, np.zeros(n, np.uint8), np.full(n, -1, np.int32), part_capacity.copy(), hits_of,
                 misses_of, c)

@@ -50,6 +50,11 @@ def partition(part_of, x):
     return 0 if part_of is None else part_of[x]
 
 
+def partition_map(part_of, part_capacity):
+    """What the engine loops take as part_of: None for a single partition (see _partition below)."""
+    return None if len(part_capacity) == 1 else part_of
+
+
 @overload(on_hit)
 def _on_hit(state, x, part, t):
     fn = _policy_module(state).on_hit

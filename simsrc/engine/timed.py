@@ -16,7 +16,7 @@ Times are float64 seconds.
 import numpy as np
 from numba import njit
 
-from .ops import on_evict, on_hit, on_insert, partition, victim
+from .ops import on_evict, on_hit, on_insert, partition, partition_map, victim
 
 # indices of the counters array returned by timed_replay
 BYTES_DEMAND, BYTES_PREFETCH, BYTES_WASTED, PF_ISSUED, PF_USED, PF_LATE, PF_WASTED, PF_HARMFUL, \
@@ -120,7 +120,7 @@ def timed_replay(item, seg_offsets, seg_layer, seg_step, seg_dense_s, num_steps,
                  pf_offsets, pf_item, pf_target_seg, pf_step_cap, state):
     """Returns (hits, misses, stall seconds per layer, end time of each step, counters)."""
     n = part_of.shape[0]
-    parts = None if len(part_capacity) == 1 else part_of  # see ops.partition
+    parts = partition_map(part_of, part_capacity)
     hits = np.zeros(num_layers, np.int64)
     misses = np.zeros(num_layers, np.int64)
     stall = np.zeros(num_layers, np.float64)
