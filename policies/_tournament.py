@@ -7,9 +7,14 @@ not experts or stream positions, so it stays in L1 (a partition of c experts is
 slot: each access costs one walk from a leaf to the root, and finding the
 victim costs nothing. (A removal only empties its leaf and leaves the walk
 `pending`: the insert that follows takes the same slot and walks it anyway.)
+In timed mode the root is often busy: the experts a layer has just used are
+the ones needed furthest ahead. A busy root is *parked*: its key moves out of
+the tree (its slot stays taken) until a later victim search finds it free
+again, so each busy expert costs two walks, not a search per miss.
 Partitions' trees share flat arrays at offsets `base` (nodes) and `slot_base`
-(slots); node i's children are 2i and 2i+1, the root is 1.
-Node i keeps its key at node[2i] and the slot holding it at node[2i+1].
+(slots); node i's children are 2i and 2i+1, the root is 1. A node holds its
+winner's key and slot packed in one int64 (key << SLOT_BITS | slot), so a
+step of the walk is one load, one max and one store.
 """
 from collections import namedtuple
 
@@ -18,9 +23,12 @@ from numba import njit
 
 from ._busy import is_busy
 
-EMPTY = -1  # the key of a free slot
+EMPTY = -1  # the key of a free slot (and its node): below every packed key
+SLOT_BITS = 20  # up to 2^20 slots a partition
+MAX_KEY = 1 << 42  # keys lie in [0, MAX_KEY]: packed, they stay below 2^62, so the max below cannot overflow
 
-Tournament = namedtuple("Tournament", "base leaves slot_base node item slot_of free num_free pending stack")
+Tournament = namedtuple("Tournament", "base leaves slot_base node item slot_of free num_free pending "
+                                       "parked parked_part parked_key num_parked")
 
 
 def new_tournament(num_items: int, part_capacity: np.ndarray) -> Tournament:
@@ -32,33 +40,31 @@ def new_tournament(num_items: int, part_capacity: np.ndarray) -> Tournament:
     slots = int(leaves.sum())
     # free slots as a stack per partition, slot 0 on top
     free = np.concatenate([np.arange(L - 1, -1, -1, dtype=np.int32) for L in leaves])
-    node = np.zeros(4 * slots, np.int64)
-    node[0::2] = EMPTY
+    if leaves.max() > 1 << SLOT_BITS:
+        raise ValueError(f"a cache partition of {int(leaves.max())} experts: the tournament holds at most {1 << SLOT_BITS}")
+    node = np.full(2 * slots, EMPTY, np.int64)
     return Tournament(base, leaves, slot_base, node, np.full(slots, -1, np.int32),
                       np.full(num_items, -1, np.int32), free, leaves.copy(), np.full(len(leaves), -1, np.int64),
-                      np.zeros(2 * 64 + 2, np.int64))  # stack: tournament_max's search (depth < 64)
+                      np.empty(num_items, np.int32), np.empty(num_items, np.int64), np.full(num_items, EMPTY, np.int64),
+                      np.zeros(1, np.int64))
 
 
 @njit(cache=True, _nrt=False)
 def _set(t, part, s, k):
     """Slot s of partition part gets key k; the path to the root is recomputed."""
     node = t.node
-    b = t.base[part]
-    i = t.leaves[part] + s
-    node[2 * (b + i)] = k
-    node[2 * (b + i) + 1] = s
-    while i > 1:
-        sib = 2 * (b + (i ^ 1))
-        ks = node[sib]
-        # the larger key and its slot, in arithmetic: which child wins is a coin flip, and LLVM turns
-        # a select here into a branch that mispredicts half the time (4x slower); keys differ by < 2^63
-        d = k - ks
-        m = d >> 63  # all ones if the sibling wins
-        k -= d & m
-        s ^= (s ^ node[sib + 1]) & m
-        i >>= 1
-        node[2 * (b + i)] = k
-        node[2 * (b + i) + 1] = s
+    one = np.uint64(1)  # unsigned node numbers: indexing then skips the check for negative indices
+    b = np.uint64(t.base[part])
+    i = np.uint64(t.leaves[part] + s)
+    v = (k << SLOT_BITS) | s if k != EMPTY else EMPTY
+    node[b + i] = v
+    while i > one:
+        # the larger of v and its sibling, in arithmetic: which child wins is a coin flip, and LLVM turns
+        # a select here into a branch that mispredicts half the time (4x slower)
+        d = v - node[b + (i ^ one)]
+        v -= d & (d >> 63)
+        i >>= one
+        node[b + i] = v
 
 
 @njit(cache=True, _nrt=False)
@@ -73,6 +79,9 @@ def _settle(t, part):
 @njit(cache=True, _nrt=False)
 def tournament_set(t, part, x, k):
     """Expert x gets key k; an expert not in the tree takes a free slot."""
+    if t.parked_key[x] != EMPTY:  # parked: it keeps the key until it is back in the tree
+        t.parked_key[x] = k
+        return
     s = np.int64(t.slot_of[x])
     if s < 0:
         t.num_free[part] -= 1
@@ -88,9 +97,18 @@ def tournament_set(t, part, x, k):
 
 @njit(cache=True, _nrt=False)
 def tournament_remove(t, part, x):
+    if t.parked_key[x] != EMPTY:
+        t.parked_key[x] = EMPTY
+        n = t.num_parked[0]
+        j = 0
+        while t.parked[j] != x:
+            j += 1
+        t.parked[j] = t.parked[n - 1]
+        t.parked_part[j] = t.parked_part[n - 1]
+        t.num_parked[0] = n - 1
     _settle(t, part)
     s = t.slot_of[x]
-    t.node[2 * (t.base[part] + t.leaves[part] + s)] = EMPTY
+    t.node[t.base[part] + t.leaves[part] + s] = EMPTY
     t.pending[part] = s
     t.slot_of[x] = -1
     t.free[t.slot_base[part] + t.num_free[part]] = s
@@ -98,38 +116,38 @@ def tournament_remove(t, part, x):
 
 
 @njit(cache=True, _nrt=False)
+def _unpark_free(t, busy):
+    """Put every parked expert that is no longer busy back in its tree under its key."""
+    k = 0
+    for j in range(t.num_parked[0]):
+        y = t.parked[j]
+        p = t.parked_part[j]
+        if is_busy(busy, y):
+            t.parked[k] = y
+            t.parked_part[k] = p
+            k += 1
+        else:
+            _settle(t, p)
+            _set(t, p, np.int64(t.slot_of[y]), t.parked_key[y])
+            t.parked_key[y] = EMPTY
+    t.num_parked[0] = k
+
+
+@njit(cache=True, _nrt=False)
 def tournament_max(t, part, busy):
     """The expert with the largest key that is not busy, or -1."""
     _settle(t, part)
-    root = 2 * (t.base[part] + 1)
-    if t.node[root] == EMPTY:
-        return -1
-    x = t.item[t.slot_base[part] + t.node[root + 1]]
-    if not is_busy(busy, x):
-        return x
-    # timed mode: the best is in use or in flight (often: an expert this layer just used may be needed
-    # furthest ahead). Search down from the root, larger child first, and prune every subtree whose
-    # best key cannot beat the best free expert found so far: O((busy experts + 1) x depth).
-    b = t.base[part]
-    L = t.leaves[part]
-    best = -1
-    best_key = EMPTY
-    stack = t.stack
-    stack[0] = 1
-    top = 1
-    while top > 0:
-        top -= 1
-        i = stack[top]
-        if t.node[2 * (b + i)] <= best_key:
-            continue
-        if i >= L:
-            y = t.item[t.slot_base[part] + i - L]
-            if not is_busy(busy, y):
-                best = y
-                best_key = t.node[2 * (b + i)]
-            continue
-        big = 2 * i if t.node[2 * (b + 2 * i)] >= t.node[2 * (b + 2 * i + 1)] else 2 * i + 1
-        stack[top] = big ^ 1  # the smaller child waits below the larger one
-        stack[top + 1] = big
-        top += 2
-    return best
+    _unpark_free(t, busy)
+    root = t.base[part] + 1
+    while t.node[root] != EMPTY:
+        s = t.node[root] & ((1 << SLOT_BITS) - 1)
+        x = t.item[t.slot_base[part] + s]
+        if not is_busy(busy, x):
+            return x
+        t.parked_key[x] = t.node[root] >> SLOT_BITS
+        n = t.num_parked[0]
+        t.parked[n] = x
+        t.parked_part[n] = part
+        t.num_parked[0] = n + 1
+        _set(t, part, s, EMPTY)
+    return -1

@@ -16,9 +16,9 @@ from collections import namedtuple
 import numpy as np
 from numba import njit
 
-from ._tournament import new_tournament, tournament_max, tournament_remove, tournament_set
+from ._tournament import MAX_KEY, new_tournament, tournament_max, tournament_remove, tournament_set
 
-NEVER = 1 << 62  # key base of "never used again": above every position, earliest entry largest
+NEVER = MAX_KEY  # key base of "never used again": above every position, earliest entry largest
 
 BeladyState = namedtuple("BeladyState", "item next_use first_use last_pos tree")
 

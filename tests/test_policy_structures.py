@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from moesim.policies import belady
-from moesim.policies._tournament import EMPTY, new_tournament, tournament_max, tournament_remove, tournament_set
+from moesim.policies._tournament import EMPTY, MAX_KEY, new_tournament, tournament_max, tournament_remove, tournament_set
 from moesim.trace import access_stream
 
 from helpers import make_trace
@@ -24,7 +24,7 @@ def test_tournament_max_is_the_largest_key_of_a_free_expert(capacities, data):
         members = [y for y in keys if part_of[y] == p]
         op = data.draw(st.sampled_from(["set", "remove", "max"]))
         if op == "set" and (x in keys or len(members) < capacities[p]):
-            keys[x] = data.draw(st.integers(0, 2**62))
+            keys[x] = data.draw(st.integers(0, MAX_KEY))
             tournament_set(tree, p, x, keys[x])
         elif op == "remove" and x in keys:
             del keys[x]
