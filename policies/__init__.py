@@ -7,7 +7,7 @@ being replayed; state: a namedtuple class defined in the module), then four comp
 `on_evict(state, item, partition)` and `victim(state, partition, busy) -> item or -1`.
 `t` is the position in the access stream; the engine hands over the item's
 partition (a constant 0 with one partition, which the compiler folds in);
-`busy` is None in count mode, so victim searches test it with `_busy.is_busy`.
+victim searches test `busy` with `_busy.is_busy` (it is None in count mode, a byte per expert in timed mode).
 A module may also define `warm(state)` -> items resident at start,
 and `USES_SEED = True` if its decisions depend on replay's `seed`.
 Adding a policy is adding a module here and a line below; the engine is untouched.

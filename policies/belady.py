@@ -18,7 +18,8 @@ from numba import njit
 
 from ._tournament import MAX_KEY, new_tournament, tournament_max, tournament_remove, tournament_set
 
-NEVER = MAX_KEY  # key base of "never used again": above every position, earliest entry largest
+NEVER = MAX_KEY - 1  # key base of "never used again" (NEVER - t): above every position, earliest entry largest;
+# a warm insert (t = -1) gets the largest key the tree takes
 
 BeladyState = namedtuple("BeladyState", "item next_use first_use last_pos tree")
 

@@ -11,8 +11,8 @@ import numpy as np
 
 from . import __version__
 from . import policies as policy_registry
-from .engine import (BYTES_DEMAND, BYTES_PREFETCH, BYTES_WASTED, ERR_CAPACITY, ERROR, PF_CANCELLED, PF_HARMFUL,
-                     PF_ISSUED, PF_LATE, PF_USED, PF_WASTED, count_replay, timed_replay)
+from .engine import (ERR_CAPACITY, ERROR, PF_CANCELLED, PF_HARMFUL, PF_ISSUED, PF_LATE, PF_USED, PF_WASTED,
+                     count_replay, timed_replay)
 from .hardware import (Hardware, dtype_bytes, get_hardware, parse_bandwidth_gbps, parse_bytes, parse_seconds,
                        parse_tflops)
 from .trace import AccessStream, Trace, access_stream, read_trace
@@ -206,11 +206,7 @@ def replay(
                                        pinned, warm, L, prefetch.offsets, prefetch.item, state)
         row.update(_hit_fields(hits, misses))
         row.update({k: math.nan for k in ("stall_s", "total_s", "tpot_s", "ttft_s")})
-        row.update(_prefetch_fields(c))
-        row["bytes_demand"] = float(misses.sum()) * expert_bytes
-        row["bytes_prefetch"] = c[PF_ISSUED] * expert_bytes
-        row["bytes_wasted"] = c[PF_WASTED] * expert_bytes
-        row["bytes_moved"] = row["bytes_demand"] + row["bytes_prefetch"]
+        row.update(_transfer_fields(c, misses, expert_bytes))
         if per_layer:
             row["hits_per_layer"] = hits.tolist()
             row["misses_per_layer"] = misses.tolist()
@@ -234,11 +230,7 @@ def replay(
                          f"--scope global, or replay with --prefill-chunk 1")
     row.update(_hit_fields(hits, misses))
     row.update(_time_fields(stream, step_end, stall))
-    row.update(_prefetch_fields(c))
-    row.update({
-        "bytes_demand": float(c[BYTES_DEMAND]), "bytes_prefetch": float(c[BYTES_PREFETCH]),
-        "bytes_wasted": float(c[BYTES_WASTED]), "bytes_moved": float(c[BYTES_DEMAND] + c[BYTES_PREFETCH]),
-    })
+    row.update(_transfer_fields(c, misses, expert_bytes))
     if per_layer:
         row["hits_per_layer"] = hits.tolist()
         row["misses_per_layer"] = misses.tolist()
@@ -282,10 +274,14 @@ def dense_seconds(stream: AccessStream, meta, hw: Hardware, expert_bytes: float)
     return t
 
 
-def _prefetch_fields(c: np.ndarray) -> dict[str, Any]:
+def _transfer_fields(c: np.ndarray, misses: np.ndarray, expert_bytes: float) -> dict[str, Any]:
+    """Prefetch counts and bytes over the link: every miss is a demand fetch, every issued prefetch one more."""
+    demand, prefetch = float(misses.sum()) * expert_bytes, c[PF_ISSUED] * expert_bytes
     return {"prefetch_issued": int(c[PF_ISSUED]), "prefetch_used": int(c[PF_USED]), "prefetch_late": int(c[PF_LATE]),
             "prefetch_wasted": int(c[PF_WASTED]), "prefetch_harmful": int(c[PF_HARMFUL]),
-            "prefetch_cancelled": int(c[PF_CANCELLED])}
+            "prefetch_cancelled": int(c[PF_CANCELLED]),
+            "bytes_demand": demand, "bytes_prefetch": prefetch, "bytes_wasted": c[PF_WASTED] * expert_bytes,
+            "bytes_moved": demand + prefetch}
 
 
 def _hit_fields(hits: np.ndarray, misses: np.ndarray) -> dict[str, Any]:

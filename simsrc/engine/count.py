@@ -9,16 +9,14 @@ inserts each segment's predicted experts right after that segment's accesses
 import numpy as np
 from numba import njit
 
-from .ops import on_evict, on_hit, on_insert, partition, partition_map, victim
-from .timed import NUM_COUNTERS, PF_HARMFUL, PF_ISSUED, PF_USED, PF_WASTED
-
-# an expert's state in one byte, so the hot loop reads one array per access
-RESIDENT, PINNED, PF_UNUSED, PF_VICTIM = 1, 2, 4, 8  # PF_VICTIM: pushed out by a prefetch (see evictor)
+from .experts import (NUM_COUNTERS, PF_ISSUED, PF_UNUSED, PF_USED, PINNED, RESIDENT, count_harmful, count_unused,
+                      evict, evict_for_prefetch)
+from .ops import on_hit, on_insert, partition, partition_map, victim
 
 
 def count_replay(item, seg_offsets, part_of, part_capacity, pinned, warm, num_layers,
                  pf_offsets, pf_item, state):
-    """Returns (hits per layer, misses per layer, counters); see timed.py for the counter indices."""
+    """Returns (hits per layer, misses per layer, counters); see experts.py for the counter indices."""
     n = part_of.shape[0]
     # segments that prefetch, and the access after which their plan goes in
     pf_segs = np.flatnonzero(np.diff(pf_offsets)) if len(pf_item) else np.zeros(0, np.int64)
@@ -67,14 +65,13 @@ def _count_loop(item, pf_at, pf_segs, part_of, part_capacity, pinned, warm, pf_o
                 on_hit(state, x, partition(part_of, x), i)
                 continue
             misses_of[x] += 1
-            if f & PF_VICTIM and flags[evictor[x]] & PF_UNUSED:
-                c[PF_HARMFUL] += 1  # the prefetch that pushed x out has not been used
+            count_harmful(x, flags, evictor, c)
             p = partition(part_of, x)
             if free[p] == 0:
                 if part_capacity[p] == 0:
                     flags[x] = 0
                     continue  # nothing can be cached in this partition: every access streams
-                _evict(victim(state, p, None), p, flags, c, state)
+                evict(victim(state, p, None), p, flags, c, state)
             else:
                 free[p] -= 1
             flags[x] = RESIDENT
@@ -90,23 +87,10 @@ def _count_loop(item, pf_at, pf_segs, part_of, part_capacity, pinned, warm, pf_o
             if flags[x] & RESIDENT or part_capacity[p] == 0:
                 continue
             if free[p] == 0:
-                v = victim(state, p, None)
-                _evict(v, p, flags, c, state)
-                flags[v] = PF_VICTIM
-                evictor[v] = x
+                evict_for_prefetch(victim(state, p, None), x, p, flags, evictor, c, state)
             else:
                 free[p] -= 1
             flags[x] = RESIDENT | PF_UNUSED
             on_insert(state, x, p, clock)
             c[PF_ISSUED] += 1
-    for x in range(num_items):
-        if flags[x] & PF_UNUSED:
-            c[PF_WASTED] += 1
-
-
-@njit(cache=True, _nrt=False)
-def _evict(v, p, flags, c, state):
-    if flags[v] & PF_UNUSED:
-        c[PF_WASTED] += 1
-    on_evict(state, v, p)
-    flags[v] = 0
+    count_unused(flags, c)

@@ -16,13 +16,9 @@ Times are float64 seconds.
 import numpy as np
 from numba import njit
 
-from .ops import on_evict, on_hit, on_insert, partition, partition_map, victim
-
-# indices of the counters array returned by timed_replay
-BYTES_DEMAND, BYTES_PREFETCH, BYTES_WASTED, PF_ISSUED, PF_USED, PF_LATE, PF_WASTED, PF_HARMFUL, \
-    PF_CANCELLED, ERROR = range(10)
-NUM_COUNTERS = 10
-ERR_CAPACITY = 1.0  # a layer needs more experts at once than its partition holds
+from .experts import (BUSY, ERR_CAPACITY, ERROR, NUM_COUNTERS, PF_CANCELLED, PF_ISSUED, PF_LATE, PF_UNUSED, PF_USED,
+                      PINNED, RESIDENT, count_harmful, count_unused, evict, evict_for_prefetch)
+from .ops import on_hit, on_insert, partition, partition_map, victim
 
 
 @njit(cache=True, _nrt=False)
@@ -46,29 +42,9 @@ def _transfer(issue_t, eng_free, link, latency_s, xfer_s):
 
 
 @njit(cache=True, _nrt=False)
-def _miss_after_prefetch(x, evictor, pf_unused, c):
-    """x misses: if a prefetch pushed it out and is still unused, that prefetch was harmful."""
-    if evictor[x] >= 0:
-        if pf_unused[evictor[x]]:
-            c[PF_HARMFUL] += 1
-        evictor[x] = -1
-
-
-@njit(cache=True, _nrt=False)
-def _evict(v, p, resident, pf_unused, c, expert_bytes, state):
-    if pf_unused[v]:
-        pf_unused[v] = 0
-        c[PF_WASTED] += 1
-        c[BYTES_WASTED] += expert_bytes
-    on_evict(state, v, p)
-    resident[v] = 0
-
-
-@njit(cache=True, _nrt=False)
 def _start_prefetches(until_t, min_target, clock, q, q_end, pf_offsets, pf_item, pf_target_seg, route_t,
-                      part_of, part_capacity, free, resident, busy, ready, pf_unused, evictor,
-                      inflight, n_inflight, eng_free, link, hold, latency_s, xfer_s, expert_bytes, c,
-                      state):
+                      part_of, part_capacity, free, flags, ready, evictor,
+                      inflight, n_inflight, eng_free, link, hold, latency_s, xfer_s, c, state):
     """Start queued prefetches (FIFO) whose start time is <= until_t; returns (q, n_inflight).
 
     A prefetch is dropped if its expert is already resident, and cancelled if
@@ -83,7 +59,7 @@ def _start_prefetches(until_t, min_target, clock, q, q_end, pf_offsets, pf_item,
             break
         x = pf_item[q]
         p = partition(part_of, x)
-        if resident[x]:
+        if flags[x] & RESIDENT:
             q += 1
             continue
         if pf_target_seg[q] < min_target or part_capacity[p] == 0:
@@ -91,25 +67,20 @@ def _start_prefetches(until_t, min_target, clock, q, q_end, pf_offsets, pf_item,
             c[PF_CANCELLED] += 1
             continue
         if free[p] == 0:
-            v = victim(state, p, busy)
+            v = victim(state, p, flags)
             if v < 0:
                 hold[0] = until_t
                 break
-            _evict(v, p, resident, pf_unused, c, expert_bytes, state)
-            evictor[v] = x
+            evict_for_prefetch(v, x, p, flags, evictor, c, state)
         else:
             free[p] -= 1
         ready[x] = _transfer(start, eng_free, link, latency_s, xfer_s)
-        resident[x] = 1
-        busy[x] = 1
+        flags[x] = RESIDENT | BUSY | PF_UNUSED
         inflight[n_inflight] = x
         n_inflight += 1
-        pf_unused[x] = 1
-        evictor[x] = -1
         on_insert(state, x, p, clock)
         q += 1
         c[PF_ISSUED] += 1
-        c[BYTES_PREFETCH] += expert_bytes
     return q, n_inflight
 
 
@@ -126,8 +97,8 @@ def timed_replay(item, seg_offsets, seg_layer, seg_step, seg_dense_s, num_steps,
     stall = np.zeros(num_layers, np.float64)
     step_end = np.zeros(num_steps, np.float64)
     c = np.zeros(NUM_COUNTERS, np.float64)
-    work = (np.zeros(n, np.uint8), np.zeros(n, np.uint8), np.zeros(n, np.float64), np.full(n, -1, np.int64),
-            np.zeros(n, np.uint8), np.full(n, -1, np.int32), pf_target_seg.copy(), part_capacity.copy(),
+    work = (np.zeros(n, np.uint8), np.zeros(n, np.float64), np.full(n, -1, np.int64),
+            np.full(n, -1, np.int32), pf_target_seg.copy(), part_capacity.copy(),
             np.zeros(max(copy_engines, 1), np.float64), np.zeros(1, np.float64), np.empty(n, np.int32),
             np.empty(n, np.int32), np.empty(n, np.int64), np.empty(n, np.float64),
             np.zeros(len(seg_layer), np.float64), np.zeros(1, np.float64))
@@ -142,17 +113,17 @@ def timed_replay(item, seg_offsets, seg_layer, seg_step, seg_dense_s, num_steps,
 def _timed_loop(item, seg_offsets, seg_layer, seg_step, seg_dense_s, part_of, part_capacity, pinned, warm,
                 expert_bytes, bandwidth_Bps, latency_s, expert_flops_per_token, flops, hbm_Bps, launch_s,
                 pf_offsets, pf_item, pf_step_cap, state, hits, misses, stall, step_end, c,
-                resident, busy, ready, in_seg, pf_unused, evictor, target, free, eng_free, link,
+                flags, ready, in_seg, evictor, target, free, eng_free, link,
                 inflight, seg_items, seg_tok, seg_ready, route_t, hold):
-    num_items = resident.shape[0]
+    num_items = flags.shape[0]
     num_segments = seg_layer.shape[0]
     for x in range(num_items):
         if pinned[x]:
-            resident[x] = 1
+            flags[x] = RESIDENT | PINNED
     for j in range(warm.shape[0]):
         x = warm[j]
         p = partition(part_of, x)
-        resident[x] = 1
+        flags[x] = RESIDENT
         free[p] -= 1
         on_insert(state, x, p, -1)
     xfer_s = expert_bytes / bandwidth_Bps
@@ -173,7 +144,7 @@ def _timed_loop(item, seg_offsets, seg_layer, seg_step, seg_dense_s, part_of, pa
         for j in range(n_inflight):
             x = inflight[j]
             if ready[x] <= now:
-                busy[x] = 0
+                flags[x] &= ~BUSY
             else:
                 inflight[k] = x
                 k += 1
@@ -181,9 +152,8 @@ def _timed_loop(item, seg_offsets, seg_layer, seg_step, seg_dense_s, part_of, pa
         if q < pf_offsets[s]:  # (a call per segment with ~30 arrays costs more than a layer's accesses)
             q, n_inflight = _start_prefetches(
                 now, s, seg_offsets[s] - 1, q, pf_offsets[s], pf_offsets, pf_item, target, route_t,
-                part_of, part_capacity, free, resident, busy, ready, pf_unused, evictor,
-                inflight, n_inflight, eng_free, link, hold, latency_s, xfer_s, expert_bytes, c,
-                state)
+                part_of, part_capacity, free, flags, ready, evictor,
+                inflight, n_inflight, eng_free, link, hold, latency_s, xfer_s, c, state)
 
         # demand: every access of the segment, in stream order
         n_seg = 0
@@ -198,47 +168,49 @@ def _timed_loop(item, seg_offsets, seg_layer, seg_step, seg_dense_s, part_of, pa
                 seg_items[n_seg] = x
                 seg_tok[n_seg] = 1
                 n_seg += 1
-            if resident[x]:
+            f = flags[x]
+            if f & RESIDENT:
                 h += 1
-                if pf_unused[x]:
-                    pf_unused[x] = 0
+                if f & PF_UNUSED:
+                    f ^= PF_UNUSED
                     if ready[x] <= now:
                         c[PF_USED] += 1
                     else:
                         c[PF_LATE] += 1
-                if not pinned[x]:
+                if not f & PINNED:
                     on_hit(state, x, partition(part_of, x), i)
-                busy[x] = 1
+                flags[x] = f | BUSY
                 seg_ready[in_seg[x]] = ready[x]
                 continue
             m += 1
-            _miss_after_prefetch(x, evictor, pf_unused, c)
+            count_harmful(x, flags, evictor, c)
             p = partition(part_of, x)
             issue = now
+            f = BUSY  # with no room in its partition, x streams through and is not kept
             if part_capacity[p] > 0:
                 if free[p] == 0:
-                    v = victim(state, p, busy)
+                    v = victim(state, p, flags)
                     while v < 0:
                         # wait for the earliest transfer this layer does not need, then take its slot
                         w = -1
                         for j in range(n_inflight):
                             y = inflight[j]
-                            if busy[y] and in_seg[y] < 0 and partition(part_of, y) == p and (w < 0 or ready[y] < ready[w]):
+                            if flags[y] & BUSY and in_seg[y] < 0 and partition(part_of, y) == p and \
+                                    (w < 0 or ready[y] < ready[w]):
                                 w = y
                         if w < 0:
                             c[ERROR] = ERR_CAPACITY
                             return
                         issue = max(issue, ready[w])
-                        busy[w] = 0
-                        v = victim(state, p, busy)
-                    _evict(v, p, resident, pf_unused, c, expert_bytes, state)
+                        flags[w] &= ~BUSY
+                        v = victim(state, p, flags)
+                    evict(v, p, flags, c, state)
                 else:
                     free[p] -= 1
-                resident[x] = 1
+                f = RESIDENT | BUSY
                 on_insert(state, x, p, i)
             ready[x] = _transfer(issue, eng_free, link, latency_s, xfer_s)
-            c[BYTES_DEMAND] += expert_bytes
-            busy[x] = 1
+            flags[x] = f
             inflight[n_inflight] = x
             n_inflight += 1
             seg_ready[in_seg[x]] = ready[x]
@@ -275,17 +247,13 @@ def _timed_loop(item, seg_offsets, seg_layer, seg_step, seg_dense_s, part_of, pa
         if q < pf_offsets[s + 1]:
             q, n_inflight = _start_prefetches(
                 gpu_t, s + 1, seg_offsets[s + 1] - 1, q, pf_offsets[s + 1], pf_offsets, pf_item, target, route_t,
-                part_of, part_capacity, free, resident, busy, ready, pf_unused, evictor,
-                inflight, n_inflight, eng_free, link, hold, latency_s, xfer_s, expert_bytes, c,
-                state)
+                part_of, part_capacity, free, flags, ready, evictor,
+                inflight, n_inflight, eng_free, link, hold, latency_s, xfer_s, c, state)
         for a in range(n_seg):
             x = seg_items[a]
             in_seg[x] = -1
             if ready[x] <= gpu_t:
-                busy[x] = 0
+                flags[x] &= ~BUSY
         step_end[seg_step[s]] = gpu_t
 
-    for x in range(num_items):
-        if pf_unused[x]:
-            c[PF_WASTED] += 1
-            c[BYTES_WASTED] += expert_bytes
+    count_unused(flags, c)

@@ -1,0 +1,51 @@
+"""What both replay modes keep per expert, the counters they return, and eviction.
+
+An expert's state is one byte, so the hot loops read one array per access.
+BUSY is the lowest bit so that the same bytes serve as the `busy` argument of
+a policy's victim search (policies test it with `_busy.is_busy`).
+"""
+from numba import njit
+
+from .ops import on_evict
+
+BUSY, RESIDENT, PINNED, PF_UNUSED, PF_VICTIM = 1, 2, 4, 8, 16
+# BUSY: in use by the current layer or in flight (timed mode only)
+# PINNED: a user pin, outside the policy and its capacity
+# PF_VICTIM: pushed out by a prefetch that `evictor` names
+
+# indices of the counters array both modes return
+PF_ISSUED, PF_USED, PF_LATE, PF_WASTED, PF_HARMFUL, PF_CANCELLED, ERROR = range(7)
+NUM_COUNTERS = 7
+ERR_CAPACITY = 1.0  # a layer needs more experts at once than its partition holds
+
+
+@njit(cache=True, _nrt=False)
+def count_harmful(x, flags, evictor, c):
+    """x misses: if a prefetch pushed it out and is still unused, that prefetch was harmful."""
+    if flags[x] & PF_VICTIM and flags[evictor[x]] & PF_UNUSED:
+        c[PF_HARMFUL] += 1
+
+
+@njit(cache=True, _nrt=False)
+def evict(v, p, flags, c, state):
+    """v leaves the cache; a prefetch of it never used was wasted."""
+    if flags[v] & PF_UNUSED:
+        c[PF_WASTED] += 1
+    on_evict(state, v, p)
+    flags[v] = 0
+
+
+@njit(cache=True, _nrt=False)
+def evict_for_prefetch(v, x, p, flags, evictor, c, state):
+    """The prefetch of x takes v's place: remember it, to tell later whether it was harmful."""
+    evict(v, p, flags, c, state)
+    flags[v] = PF_VICTIM
+    evictor[v] = x
+
+
+@njit(cache=True, _nrt=False)
+def count_unused(flags, c):
+    """At the end of the replay, prefetched experts never used were wasted too."""
+    for x in range(flags.shape[0]):
+        if flags[x] & PF_UNUSED:
+            c[PF_WASTED] += 1
