@@ -61,10 +61,15 @@ def _next_use(st, x, t):
 
 @njit(cache=True, _nrt=False)
 def on_hit(st, x, p, t):
+    # a hit is always a demand access (item[t] == x): its next use is the chain's next link
+    u = st.next_use[t]
+    st.last_pos[x] = t
+    tournament_set(st.tree, p, x, u if u < st.item.shape[0] else NEVER - t)
+
+
+@njit(cache=True, _nrt=False)
+def on_insert(st, x, p, t):
     tournament_set(st.tree, p, x, _next_use(st, x, t))
-
-
-on_insert = on_hit  # a hit and an insert both file x under its next use
 
 
 @njit(cache=True, _nrt=False)

@@ -100,7 +100,7 @@ def timed_replay(item, seg_offsets, seg_layer, seg_step, seg_dense_s, num_steps,
     work = (np.zeros(n, np.uint8), np.zeros(n, np.float64), np.full(n, -1, np.int64),
             np.full(n, -1, np.int32), pf_target_seg.copy(), part_capacity.copy(),
             np.zeros(max(copy_engines, 1), np.float64), np.zeros(1, np.float64), np.empty(n, np.int32),
-            np.empty(n, np.int32), np.empty(n, np.int64), np.empty(n, np.float64),
+            np.empty(n, np.int32), np.empty(n, np.int64), np.empty(n, np.float64), np.empty(n, np.int32),
             np.zeros(len(seg_layer), np.float64), np.zeros(1, np.float64))
     _timed_loop(item, seg_offsets, seg_layer, seg_step, seg_dense_s, parts, part_capacity, pinned, warm,
                 expert_bytes, bandwidth_Bps, latency_s, expert_flops_per_token, flops, hbm_Bps, launch_s,
@@ -114,7 +114,7 @@ def _timed_loop(item, seg_offsets, seg_layer, seg_step, seg_dense_s, part_of, pa
                 expert_bytes, bandwidth_Bps, latency_s, expert_flops_per_token, flops, hbm_Bps, launch_s,
                 pf_offsets, pf_item, pf_step_cap, state, hits, misses, stall, step_end, c,
                 flags, ready, in_seg, evictor, target, free, eng_free, link,
-                inflight, seg_items, seg_tok, seg_ready, route_t, hold):
+                inflight, seg_items, seg_tok, seg_ready, waiting, route_t, hold):
     num_items = flags.shape[0]
     num_segments = seg_layer.shape[0]
     for x in range(num_items):
@@ -127,6 +127,8 @@ def _timed_loop(item, seg_offsets, seg_layer, seg_step, seg_dense_s, part_of, pa
         free[p] -= 1
         on_insert(state, x, p, -1)
     xfer_s = expert_bytes / bandwidth_Bps
+    token_s = expert_flops_per_token / flops  # an expert's compute per token
+    weights_s = expert_bytes / hbm_Bps  # ... and its floor: reading its weights once
     n_inflight = 0
     q = 0
     step_pf = 0
@@ -217,25 +219,26 @@ def _timed_loop(item, seg_offsets, seg_layer, seg_step, seg_dense_s, part_of, pa
         hits[layer] += h
         misses[layer] += m
 
-        # compute: experts in order of arrival (insertion sort: a layer has few)
-        for a in range(1, n_seg):
-            r = seg_ready[a]
-            xi = seg_items[a]
-            tk = seg_tok[a]
-            b = a - 1
-            while b >= 0 and seg_ready[b] > r:
-                seg_ready[b + 1] = seg_ready[b]
-                seg_items[b + 1] = seg_items[b]
-                seg_tok[b + 1] = seg_tok[b]
-                b -= 1
-            seg_ready[b + 1] = r
-            seg_items[b + 1] = xi
-            seg_tok[b + 1] = tk
+        # compute: the experts already here first (in any order: none waits), then the others in order of
+        # arrival (insertion sort: a layer has few)
+        here_t = gpu_t
+        n_wait = 0
         for a in range(n_seg):
+            if seg_ready[a] <= here_t:
+                gpu_t += max(seg_tok[a] * token_s, weights_s) + launch_s
+                continue
+            b = n_wait
+            while b > 0 and seg_ready[waiting[b - 1]] > seg_ready[a]:
+                waiting[b] = waiting[b - 1]
+                b -= 1
+            waiting[b] = a
+            n_wait += 1
+        for j in range(n_wait):
+            a = waiting[j]
             if seg_ready[a] > gpu_t:
                 stall[layer] += seg_ready[a] - gpu_t
                 gpu_t = seg_ready[a]
-            gpu_t += max(seg_tok[a] * expert_flops_per_token / flops, expert_bytes / hbm_Bps) + launch_s
+            gpu_t += max(seg_tok[a] * token_s, weights_s) + launch_s
 
         # this segment's prefetch plan joins the queue behind its demand, within the per-step cap
         for j in range(pf_offsets[s], pf_offsets[s + 1]):
