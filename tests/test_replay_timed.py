@@ -100,3 +100,16 @@ def test_an_expert_in_use_is_never_evicted():
         moesim.replay(trace, capacity="1/layer", scope="per-layer", hardware=hw())
     # count mode is a plain cache and has no such rule
     assert moesim.replay(trace, capacity="1/layer", scope="per-layer", mode="count")["misses"] == 2
+
+
+def test_belady_passes_over_the_expert_in_use_for_the_next_furthest():
+    # capacity 2, one layer of 3 experts, top-2; stream 0 1 | 0 2 | 1 2 | 0 2
+    trace = make_trace([[[0, 1]], [[0, 2]], [[1, 2]], [[0, 2]]], num_experts=3, top_k=2)
+    # count mode: at 2's miss Belady evicts 0 (next use in step 3, after 1's in step 2): 1 and 2 hit in step 2,
+    # then 0 misses and 1 (never used again) goes: 4 hits
+    count = moesim.replay(trace, policy="belady", capacity=2, mode="count")
+    assert (count["hits"], count["misses"]) == (4, 4)
+    # timed mode: 0 is in use by the layer when 2 misses, so 1 goes instead and misses in step 2, pushing out
+    # 0 (needed after 2); step 3 then misses 0 again: 3 hits
+    timed = moesim.replay(trace, policy="belady", capacity=2, hardware=hw())
+    assert (timed["hits"], timed["misses"]) == (3, 5)
