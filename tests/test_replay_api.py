@@ -1,5 +1,10 @@
 """The friendly edges of replay: capacities, pins, the static policy, seeds, the CLI, errors."""
 import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -162,3 +167,27 @@ def test_the_gpu_flop_rate_is_read_with_or_without_units():
     assert result.exit_code == 0 and json.loads(result.output)["gpu_tflops"] == pytest.approx(312.0)
     bad = CliRunner().invoke(main, ["replay", str(SAMPLE), "--gpu-flops", "lots"])
     assert bad.exit_code != 0 and "cannot read 'lots' as a FLOP rate" in bad.output
+
+
+@pytest.mark.slow
+def test_editing_a_policy_recompiles_the_cached_loop(tmp_path):
+    # numba's disk cache checks only the cached function's own file; the engine's loop inlines the policy,
+    # so without the sources digest in its signature an edited policy would replay with its old code
+    pkg = tmp_path / "moesim"
+    shutil.copytree(Path(moesim.__file__).parent, pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(Path(moesim.policies.__file__).parent, pkg / "policies",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    script = ("import moesim, sys; assert moesim.__file__.startswith(sys.argv[1]); "
+              f"print(moesim.replay({str(SAMPLE)!r}, policy='lru', capacity='10%', mode='count')['hits'])")
+
+    def hits():
+        out = subprocess.run([sys.executable, "-c", script, str(pkg)], capture_output=True, text=True, check=True,
+                             env={**os.environ, "PYTHONPATH": str(tmp_path), "NUMBA_CACHE_DIR": ""})
+        return int(out.stdout)
+
+    lru = hits()
+    assert hits() == lru  # from the disk cache
+    source = (pkg / "policies" / "lru.py").read_text()
+    (pkg / "policies" / "lru.py").write_text(source.replace("return last_free(prev, tail, part, busy)",
+                                                            "return head[part]  # most recently used"))
+    assert hits() != lru

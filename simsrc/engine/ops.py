@@ -8,7 +8,10 @@ numba's on-disk cache hits in every new process. (Passing the policy's jitted
 functions as arguments would not: numba keys those by the dispatcher's memory
 address, and recompiles each run.)
 """
+import functools
+import hashlib
 import sys
+from pathlib import Path
 
 from numba.core import types
 from numba.core.errors import TypingError
@@ -22,6 +25,22 @@ def _policy_module(state_type):
         raise TypingError(f"{state_type} is not a policy state: a policy keeps its state in a namedtuple "
                           f"defined in its own module, next to on_hit/on_insert/on_evict/victim")
     return mod
+
+
+@functools.cache
+def sources_digest() -> str:
+    """A digest of the engine's and the policies' sources, which the compiled loops take as a literal argument.
+
+    numba's disk cache checks only the source file of the function it caches, but the loops inline the
+    policies' code (and the engine's helpers): without this, editing a policy would replay with the old
+    code. A new digest is a new signature, so the loops recompile once.
+    """
+    from .. import policies
+    files = sorted([*Path(__file__).parent.glob("*.py"), *Path(policies.__file__).parent.glob("*.py")])
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f.name.encode() + b"\0" + f.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def _module_of(state):
