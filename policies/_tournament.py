@@ -41,7 +41,8 @@ def new_tournament(num_items: int, part_capacity: np.ndarray) -> Tournament:
     # free slots as a stack per partition, slot 0 on top
     free = np.concatenate([np.arange(L - 1, -1, -1, dtype=np.int32) for L in leaves])
     if leaves.max() > 1 << SLOT_BITS:
-        raise ValueError(f"a cache partition of {int(leaves.max())} experts: the tournament holds at most {1 << SLOT_BITS}")
+        raise ValueError(f"a cache partition of {int(leaves.max())} experts: Belady's tree holds at most "
+                         f"{1 << SLOT_BITS}; use --scope per-layer or a smaller --capacity")
     node = np.full(2 * slots, EMPTY, np.int64)
     return Tournament(base, leaves, slot_base, node, np.full(slots, -1, np.int32),
                       np.full(num_items, -1, np.int32), free, leaves.copy(), np.full(len(leaves), -1, np.int64),

@@ -4,7 +4,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from moesim.policies import belady
-from moesim.policies._tournament import EMPTY, MAX_KEY, new_tournament, tournament_max, tournament_remove, tournament_set
+from moesim.policies._tournament import (EMPTY, MAX_KEY, new_tournament, tournament_max, tournament_remove,
+                                         tournament_set)
 from moesim.trace import access_stream
 
 from helpers import make_trace
