@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from numba.core import event as ev
 from conftest import TRACES
 from helpers import make_trace, random_routes
 from reference import replay_reference
@@ -170,6 +171,15 @@ def test_the_gpu_flop_rate_is_read_with_or_without_units():
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("mode", ["count", "timed"])
+def test_a_second_replay_compiles_nothing(mode):
+    # the loops once took the sources digest as a literal argument, and numba retyped every call (0.05-0.2 s)
+    moesim.replay(small(), policy="belady", capacity=6, mode=mode)
+    with ev.install_recorder("numba:compile") as compiles:
+        moesim.replay(small(seed=2), policy="belady", capacity=6, mode=mode)
+    assert compiles.buffer == []
+
+
 def test_editing_a_policy_recompiles_the_cached_loop(tmp_path):
     # numba's disk cache checks only the cached function's own file; the engine's loop inlines the policy,
     # so without the sources digest in its signature an edited policy would replay with its old code

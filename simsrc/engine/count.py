@@ -7,11 +7,10 @@ inserts each segment's predicted experts right after that segment's accesses
 (so a prediction for layer l made at layer l-1 is in place when l routes).
 """
 import numpy as np
-from numba import literally, njit
 
 from .experts import (NUM_COUNTERS, PF_ISSUED, PF_UNUSED, PF_USED, PINNED, RESIDENT, count_harmful, count_unused,
                       evict, evict_for_prefetch)
-from .ops import on_hit, on_insert, partition, partition_map, sources_digest, victim
+from .ops import compiled_loop, on_hit, on_insert, partition, partition_map, victim
 
 
 def count_replay(item, seg_offsets, part_of, part_capacity, pinned, warm, num_layers,
@@ -26,18 +25,14 @@ def count_replay(item, seg_offsets, part_of, part_capacity, pinned, warm, num_la
     parts = partition_map(part_of, part_capacity)
     _count_loop(item, seg_offsets[pf_segs + 1] - 1, pf_segs, parts, part_capacity, pinned, warm, pf_offsets,
                 pf_item, state, np.zeros(n, np.uint8), np.full(n, -1, np.int32), part_capacity.copy(), hits_of,
-                misses_of, c, sources_digest())
+                misses_of, c)
     # items are numbered layer-major (layer * experts + expert)
     return hits_of.reshape(num_layers, -1).sum(axis=1), misses_of.reshape(num_layers, -1).sum(axis=1), c
 
 
-# _nrt=False: no reference counting in the loop. With it, numba increfs and
-# decrefs the policy's state arrays on every access (~10x slower); so the loop
-# allocates nothing and gets its work arrays from count_replay.
-@njit(cache=True, _nrt=False)
+@compiled_loop
 def _count_loop(item, pf_at, pf_segs, part_of, part_capacity, pinned, warm, pf_offsets, pf_item, state,
-                flags, evictor, free, hits_of, misses_of, c, sources):
-    literally(sources)  # part of the cache key (see ops.sources_digest)
+                flags, evictor, free, hits_of, misses_of, c):
     num_items = flags.shape[0]
     for x in range(num_items):
         if pinned[x]:

@@ -14,11 +14,11 @@ An expert in use by the current layer or still in flight is never evicted.
 Times are float64 seconds.
 """
 import numpy as np
-from numba import literally, njit
+from numba import njit
 
 from .experts import (BUSY, ERR_CAPACITY, ERROR, NUM_COUNTERS, PF_CANCELLED, PF_ISSUED, PF_LATE, PF_UNUSED, PF_USED,
                       PINNED, RESIDENT, count_harmful, count_unused, evict, evict_for_prefetch)
-from .ops import on_hit, on_insert, partition, partition_map, sources_digest, victim
+from .ops import compiled_loop, on_hit, on_insert, partition, partition_map, victim
 
 
 @njit(cache=True, _nrt=False)
@@ -104,18 +104,16 @@ def timed_replay(item, seg_offsets, seg_layer, seg_step, seg_dense_s, num_steps,
             np.zeros(len(seg_layer), np.float64), np.zeros(1, np.float64))
     _timed_loop(item, seg_offsets, seg_layer, seg_step, seg_dense_s, parts, part_capacity, pinned, warm,
                 expert_bytes, bandwidth_Bps, latency_s, expert_flops_per_token, flops, hbm_Bps, launch_s,
-                pf_offsets, pf_item, pf_step_cap, state, hits, misses, stall, step_end, c, *work, sources_digest())
+                pf_offsets, pf_item, pf_step_cap, state, hits, misses, stall, step_end, c, *work)
     return hits, misses, stall, step_end, c
 
 
-# _nrt=False as in count.py: no reference counting per access; work arrays come from timed_replay.
-@njit(cache=True, _nrt=False)
+@compiled_loop
 def _timed_loop(item, seg_offsets, seg_layer, seg_step, seg_dense_s, part_of, part_capacity, pinned, warm,
                 expert_bytes, bandwidth_Bps, latency_s, expert_flops_per_token, flops, hbm_Bps, launch_s,
                 pf_offsets, pf_item, pf_step_cap, state, hits, misses, stall, step_end, c,
                 flags, ready, in_seg, evictor, target, free, eng_free, link,
-                inflight, seg_items, seg_tok, seg_ready, waiting, route_t, hold, sources):
-    literally(sources)  # part of the cache key (see ops.sources_digest)
+                inflight, seg_items, seg_tok, seg_ready, waiting, route_t, hold):
     num_items = flags.shape[0]
     num_segments = seg_layer.shape[0]
     for x in range(num_items):
