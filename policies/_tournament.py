@@ -117,26 +117,13 @@ def tournament_remove(t, part, x):
 
 
 @njit(cache=True, _nrt=False)
-def _unpark_free(t, part, busy):
-    """Put the parked experts that are no longer busy back in their trees, except the one of `part` with the
-    largest key: returned as (packed key, expert), or (EMPTY, -1), and left parked.
-
-    That one was most likely parked as its tree's largest key, so it is the likely victim now: taking it
-    straight from the parked list saves its walk back into the tree.
-    """
-    best = np.int64(EMPTY)
-    best_x = -1
-    for j in range(t.num_parked[0]):
-        y = t.parked[j]
-        if t.parked_part[j] == part and not is_busy(busy, y):
-            v = (t.parked_key[y] << SLOT_BITS) | t.slot_of[y]
-            if v > best:
-                best, best_x = v, y
+def _unpark_free(t, busy):
+    """Put every parked expert that is no longer busy back in its tree under its key."""
     k = 0
     for j in range(t.num_parked[0]):
         y = t.parked[j]
         p = t.parked_part[j]
-        if y == best_x or is_busy(busy, y):
+        if is_busy(busy, y):
             t.parked[k] = y
             t.parked_part[k] = p
             k += 1
@@ -145,16 +132,15 @@ def _unpark_free(t, part, busy):
             _set(t, p, np.int64(t.slot_of[y]), t.parked_key[y])
             t.parked_key[y] = EMPTY
     t.num_parked[0] = k
-    return best, best_x
 
 
 @njit(cache=True, _nrt=False)
 def tournament_max(t, part, busy):
     """The expert with the largest key that is not busy, or -1."""
     _settle(t, part)
-    best, best_x = _unpark_free(t, part, busy)
+    _unpark_free(t, busy)
     root = t.base[part] + 1
-    while t.node[root] > best:  # (EMPTY is below every packed key)
+    while t.node[root] != EMPTY:
         s = t.node[root] & ((1 << SLOT_BITS) - 1)
         x = t.item[t.slot_base[part] + s]
         if not is_busy(busy, x):
@@ -165,4 +151,4 @@ def tournament_max(t, part, busy):
         t.parked_part[n] = part
         t.num_parked[0] = n + 1
         _set(t, part, s, EMPTY)
-    return best_x
+    return -1
