@@ -143,7 +143,7 @@ def _timed_loop(item, seg_offsets, seg_layer, seg_step, seg_dense_s, part_of, pa
         # transfers that have landed free their experts for eviction
         k = 0
         for j in range(n_inflight):
-            x = inflight[j]
+            x = np.uint32(inflight[j])
             if ready[x] <= now:
                 flags[x] &= ~BUSY
             else:
@@ -161,14 +161,14 @@ def _timed_loop(item, seg_offsets, seg_layer, seg_step, seg_dense_s, part_of, pa
         h = 0
         m = 0
         for i in range(seg_offsets[s], seg_offsets[s + 1]):
-            x = item[i]
-            if in_seg[x] >= 0:
-                seg_tok[in_seg[x]] += 1
-            else:
+            x = np.uint32(item[i])  # unsigned indices: numba then skips its check for a negative index
+            if in_seg[x] < 0:  # x's first access in this segment
                 in_seg[x] = n_seg
                 seg_items[n_seg] = x
-                seg_tok[n_seg] = 1
+                seg_tok[n_seg] = 0
                 n_seg += 1
+            ax = np.uint32(in_seg[x])  # x's entry in the segment's arrays
+            seg_tok[ax] += 1
             f = flags[x]
             if f & RESIDENT:
                 h += 1
@@ -181,7 +181,7 @@ def _timed_loop(item, seg_offsets, seg_layer, seg_step, seg_dense_s, part_of, pa
                 if not f & PINNED:
                     on_hit(state, x, partition(part_of, x), i)
                 flags[x] = f | BUSY
-                seg_ready[in_seg[x]] = ready[x]
+                seg_ready[ax] = ready[x]
                 continue
             m += 1
             count_harmful(x, flags, evictor, c)
@@ -214,7 +214,7 @@ def _timed_loop(item, seg_offsets, seg_layer, seg_step, seg_dense_s, part_of, pa
             flags[x] = f
             inflight[n_inflight] = x
             n_inflight += 1
-            seg_ready[in_seg[x]] = ready[x]
+            seg_ready[ax] = ready[x]
         hits[layer] += h
         misses[layer] += m
 
@@ -252,7 +252,7 @@ def _timed_loop(item, seg_offsets, seg_layer, seg_step, seg_dense_s, part_of, pa
                 part_of, part_capacity, free, flags, ready, evictor,
                 inflight, n_inflight, eng_free, link, hold, latency_s, xfer_s, c, state)
         for a in range(n_seg):
-            x = seg_items[a]
+            x = np.uint32(seg_items[a])
             in_seg[x] = -1
             if ready[x] <= gpu_t:
                 flags[x] &= ~BUSY
