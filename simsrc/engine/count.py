@@ -48,7 +48,7 @@ def _count_loop(item, pf_at, pf_segs, part_of, part_capacity, pinned, warm, pf_o
     for k in range(pf_segs.shape[0] + 1):
         end = pf_at[k] + 1 if k < pf_segs.shape[0] else item.shape[0]
         for i in range(start, end):
-            x = np.uint32(item[i])  # unsigned indices: numba then skips its check for a negative index
+            x = np.uint32(item[np.uint64(i)])  # unsigned indices: numba then skips its check for a negative index
             f = flags[x]
             if f & RESIDENT:
                 hits_of[x] += 1

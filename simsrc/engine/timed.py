@@ -161,7 +161,7 @@ def _timed_loop(item, seg_offsets, seg_layer, seg_step, seg_dense_s, part_of, pa
         h = 0
         m = 0
         for i in range(seg_offsets[s], seg_offsets[s + 1]):
-            x = np.uint32(item[i])  # unsigned indices: numba then skips its check for a negative index
+            x = np.uint32(item[np.uint64(i)])  # unsigned indices: numba then skips its check for a negative index
             if in_seg[x] < 0:  # x's first access in this segment
                 in_seg[x] = n_seg
                 seg_items[n_seg] = x
