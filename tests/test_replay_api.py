@@ -170,7 +170,6 @@ def test_the_gpu_flop_rate_is_read_with_or_without_units():
     assert bad.exit_code != 0 and "cannot read 'lots' as a FLOP rate" in bad.output
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["count", "timed"])
 def test_a_second_replay_compiles_nothing(mode):
     # the loops once took the sources digest as a literal argument, and numba retyped every call (0.05-0.2 s)
@@ -180,9 +179,10 @@ def test_a_second_replay_compiles_nothing(mode):
     assert compiles.buffer == []
 
 
+@pytest.mark.slow
 def test_editing_a_policy_recompiles_the_cached_loop(tmp_path):
     # numba's disk cache checks only the cached function's own file; the engine's loop inlines the policy,
-    # so without the sources digest in its signature an edited policy would replay with its old code
+    # so without the sources digest in its cached name an edited policy would replay with its old code
     pkg = tmp_path / "moesim"
     shutil.copytree(Path(moesim.__file__).parent, pkg, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(Path(moesim.policies.__file__).parent, pkg / "policies",
