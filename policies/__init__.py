@@ -2,7 +2,8 @@
 
 Every module has the same shape: `init(num_items, part_of, part_capacity,
 stream, params) -> state` in plain Python (stream: the moesim.trace.AccessStream
-being replayed; state: a namedtuple class defined in the module), then four compiled operations
+being replayed; params: `seed`, `top_k`, and `timed`: whether experts can be busy; state: a namedtuple
+class defined in the module), then four compiled operations
 `on_hit(state, item, partition, t)`, `on_insert(state, item, partition, t)`,
 `on_evict(state, item, partition)` and `victim(state, partition, busy) -> item or -1`.
 `t` is the position in the access stream; the engine hands over the item's

@@ -11,6 +11,13 @@ In timed mode the root is often busy: the experts a layer has just used are
 the ones needed furthest ahead. A busy root is *parked*: its key moves out of
 the tree (its slot stays taken) until a later victim search finds it free
 again, so each busy expert costs two walks, not a search per miss.
+With `defer` (timed mode), a set does not walk at all: every expert a layer
+touches is busy until the layer ends, so its key is parked straight away (its
+leaf keeps its old key, or stays empty) and enters the tree at the first victim
+search that finds it free. That is one walk per access where setting the key,
+then parking the new root and unparking it took three (~20% of timed Belady).
+An old key left in a leaf is harmless: by the time a search reads the root,
+only busy experts still have one, and a busy root is passed over.
 Partitions' trees share flat arrays at offsets `base` (nodes) and `slot_base`
 (slots); node i's children are 2i and 2i+1, the root is 1. A node holds its
 winner's key and slot packed in one int64 (key << SLOT_BITS | slot), so a
@@ -28,10 +35,10 @@ SLOT_BITS = 20  # up to 2^20 slots a partition
 MAX_KEY = 1 << 42  # keys lie in [0, MAX_KEY]: packed, they stay below 2^62, so the max below cannot overflow
 
 Tournament = namedtuple("Tournament", "base leaves slot_base node item slot_of free num_free pending "
-                                       "parked parked_part parked_key num_parked")
+                                       "parked parked_part parked_key num_parked defer")
 
 
-def new_tournament(num_items: int, part_capacity: np.ndarray) -> Tournament:
+def new_tournament(num_items: int, part_capacity: np.ndarray, defer: bool = False) -> Tournament:
     leaves = np.array([1 << max(int(c) - 1, 0).bit_length() for c in part_capacity], np.int64)
     base = np.zeros(len(leaves), np.int64)
     base[1:] = np.cumsum(2 * leaves)[:-1]
@@ -47,7 +54,7 @@ def new_tournament(num_items: int, part_capacity: np.ndarray) -> Tournament:
     return Tournament(base, leaves, slot_base, node, np.full(slots, -1, np.int32),
                       np.full(num_items, -1, np.int32), free, leaves.copy(), np.full(len(leaves), -1, np.int64),
                       np.empty(num_items, np.int32), np.empty(num_items, np.int64), np.full(num_items, EMPTY, np.int64),
-                      np.zeros(1, np.int64))
+                      np.zeros(1, np.int64), defer)
 
 
 @njit(cache=True, _nrt=False)
@@ -89,11 +96,28 @@ def tournament_set(t, part, x, k):
         s = np.int64(t.free[t.slot_base[part] + t.num_free[part]])
         t.slot_of[x] = s
         t.item[t.slot_base[part] + s] = x
+    if t.defer:
+        _park(t, part, x, k)
+    else:
+        _put(t, part, s, k)
+
+
+@njit(cache=True, _nrt=False)
+def _put(t, part, s, k):
     if t.pending[part] == s:
         t.pending[part] = -1  # this walk settles it
     else:
         _settle(t, part)
     _set(t, part, s, k)
+
+
+@njit(cache=True, _nrt=False)
+def _park(t, part, x, k):
+    n = t.num_parked[0]
+    t.parked[n] = x
+    t.parked_part[n] = part
+    t.num_parked[0] = n + 1
+    t.parked_key[x] = k
 
 
 @njit(cache=True, _nrt=False)
@@ -128,8 +152,7 @@ def _unpark_free(t, busy):
             t.parked_part[k] = p
             k += 1
         else:
-            _settle(t, p)
-            _set(t, p, np.int64(t.slot_of[y]), t.parked_key[y])
+            _put(t, p, np.int64(t.slot_of[y]), t.parked_key[y])
             t.parked_key[y] = EMPTY
     t.num_parked[0] = k
 
@@ -145,10 +168,7 @@ def tournament_max(t, part, busy):
         x = t.item[t.slot_base[part] + s]
         if not is_busy(busy, x):
             return x
-        t.parked_key[x] = t.node[root] >> SLOT_BITS
-        n = t.num_parked[0]
-        t.parked[n] = x
-        t.parked_part[n] = part
-        t.num_parked[0] = n + 1
+        if t.parked_key[x] == EMPTY:  # (a deferred expert is parked already; its leaf holds an old key)
+            _park(t, part, x, t.node[root] >> SLOT_BITS)
         _set(t, part, s, EMPTY)
     return -1

@@ -41,7 +41,7 @@ def init(num_items, part_of, part_capacity, stream, params):
     first_use = np.full(num_items, n, idx)
     _link_next_uses(item, next_use, first_use)
     return BeladyState(item, next_use, first_use, np.full(num_items, -1, np.int64),
-                       new_tournament(num_items, part_capacity))
+                       new_tournament(num_items, part_capacity, defer=bool(params.get("timed", False))))
 
 
 @njit(cache=True, _nrt=False)

@@ -153,7 +153,7 @@ def replay(
 
     module = policy_registry.get(policy)
     policy = policy_registry.canonical(policy)
-    params: dict[str, Any] = {"seed": seed, "top_k": stream.top_k}
+    params: dict[str, Any] = {"seed": seed, "top_k": stream.top_k, "timed": mode == "timed"}
     if policy == "static":
         if train is None:
             raise ValueError("the static policy pins the experts a *different* trace used most: pass train=TRACE "

@@ -11,13 +11,14 @@ from moesim.trace import access_stream
 from helpers import make_trace
 
 
-@settings(max_examples=60, deadline=None)
-@given(st.lists(st.integers(1, 9), min_size=1, max_size=3), st.data())
-def test_tournament_max_is_the_largest_key_of_a_free_expert(capacities, data):
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.integers(1, 9), min_size=1, max_size=3), st.booleans(), st.data())
+def test_tournament_max_is_the_largest_key_of_a_free_expert(capacities, defer, data):
+    # defer (timed mode's lazy keys) must not change any answer, whatever is busy when
     num_items = 12
     part_capacity = np.array(capacities, np.int64)
     part_of = np.array([i % len(capacities) for i in range(num_items)], np.int32)
-    tree = new_tournament(num_items, part_capacity)
+    tree = new_tournament(num_items, part_capacity, defer=defer)
     keys = {}  # the model: resident expert -> key
     for _ in range(data.draw(st.integers(1, 60))):
         x = data.draw(st.integers(0, num_items - 1))
@@ -39,6 +40,21 @@ def test_tournament_max_is_the_largest_key_of_a_free_expert(capacities, data):
             want_any = {y for y in members if keys[y] == max(keys[z] for z in members)} if members else {-1}
             assert tournament_max(tree, p, None) in want_any
     assert EMPTY < 0
+
+
+def test_a_deferred_key_survives_its_expert_being_passed_over_at_the_root():
+    # timed mode: expert 0 gets a new, small key while its leaf still holds its old, largest one
+    tree = new_tournament(2, np.array([2], np.int64), defer=True)
+    tournament_set(tree, 0, 0, 5)
+    tournament_set(tree, 0, 1, 3)
+    assert tournament_max(tree, 0, None) == 0  # both keys filed
+    tournament_set(tree, 0, 0, 1)  # deferred: the leaf keeps 5
+    assert tournament_max(tree, 0, np.array([1, 0], np.uint8)) == 1  # 0 is busy at the root: passed over
+    assert tournament_max(tree, 0, None) == 1  # 0 is free again, under its new key 1 < 3
+    tournament_remove(tree, 0, 1)
+    assert tournament_max(tree, 0, None) == 0
+    tournament_remove(tree, 0, 0)
+    assert tournament_max(tree, 0, None) == -1
 
 
 def test_belady_files_a_prefetched_expert_under_its_next_use_after_the_insert():
