@@ -14,8 +14,8 @@ again, so each busy expert costs two walks, not a search per miss.
 With `defer` (timed mode), a set does not walk at all: every expert a layer
 touches is busy until the layer ends, so its key is parked straight away (its
 leaf keeps its old key, or stays empty) and enters the tree at the first victim
-search that finds it free. That is one walk per access where setting the key,
-then parking the new root and unparking it took three (~20% of timed Belady).
+search that finds it free. An expert just used then no longer becomes the
+root only to be parked at the next miss (timed Belady's loop: ~20% faster).
 An old key left in a leaf is harmless: by the time a search reads the root,
 only busy experts still have one, and a busy root is passed over.
 Partitions' trees share flat arrays at offsets `base` (nodes) and `slot_base`
