@@ -148,7 +148,7 @@ def bench_moesim(trace, stream, train, sample, sample_stream, policies, modes, a
     out = []
     n = len(stream)
     for policy in policies:
-        if registry.POLICIES.get(policy) is None:
+        if policy not in registry.POLICIES:
             print(f"  {policy}: not registered, skipped", flush=True)
             continue
         for mode in modes:

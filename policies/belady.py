@@ -11,12 +11,16 @@ Each access's next use is read off a chain built in one backward pass over
 the stream; residents sit in a max-tournament tree keyed by next use, so the
 victim is the tree's root.
 """
+
 from collections import namedtuple
 
 import numpy as np
 from numba import njit
 
 from ._tournament import MAX_KEY, new_tournament, tournament_max, tournament_remove, tournament_set
+
+NAME = "belady"
+ORDER = 4  # its place in lists and tables
 
 NEVER = MAX_KEY - 1  # key base of "never used again" (NEVER - t): above every position, earliest entry largest;
 # a warm insert (t = -1) gets the largest key the tree takes
@@ -78,5 +82,5 @@ def on_evict(st, x, p):
 
 
 @njit(cache=True, _nrt=False)
-def victim(st, part, busy):
+def victim(st, part, busy, t):
     return tournament_max(st.tree, part, busy)

@@ -7,12 +7,16 @@ FIFO is LRU without the move to the front on a hit: it keeps the same list
 and shares LRU's insert, evict and victim operations. Its own state type is
 what sends the engine to this module's on_hit.
 """
+
 from collections import namedtuple
 
 from numba import njit
 
 from ._list import new_lists
 from .lru import on_evict, on_insert, victim  # noqa: F401 (the engine finds them here)
+
+NAME = "fifo"
+ORDER = 1  # its place in lists and tables
 
 FifoState = namedtuple("FifoState", "prev nxt head tail")
 

@@ -10,12 +10,16 @@ Like libCacheSim, experts sit in one list per (partition, count), so every
 operation is O(1): a hit moves the expert to the tail of the next count's list,
 the victim is the head of the lowest non-empty count's list.
 """
+
 from collections import namedtuple
 
 import numpy as np
 from numba import njit
 
 from ._busy import is_busy
+
+NAME = "lfu"
+ORDER = 2  # its place in lists and tables
 
 LfuState = namedtuple("LfuState", "count prev nxt head tail base min_count")
 
@@ -92,7 +96,7 @@ def on_evict(st, x, p):
 
 
 @njit(cache=True, _nrt=False)
-def victim(st, part, busy):
+def victim(st, part, busy, t):
     # the lowest count's oldest expert that is not busy; counts above min_count may be empty
     b = st.base[part]
     top = st.base[part + 1] if part + 1 < st.base.shape[0] else st.head.shape[0]

@@ -9,12 +9,17 @@ LFUDA differs: a hit adds the cache's current minimum priority instead of 1,
 so the two do not agree; tests check this module against a brute-force
 reference of the definition above.)
 """
+
 from collections import namedtuple
 
 import numpy as np
 from numba import njit
 
 from ._heap import heap_key1, heap_min_free, heap_push, heap_remove, heap_set, new_heaps
+
+NAME = "lfuda"
+ORDER = 3  # its place in lists and tables
+ALIASES = ("lfu-da",)
 
 LfudaState = namedtuple("LfudaState", "heaps count age")
 
@@ -43,5 +48,5 @@ def on_evict(st, x, p):
 
 
 @njit(cache=True, _nrt=False)
-def victim(st, part, busy):
+def victim(st, part, busy, t):
     return heap_min_free(st.heaps, part, busy)

@@ -5,11 +5,15 @@ arXiv 2312.17238) and of the LRU-vs-LFU offloading studies. Matches
 libCacheSim's LRU exactly in count mode. Tie-break: none needed (recency is a
 total order); a busy tail item is skipped for the next one up.
 """
+
 from collections import namedtuple
 
 from numba import njit
 
 from ._list import last_free, new_lists, push_front, unlink
+
+NAME = "lru"
+ORDER = 0  # its place in lists and tables
 
 
 LruState = namedtuple("LruState", "prev nxt head tail")
@@ -53,6 +57,6 @@ def on_evict(state, x, p):
 
 
 @njit(cache=True, _nrt=False)
-def victim(state, part, busy):
+def victim(state, part, busy, t):
     prev, nxt, head, tail = state
     return last_free(prev, tail, part, busy)

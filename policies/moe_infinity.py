@@ -13,6 +13,7 @@ expert at t is that expert; prefetch inserts are not). Tie-break: the expert
 used longest ago, then the lower id. Scores change with the running layer,
 so the victim is a scan over the partition's residents (a few hundred at most).
 """
+
 from collections import namedtuple
 
 import numpy as np
@@ -20,6 +21,9 @@ from numba import njit
 
 from ._busy import is_busy
 from ._members import member_add, member_remove, new_members
+
+NAME = "moe-infinity"
+ORDER = 7  # its place in lists and tables
 
 
 MoeInfinityState = namedtuple("MoeInfinityState", "item access_request num_experts num_layers members "
@@ -69,7 +73,7 @@ def on_evict(state, x, p):
 
 
 @njit(cache=True, _nrt=False)
-def victim(state, part, busy):
+def victim(state, part, busy, t):
     item, access_request, E, L, members, req_count, req_of, global_count, last, clock = state
     t = clock[0]
     layer_now = item[t] // E if t >= 0 else 0

@@ -4,6 +4,7 @@ Source: the classic baseline. Draws come from a splitmix64 stream seeded by
 `seed`, so a run is identical everywhere. Tie-break: a busy draw is redrawn;
 after 64 busy draws the first free member is taken.
 """
+
 from collections import namedtuple
 
 import numpy as np
@@ -11,6 +12,9 @@ from numba import njit
 
 from ._busy import is_busy
 from ._members import member_add, member_remove, new_members
+
+NAME = "random"
+ORDER = 5  # its place in lists and tables
 
 
 USES_SEED = True  # the grid replays seed-only variants of other policies once
@@ -49,7 +53,7 @@ def on_evict(state, x, p):
 
 
 @njit(cache=True, _nrt=False)
-def victim(state, part, busy):
+def victim(state, part, busy, t):
     m = state.members
     n = m.size[part]
     if n == 0:

@@ -8,12 +8,16 @@ from the start (loaded before serving, so not charged), and `staging` slots
 (default: top-k) take demand fetches in LRU order. Tie-break for pinning:
 higher count first, then lower expert id.
 """
+
 from collections import namedtuple
 
 import numpy as np
 from numba import njit
 
 from ._list import last_free, new_lists, push_front, unlink
+
+NAME = "static"
+ORDER = 6  # its place in lists and tables
 
 
 def pinned_items(part_of, part_capacity, params):
@@ -64,6 +68,6 @@ def on_evict(state, x, p):
 
 
 @njit(cache=True, _nrt=False)
-def victim(state, part, busy):
+def victim(state, part, busy, t):
     pinned, prev, nxt, head, tail = state
     return last_free(prev, tail, part, busy)

@@ -65,17 +65,17 @@ def test_belady_files_a_prefetched_expert_under_its_next_use_after_the_insert():
     state = belady.init(4, np.zeros(4, np.int32), np.array([2], np.int64), stream, {})
     belady.on_insert(state, 0, 0, 0)  # a demand access at 0: next use 3
     belady.on_insert(state, 2, 0, 1)  # a prefetch after position 1: next use 2
-    assert belady.victim(state, 0, None) == 0
+    assert belady.victim(state, 0, None, 0) == 0
     belady.on_hit(state, 2, 0, 2)  # next use 6
-    assert belady.victim(state, 0, None) == 2
+    assert belady.victim(state, 0, None, 0) == 2
     belady.on_hit(state, 0, 0, 3)  # never used again
-    assert belady.victim(state, 0, None) == 0
+    assert belady.victim(state, 0, None, 0) == 0
     belady.on_evict(state, 0, 0)
     belady.on_insert(state, 1, 0, 4)  # a prefetch after position 4: next use 5, before 2's
-    assert belady.victim(state, 0, None) == 2
+    assert belady.victim(state, 0, None, 0) == 2
     belady.on_evict(state, 2, 0)
     belady.on_insert(state, 3, 0, 4)  # a prefetch of an expert never used after 4: it goes first
-    assert belady.victim(state, 0, None) == 3
+    assert belady.victim(state, 0, None, 0) == 3
     busy = np.zeros(4, np.uint8)
     busy[3] = 1
-    assert belady.victim(state, 0, busy) == 1
+    assert belady.victim(state, 0, busy, 0) == 1

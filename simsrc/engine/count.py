@@ -67,7 +67,7 @@ def _count_loop(item, pf_at, pf_segs, part_of, part_capacity, pinned, warm, pf_o
                 if part_capacity[p] == 0:
                     flags[x] = 0
                     continue  # nothing can be cached in this partition: every access streams
-                evict(victim(state, p, None), p, flags, c, state)
+                evict(victim(state, p, None, i), p, flags, c, state)
             else:
                 free[p] -= 1
             flags[x] = RESIDENT
@@ -83,7 +83,7 @@ def _count_loop(item, pf_at, pf_segs, part_of, part_capacity, pinned, warm, pf_o
             if flags[x] & RESIDENT or part_capacity[p] == 0:
                 continue
             if free[p] == 0:
-                evict_for_prefetch(victim(state, p, None), x, p, flags, evictor, c, state)
+                evict_for_prefetch(victim(state, p, None, clock), x, p, flags, evictor, c, state)
             else:
                 free[p] -= 1
             flags[x] = RESIDENT | PF_UNUSED

@@ -70,8 +70,8 @@ def on_evict(state, x, part):
     _module_of(state).on_evict(state, x, part)
 
 
-def victim(state, part, busy):
-    return _module_of(state).victim(state, part, busy)
+def victim(state, part, busy, t):
+    return _module_of(state).victim(state, part, busy, t)
 
 
 def partition(part_of, x):
@@ -103,9 +103,9 @@ def _on_evict(state, x, part):
 
 
 @overload(victim)
-def _victim(state, part, busy):
+def _victim(state, part, busy, t):
     fn = _policy_module(state).victim
-    return lambda state, part, busy: fn(state, part, busy)
+    return lambda state, part, busy, t: fn(state, part, busy, t)
 
 
 # With one partition the engine passes part_of=None, and every partition index

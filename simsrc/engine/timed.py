@@ -67,7 +67,7 @@ def _start_prefetches(until_t, min_target, clock, q, q_end, pf_offsets, pf_item,
             c[PF_CANCELLED] += 1
             continue
         if free[p] == 0:
-            v = victim(state, p, flags)
+            v = victim(state, p, flags, clock)
             if v < 0:
                 hold[0] = until_t
                 break
@@ -190,7 +190,7 @@ def _timed_loop(item, seg_offsets, seg_layer, seg_step, seg_dense_s, part_of, pa
             f = BUSY  # with no room in its partition, x streams through and is not kept
             if part_capacity[p] > 0:
                 if free[p] == 0:
-                    v = victim(state, p, flags)
+                    v = victim(state, p, flags, i)
                     while v < 0:
                         # wait for the earliest transfer this layer does not need, then take its slot
                         w = -1
@@ -204,7 +204,7 @@ def _timed_loop(item, seg_offsets, seg_layer, seg_step, seg_dense_s, part_of, pa
                             return
                         issue = max(issue, ready[w])
                         flags[w] &= ~BUSY
-                        v = victim(state, p, flags)
+                        v = victim(state, p, flags, i)
                     evict(v, p, flags, c, state)
                 else:
                     free[p] -= 1
