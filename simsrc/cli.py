@@ -23,7 +23,24 @@ def friendly_errors(fn):
 
 
 def echo_json(obj) -> None:
-    click.echo(json.dumps(obj, indent=2, default=_json_default))
+    click.echo(json.dumps(_json_safe(obj), indent=2, default=_json_default))
+
+
+def _json_safe(obj):
+    """NaN and infinities are not JSON: print them as null."""
+    import math
+    import numpy as np
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _json_safe(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
 
 
 def _json_default(o):
@@ -122,56 +139,34 @@ def plot(sources, kind, out, x_axis, y_metric, by, metric, policy, capacity, sco
 
 
 # ---- replay
+def config_options(command):
+    """Add one click option per replay knob (moesim.config.KNOBS): names, defaults, help and choices come from
+    there, so a knob added to the config is an option here with no edit to this file."""
+    from .config import KNOBS
+    for k in reversed(KNOBS):
+        names = [k.option, *("--" + a.replace("_", "-") for a in k.aliases)]
+        choices = k.choice_names()
+        extra = f" [{', '.join(choices)}]" if choices else ""
+        if k.flag:
+            command = click.option(*names, k.name, is_flag=True, help=k.help)(command)
+        elif k.name == "pin":
+            command = click.option(*names, k.name, multiple=True, help=k.help)(command)
+        else:
+            command = click.option(*names, k.name, default=k.default, show_default=k.default is not None,
+                                   help=k.help + extra)(command)
+    return command
+
+
 @main.command()
 @click.argument("trace", type=click.Path(dir_okay=False))
-@click.option("--policy", default="lru", show_default=True, help="lru, fifo, lfu, lfuda, belady, random, static, ...")
-@click.option("--capacity", default="10%", show_default=True, help="10% of all experts, 166 experts, 4/layer or 12GiB")
-@click.option("--scope", type=click.Choice(["global", "per-layer"]), default="global", show_default=True)
-@click.option("--mode", type=click.Choice(["timed", "count"]), default="timed", show_default=True)
-@click.option("--hardware", default="a100-pcie4", show_default=True, help="a preset (moesim hardware lists them)")
-@click.option("--bandwidth", default=None, help="override the host link, e.g. 25GB/s")
-@click.option("--latency", default=None, help="override per-transfer latency, e.g. 10us")
-@click.option("--copy-engines", type=int, default=None, help="override concurrent transfers")
-@click.option("--gpu-tflops", "--gpu-flops", "gpu_tflops", default=None,
-              help="override dense tensor FLOP rate, e.g. 312T, 312TFLOPS or 3.12e14 (a bare 312 is TFLOP/s)")
-@click.option("--hbm", default=None, help="override GPU memory bandwidth, e.g. 2000GB/s")
-@click.option("--bytes-per-expert", default=None, help="override the trace's expert size, e.g. 17MB")
-@click.option("--prefill-chunk", type=int, default=1, show_default=True,
-              help="prefill tokens per step: 1 replays prompts as if decoded, 0 keeps recorded steps")
-@click.option("--pin", "pins", multiple=True, help="LAYER:EXPERT kept resident outside the policy (repeatable)")
-@click.option("--train", default=None, type=click.Path(dir_okay=False), help="training trace (static policy)")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--per-layer", is_flag=True, help="also show hits, misses and stall per layer")
-@click.option("--json", "as_json", is_flag=True, help="print the result row as JSON")
-@click.option("--predictor", default="none", show_default=True,
-              help="prefetch predictor: none, previous, recorded, moe-infinity, learned:MODEL, frequency, oracle")
-@click.option("--horizon", type=int, default=1, show_default=True, help="prefetch this many layers ahead (cap if --adaptive)")
-@click.option("--top-n", type=int, default=None, help="experts prefetched per target layer (default: top-k)")
-@click.option("--threshold", type=float, default=None, help="prefetch only predictions scoring at least this")
-@click.option("--prefetch-bytes-per-step", default=None, help="most prefetch bytes started per step, e.g. 200MB")
-@click.option("--adaptive", is_flag=True, help="pick the horizon so prefetches land just in time (ExpertFlow)")
+@config_options
+@click.option("--json", "as_json", is_flag=True, help="print the result row as JSON (NaN as null)")
 @friendly_errors
-def replay(trace, policy, capacity, scope, mode, hardware, bandwidth, latency, copy_engines, gpu_tflops, hbm,
-           bytes_per_expert, prefill_chunk, pins, train, seed, per_layer, as_json, predictor, horizon, top_n,
-           threshold, prefetch_bytes_per_step, adaptive) -> None:
+def replay(trace, as_json, **knobs) -> None:
     """Replay TRACE against one cache configuration and print the result row."""
     from .replay import replay as run_replay
-    pin = []
-    for p in pins:
-        layer, _, expert = p.partition(":")
-        if not (layer.isdigit() and expert.isdigit()):
-            raise click.BadParameter(f"{p!r}: write LAYER:EXPERT, e.g. 3:17", param_hint="--pin")
-        pin.append((int(layer), int(expert)))
-    row = run_replay(trace, policy=policy, capacity=capacity, scope=scope, mode=mode, hardware=hardware,
-                     bandwidth=bandwidth, latency=latency, copy_engines=copy_engines, gpu_tflops=gpu_tflops,
-                     hbm=hbm, bytes_per_expert=bytes_per_expert, prefill_chunk=prefill_chunk, pin=pin,
-                     train=train, seed=seed, per_layer=per_layer, predictor=predictor, horizon=horizon,
-                     top_n=top_n, threshold=threshold, prefetch_bytes_per_step=prefetch_bytes_per_step,
-                     adaptive=adaptive)
-    if as_json:
-        echo_json(row)
-        return
-    click.echo(format_row(row))
+    row = run_replay(trace, **{k: v for k, v in knobs.items() if v not in (None, ())})
+    click.echo(json.dumps(_json_safe(row), indent=2) if as_json else format_row(row))
 
 
 def format_row(row: dict) -> str:
@@ -255,8 +250,9 @@ def fit_predictor_cmd(train, out, kind, horizon, epochs, hidden) -> None:
 def score_predictor_cmd(trace, predictor, horizon, top_n, threshold, train, prefill_chunk, hardware, bandwidth,
                         moe_beyond, as_json) -> None:
     """Precision, recall and F1 of a predictor on TRACE (all, per horizon, per layer), and how many land in time."""
-    from .hardware import get_hardware, parse_bandwidth_gbps
+    from .hardware import get_hardware
     from .predict import predict
+    from .units import parse_rate
     from .predict.plan import select
     from .predict.score import format_scorecard, score
     from .trace import access_stream, read_trace
@@ -266,11 +262,11 @@ def score_predictor_cmd(trace, predictor, horizon, top_n, threshold, train, pref
     pred = select(predict(tr, predictor, stream=stream, horizon=horizon, top_n=top_n, train=train_tr),
                   threshold=threshold)
     hw = get_hardware(hardware).with_overrides(
-        bandwidth_gbps=None if bandwidth is None else parse_bandwidth_gbps(bandwidth))
+        bandwidth=None if bandwidth is None else parse_rate(bandwidth, "--bandwidth"))
     card = score(pred, stream, meta=tr.meta, hardware=hw, expert_bytes=float(tr.meta.bytes_per_expert))
     card["trace"] = trace
     if moe_beyond:
-        from .predict.moe_beyond import engine_protocol
+        from .moe_beyond import engine_protocol
         card["moe_beyond"] = {"without": engine_protocol(tr, "none"),
                               "with": engine_protocol(tr, predictor, train=train_tr, top_n=top_n)}
     if as_json:
@@ -290,16 +286,18 @@ def hardware_cmd(as_json) -> None:
     """List the hardware presets and where each figure comes from."""
     import dataclasses
 
-    from .hardware import PRESETS
+    from .hardware import presets
+    from .units import GB, TFLOPS, US
     if as_json:
-        echo_json({n: dataclasses.asdict(h) for n, h in PRESETS.items()})
+        echo_json({n: dataclasses.asdict(h) for n, h in presets().items()})
         return
-    click.echo(f"{'preset':<16}{'link GB/s':>10}{'lat us':>8}{'engines':>8}{'TFLOP/s':>9}{'HBM GB/s':>10}")
-    for h in PRESETS.values():
-        click.echo(f"{h.name:<16}{h.bandwidth_gbps:>10g}{h.latency_us:>8g}{h.copy_engines:>8d}"
-                   f"{h.gpu_tflops:>9g}{h.hbm_gbps:>10g}")
+    click.echo(f"{'preset':<16}{'link GB/s':>10}{'lat us':>8}{'engines':>8}{'TFLOP/s':>9}{'HBM GB/s':>10}"
+               f"{'launch us':>10}{'GPU GiB':>8}")
+    for h in presets().values():
+        click.echo(f"{h.name:<16}{h.bandwidth / GB:>10g}{h.latency / US:>8g}{h.copy_engines:>8d}"
+                   f"{h.gpu_flops / TFLOPS:>9g}{h.hbm / GB:>10g}{h.launch / US:>10g}{h.gpu_memory / 2**30:>8g}")
     click.echo("")
-    for h in PRESETS.values():
+    for h in presets().values():
         click.echo(f"{h.name}: {h.source}")
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import inspect
 import itertools
 import json
 import math
@@ -45,6 +44,8 @@ import pyarrow.parquet as pq
 
 from . import __version__
 from . import policies as policy_registry
+from .config import KNOB, ReplayConfig, knob_name
+from .registry import suggest
 from .replay import replay
 from .trace import AccessStream, Trace, TraceError, TraceMeta, access_stream, read_trace
 from .trace.schema import META_KEY
@@ -55,8 +56,6 @@ SPEC_FIELDS = ("name", "description", "group")
 ALIASES = {"traces": "trace", "policies": "policy", "predictors": "predictor", "capacities": "capacity",
            "scopes": "scope", "modes": "mode", "seeds": "seed", "bandwidths": "bandwidth",
            "latencies": "latency"}
-# replay() arguments a spec cannot give: the trace comes from `trace`, the rest are Python objects
-NOT_IN_SPECS = ("trace", "stream", "prefetch")
 # replay arguments that name files, resolved against the spec's folder like traces
 PATH_FIELDS = ("train",)
 FLUSH_EVERY_S = 2.0
@@ -178,8 +177,22 @@ def expand(spec: dict | str | os.PathLike, *, base: str | os.PathLike | None = N
                 continue  # the same run twice (e.g. overlapping globs): one row
             seen.add(key)
             runs.append(Run(key, name_written, location, fingerprints[location], run_params))
+    _check_values(runs, where)
     name = str(raw.get("name") or (Path(where).stem if where != "<spec>" else "grid"))
     return Grid(name, where, runs, _hash(sorted(r.key for r in runs)))
+
+
+def _check_values(runs: list[Run], where: str) -> None:
+    """Every value of every run is read as replay will read it, before the first run starts: a typo or a
+    wrong type stops the grid here with the field named, instead of failing rows (or the grid) later."""
+    seen = set()
+    for run in runs:
+        params = {k: v for k, v in run.params.items()}
+        identity = _hash(params)
+        if identity in seen:
+            continue
+        seen.add(identity)
+        ReplayConfig.make(where=f"{where}: ", **params)
 
 
 def run_key(fingerprint: str, trace: str, params: dict, inputs: dict | None = None) -> str:
@@ -194,15 +207,19 @@ def _hash(obj) -> str:
 
 
 def _replay_keywords() -> set[str]:
-    return {p for p in inspect.signature(replay).parameters if p not in NOT_IN_SPECS} | {"trace"}
+    return set(KNOB) | {"trace"}
 
 
 def _field(raw_key: str, allowed: set[str], where: str) -> str:
     key = ALIASES.get(raw_key, raw_key).replace("-", "_")
-    if key not in allowed:
-        raise ValueError(f"{where}: unknown field {raw_key!r}; a spec names trace and replay's keywords: "
-                         f"{', '.join(sorted(allowed))} (plus name, description, [[group]])")
-    return key
+    if key == "trace":
+        return key
+    try:
+        return knob_name(key)
+    except ValueError:
+        near = suggest(key.replace("_", "-"), [k.replace("_", "-") for k in sorted(allowed)] + list(ALIASES))
+        raise ValueError(f"{where}: unknown field {raw_key!r}{near}; a spec names trace and replay's options: "
+                         f"{', '.join(sorted(allowed))} (plus name, description, [[group]])") from None
 
 
 def _is_url(text: str) -> bool:

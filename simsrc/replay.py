@@ -1,241 +1,131 @@
-"""replay(): join a trace, a policy, a predictor and hardware, run the engine, return one result row."""
+"""replay(): join a trace, a policy, a predictor and hardware, run the engine, return one result row.
+
+Everything a replay can be told is one ReplayConfig (config.py); what it costs comes from cost.py; the
+engine (engine/) sees only the bundles built here.
+"""
 from __future__ import annotations
 
 import math
 import os
-import re
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from . import __version__
+from . import __version__, cost
 from . import policies as policy_registry
-from .engine import (ERR_CAPACITY, ERROR, PF_CANCELLED, PF_HARMFUL, PF_ISSUED, PF_LATE, PF_USED, PF_WASTED,
-                     count_replay, timed_replay)
-from .hardware import (Hardware, dtype_bytes, get_hardware, parse_bandwidth_gbps, parse_bytes, parse_seconds,
-                       parse_tflops)
+from .config import ReplayConfig, row_inputs
+from .engine import (BAD_VICTIM, ERR_CAPACITY, ERR_VICTIM, ERROR, PF_CANCELLED, PF_HARMFUL, PF_ISSUED, PF_LATE,
+                     PF_USED, PF_WASTED, Cache, Compute, Link, PrefetchPlan, Stream, count_replay, timed_replay)
+from .predict import Prefetch
 from .trace import AccessStream, Trace, access_stream, read_trace
 
-MODES = ("timed", "count")
-SCOPES = ("global", "per-layer")
 
+def replay(trace: Trace | str | os.PathLike, config: ReplayConfig | None = None, *,
+           stream: AccessStream | None = None, prefetch: Prefetch | None = None, **overrides) -> dict[str, Any]:
+    """Replay a trace against one cache configuration; returns the result row (a flat dict).
 
-@dataclass
-class Prefetch:
-    """A prefetch plan for the engine: per segment, the experts to fetch and the segment that needs them."""
-
-    offsets: np.ndarray     # int64 [segments+1]
-    item: np.ndarray        # int32: layer_index * num_experts + expert
-    target_seg: np.ndarray  # int64: segment whose layer the prediction is for
-    step_cap: int = -1      # most prefetches started per step (-1: no cap)
-
-    @classmethod
-    def none(cls, num_segments: int) -> "Prefetch":
-        return cls(np.zeros(num_segments + 1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.int64))
-
-
-def parse_capacity(capacity: str | int | float, *, num_items: int, num_layers: int,
-                   bytes_per_expert: float) -> tuple[int, bool]:
-    """Capacity as experts -> (experts, per_layer_given).
-
-    '10%' of all experts; '166' experts; '12GiB' of expert memory; '4/layer' experts per layer.
+    `config` and keyword `overrides` name the knobs of moesim.config.KNOBS (policy, capacity, scope, mode,
+    predictor, hardware, bandwidth, ...; `moesim replay --help` and the README list them with their units).
+    stream: an access stream of this trace the caller keeps for more replays; prefetch: a ready plan.
     """
-    if isinstance(capacity, (int, np.integer)):
-        return int(capacity), False
-    if isinstance(capacity, float):
-        # a float is a fraction of all experts (0.25, 1.0); a count is an int, so 1.0 cannot mean "1 expert"
-        if not 0 < capacity <= 1:
-            raise ValueError(f"capacity {capacity!r}: a float is a fraction of all experts, in (0, 1]; "
-                             f"write an expert count as an integer (166) or a percentage ('10%')")
-        return int(math.floor(capacity * num_items + 1e-9)), False
-    text = str(capacity).strip()
-    m = re.fullmatch(r"([0-9.]+)\s*%", text)
-    if m:
-        return int(math.floor(float(m.group(1)) / 100 * num_items + 1e-9)), False
-    m = re.fullmatch(r"([0-9]+)\s*/\s*layer", text)
-    if m:
-        return int(m.group(1)) * num_layers, True
-    if re.fullmatch(r"[0-9]+", text):
-        return int(text), False
-    if not bytes_per_expert:
-        raise ValueError(f"capacity {text!r} is in bytes but the trace does not say how big an expert is; "
-                         f"pass bytes_per_expert (--bytes-per-expert)")
-    try:
-        return int(parse_bytes(text) // bytes_per_expert), False
-    except ValueError:
-        raise ValueError(f"cannot read capacity {text!r}; write 10%, 166 (experts), 4/layer or 12GiB") from None
+    cfg = ReplayConfig.make(config, **overrides)
+    tr = trace if isinstance(trace, Trace) else read_trace(trace)
+    reuse_stream = stream is not None  # the caller keeps it for more replays: predictions for it may be reused
+    stream = stream if stream is not None else access_stream(tr, prefill_chunk=cfg.prefill_chunk)
+    hw = cfg.hardware_spec()
+    expert_bytes = cfg.bytes_per_expert if cfg.bytes_per_expert is not None else float(tr.meta.bytes_per_expert)
+    cache, per_partition = cache_for(tr, stream, cfg, expert_bytes, hw.gpu_memory)
+    module = policy_registry.get(cfg.policy)
+    params = {"seed": cfg.seed, "top_k": stream.top_k, "timed": cfg.mode == "timed"}
+    if cfg.policy == "static":
+        if cfg.train is None:
+            raise ValueError("the static policy pins the experts a *different* trace used most: pass train=TRACE "
+                             "(--train TRACE)")
+        params["train_counts"] = expert_counts(_load(cfg.train), num_layers=stream.num_layers,
+                                               num_experts=stream.num_experts)
+    state = module.init(len(cache.pinned), cache.part_of, cache.part_capacity, stream, params)
+    cache = cache._replace(warm=np.asarray(module.warm(state) if hasattr(module, "warm") else [], np.int32))
+    horizon = 0
+    if prefetch is None and cfg.predictor != "none":
+        from .predict import plan as prefetch_plan
+        prefetch, horizon = prefetch_plan(
+            tr, stream, cfg.predictor, hardware=hw, expert_bytes=expert_bytes, horizon=cfg.horizon,
+            top_n=cfg.top_n, threshold=cfg.threshold, adaptive=cfg.adaptive, train=cfg.train, reuse=reuse_stream,
+            step_cap_bytes=cfg.prefetch_bytes_per_step)
+    prefetch = prefetch or Prefetch.none(stream.num_segments)
+    plan = PrefetchPlan(prefetch.offsets, prefetch.item, prefetch.target_seg, int(prefetch.step_cap))
+    n_items, held = len(cache.pinned), int(cache.part_capacity.sum()) + int(cache.pinned.sum())
+    resolved = {"horizon": horizon, "top_n": cfg.top_n if cfg.top_n is not None else
+                (stream.top_k if cfg.predictor != "none" else 0), "capacity_experts": held,
+                "capacity_fraction": held / n_items, "bytes_per_expert": expert_bytes,
+                "pinned_experts": int(cache.pinned.sum())}
+    row: dict[str, Any] = {"trace": str(tr.path) if tr.path else tr.meta.model, "model": tr.meta.model,
+                           **row_inputs(cfg, hw, resolved), "moesim_version": __version__, "accesses": len(stream),
+                           "tokens": int(stream.step_tokens.sum()), "steps": stream.num_steps}
+    engine_stream = Stream(stream.item, stream.seg_offsets, stream.seg_layer, stream.seg_step)
+    if cfg.mode == "count":
+        hits, misses, c = count_replay(engine_stream, cache, plan, state, stream.num_layers)
+        stall = None
+        row.update(_hit_fields(hits, misses))
+        row.update({k: math.nan for k in ("stall_s", "total_s", "tpot_s", "ttft_s")})
+    else:
+        if not expert_bytes:
+            raise ValueError(f"{row['trace']}: the trace does not say how many bytes an expert has "
+                             f"(bytes_per_expert=0); timed mode needs it: pass bytes_per_expert (--bytes-per-expert)")
+        ec = cost.expert_cost(hw, expert_bytes, tr.meta.dtype)
+        link = Link(expert_bytes / hw.bandwidth, hw.latency, int(hw.copy_engines))
+        compute = Compute(cost.dense_seconds(stream, tr.meta, hw, expert_bytes), ec.per_token, ec.floor, ec.launch)
+        hits, misses, stall, step_end, c = timed_replay(engine_stream, cache, link, compute, plan, state,
+                                                        stream.num_layers, stream.num_steps)
+        row.update(_hit_fields(hits, misses))
+        row.update(_time_fields(stream, step_end, stall))
+    _raise_engine_error(c, cfg, row["trace"], per_partition)
+    row.update(_transfer_fields(c, misses, expert_bytes))
+    if cfg.per_layer:
+        row.update(hits_per_layer=hits.tolist(), misses_per_layer=misses.tolist())
+        if stall is not None:
+            row["stall_per_layer_s"] = stall.tolist()
+    return row
+
+
+def cache_for(trace: Trace, stream: AccessStream, cfg: ReplayConfig, expert_bytes: float,
+              gpu_memory: float | None = None) -> tuple[Cache, int]:
+    """The engine's cache for a config: partitions and their capacity in experts, pins taken out of them."""
+    L, E = stream.num_layers, stream.num_experts
+    n_items = L * E
+    cap, _ = cfg.capacity.experts(num_items=n_items, num_layers=L, bytes_per_expert=expert_bytes,
+                                  gpu_memory=gpu_memory)
+    part_of, part_cap = partitions(stream, cfg.scope, cap)
+    pinned = np.zeros(n_items, np.uint8)
+    for layer, expert in cfg.pin or ():
+        pinned[_item(trace.meta, layer, expert)] = 1
+    # pins use cache memory: the policy gets what is left in each partition
+    np.subtract.at(part_cap, part_of[pinned.astype(bool)], 1)
+    part_cap = np.maximum(part_cap, 0)
+    return Cache(part_of, part_cap, pinned, np.zeros(0, np.int32)), int(part_cap.min())
 
 
 def partitions(stream: AccessStream, scope: str, capacity_experts: int) -> tuple[np.ndarray, np.ndarray]:
-    """(partition of each item, capacity of each partition)."""
+    """(partition of each item, capacity of each partition in experts)."""
     L, E = stream.num_layers, stream.num_experts
     if scope == "global":
         return np.zeros(L * E, np.int32), np.array([min(capacity_experts, L * E)], np.int64)
-    if scope == "per-layer":
-        per = min(capacity_experts // L, E)
-        return np.repeat(np.arange(L, dtype=np.int32), E), np.full(L, per, np.int64)
-    raise ValueError(f"unknown scope {scope!r}; choose one of {', '.join(SCOPES)}")
+    return np.repeat(np.arange(L, dtype=np.int32), E), np.full(L, min(capacity_experts // L, E), np.int64)
+
+
+def _raise_engine_error(c: np.ndarray, cfg: ReplayConfig, where: str, per_partition: int) -> None:
+    if c[ERROR] == ERR_VICTIM:
+        raise RuntimeError(f"policy {cfg.policy!r} broke the policy contract: its victim() returned "
+                           f"{int(c[BAD_VICTIM])}, which is not a resident, unpinned, idle expert of the partition "
+                           f"(or returned -1 while one was); see moesim.policies for the contract")
+    if c[ERROR] == ERR_CAPACITY:
+        raise ValueError(f"capacity too small: a layer of {where} needs more experts resident at once than "
+                         f"a {cfg.scope} partition of {per_partition} experts holds; raise --capacity, use "
+                         f"--scope global, or replay with --prefill-chunk 1")
 
 
 def _load(trace: Trace | str | os.PathLike) -> Trace:
     return trace if isinstance(trace, Trace) else read_trace(trace)
-
-
-def replay(
-    trace: Trace | str | os.PathLike,
-    *,
-    policy: str = "lru",
-    capacity: str | int | float = "10%",
-    scope: str = "global",
-    mode: str = "timed",
-    hardware: str | Hardware = "a100-pcie4",
-    prefill_chunk: int = 1,
-    predictor: str = "none",
-    prefetch: Prefetch | None = None,
-    bandwidth: str | float | None = None,
-    latency: str | float | None = None,
-    copy_engines: int | None = None,
-    gpu_tflops: str | float | None = None,
-    hbm: str | float | None = None,
-    bytes_per_expert: str | int | None = None,
-    pin: list[tuple[int, int]] | None = None,
-    train: Trace | str | os.PathLike | None = None,
-    seed: int = 0,
-    per_layer: bool = False,
-    stream: AccessStream | None = None,
-    horizon: int = 1,
-    top_n: int | None = None,
-    threshold: float | None = None,
-    prefetch_bytes_per_step: str | float | None = None,
-    adaptive: bool = False,
-) -> dict[str, Any]:
-    """Replay a trace against one cache configuration; returns the result row (a flat dict).
-
-    policy: a name in moesim.policies (lru, fifo, lfu, lfuda, belady, random, static).
-    capacity: '10%', 166 (experts), '12GiB', or '4/layer'. scope: 'global' or 'per-layer'.
-    mode: 'timed' (discrete-event, with the link and compute) or 'count' (hits only).
-    prefill_chunk: prefill tokens per step; 1 replays prompts as if decoded, 0 keeps recorded steps.
-    pin: (layer, expert) pairs resident throughout, outside the policy and its capacity.
-    train: a different trace whose expert frequencies drive the 'static' policy (and the
-    moe-infinity and frequency predictors).
-    predictor: none, previous, recorded, moe-infinity, learned:MODEL, frequency, oracle (moesim.predict);
-    it builds the prefetch plan unless `prefetch` is given. horizon: layers ahead (the cap when adaptive);
-    top_n: experts per target layer (default top-k); threshold: least score; prefetch_bytes_per_step:
-    most prefetch bytes started per step; adaptive: pick the horizon that lands prefetches just in time.
-    """
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
-    tr = _load(trace)
-    meta = tr.meta
-    reuse_stream = stream is not None  # the caller keeps it for more replays: predictions for it may be reused
-    if stream is None:
-        stream = access_stream(tr, prefill_chunk=prefill_chunk)
-    L, E = stream.num_layers, stream.num_experts
-    n_items = L * E
-    hw = hardware if isinstance(hardware, Hardware) else get_hardware(hardware)
-    hw = hw.with_overrides(
-        bandwidth_gbps=None if bandwidth is None else parse_bandwidth_gbps(bandwidth),
-        latency_us=None if latency is None else parse_seconds(latency) * 1e6,
-        copy_engines=copy_engines, gpu_tflops=None if gpu_tflops is None else parse_tflops(gpu_tflops),
-        hbm_gbps=None if hbm is None else parse_bandwidth_gbps(hbm))
-    expert_bytes = float(parse_bytes(bytes_per_expert)) if bytes_per_expert is not None else float(meta.bytes_per_expert)
-
-    cap_experts, _ = parse_capacity(capacity, num_items=n_items, num_layers=L, bytes_per_expert=expert_bytes)
-    part_of, part_cap = partitions(stream, scope, cap_experts)
-    pinned = np.zeros(n_items, np.uint8)
-    if pin:
-        for layer, expert in pin:
-            pinned[_item(meta, layer, expert)] = 1
-        # pins use cache memory: the policy gets what is left in each partition
-        np.subtract.at(part_cap, part_of[pinned.astype(bool)], 1)
-        part_cap = np.maximum(part_cap, 0)
-
-    module = policy_registry.get(policy)
-    policy = policy_registry.canonical(policy)
-    params: dict[str, Any] = {"seed": seed, "top_k": stream.top_k, "timed": mode == "timed"}
-    if policy == "static":
-        if train is None:
-            raise ValueError("the static policy pins the experts a *different* trace used most: pass train=TRACE "
-                             "(--train TRACE)")
-        params["train_counts"] = expert_counts(_load(train), num_layers=L, num_experts=E)
-    state = module.init(n_items, part_of, part_cap, stream, params)
-    warm = (module.warm(state) if hasattr(module, "warm") else np.zeros(0, np.int32)).astype(np.int32)
-    horizon_used = 0
-    if prefetch is None and predictor != "none":
-        from .predict import plan as prefetch_plan
-        prefetch, horizon_used = prefetch_plan(
-            tr, stream, predictor, hardware=hw, expert_bytes=expert_bytes, horizon=horizon, top_n=top_n,
-            threshold=threshold, adaptive=adaptive, train=train, reuse=reuse_stream,
-            step_cap_bytes=None if prefetch_bytes_per_step is None else parse_bytes(prefetch_bytes_per_step))
-    if prefetch is None:
-        prefetch = Prefetch.none(stream.num_segments)
-
-    row: dict[str, Any] = {
-        "trace": str(tr.path) if tr.path else meta.model,
-        "model": meta.model,
-        "policy": policy,
-        "predictor": predictor,
-        "horizon": horizon_used,
-        "top_n": top_n if top_n is not None else (stream.top_k if predictor != "none" else 0),
-        "threshold": threshold,
-        "prefetch_bytes_per_step": None if prefetch_bytes_per_step is None else str(prefetch_bytes_per_step),
-        "adaptive": adaptive,
-        "capacity": str(capacity),
-        "capacity_experts": int(part_cap.sum()) + int(pinned.sum()),
-        "capacity_fraction": (int(part_cap.sum()) + int(pinned.sum())) / n_items,
-        "scope": scope,
-        "mode": mode,
-        "prefill_chunk": prefill_chunk,
-        "seed": seed,
-        "hardware": hw.name,
-        "bandwidth_gbps": hw.bandwidth_gbps,
-        "latency_us": hw.latency_us,
-        "copy_engines": hw.copy_engines,
-        "gpu_tflops": hw.gpu_tflops,
-        "hbm_gbps": hw.hbm_gbps,
-        "bytes_per_expert": expert_bytes,
-        "pinned_experts": int(pinned.sum()),
-        "moesim_version": __version__,
-        "accesses": len(stream),
-        "tokens": int(stream.step_tokens.sum()),
-        "steps": stream.num_steps,
-    }
-    if mode == "count":
-        hits, misses, c = count_replay(stream.item, stream.seg_offsets, part_of, part_cap,
-                                       pinned, warm, L, prefetch.offsets, prefetch.item, state)
-        row.update(_hit_fields(hits, misses))
-        row.update({k: math.nan for k in ("stall_s", "total_s", "tpot_s", "ttft_s")})
-        row.update(_transfer_fields(c, misses, expert_bytes))
-        if per_layer:
-            row["hits_per_layer"] = hits.tolist()
-            row["misses_per_layer"] = misses.tolist()
-        return row
-
-    if not expert_bytes:
-        raise ValueError(f"{row['trace']}: the trace does not say how many bytes an expert has "
-                         f"(bytes_per_expert=0); timed mode needs it: pass bytes_per_expert (--bytes-per-expert)")
-    seg_dense = dense_seconds(stream, meta, hw, expert_bytes)
-    flops_per_token = 2.0 * expert_bytes / dtype_bytes(meta.dtype)
-    hits, misses, stall, step_end, c = timed_replay(
-        stream.item, stream.seg_offsets, stream.seg_layer, stream.seg_step, seg_dense, stream.num_steps,
-        part_of, part_cap, pinned, warm, L,
-        expert_bytes, hw.bandwidth_gbps * 1e9, hw.latency_us * 1e-6, int(hw.copy_engines),
-        flops_per_token, hw.gpu_tflops * 1e12, hw.hbm_gbps * 1e9, hw.launch_us * 1e-6,
-        prefetch.offsets, prefetch.item, prefetch.target_seg, int(prefetch.step_cap),
-        state)
-    if c[ERROR] == ERR_CAPACITY:
-        raise ValueError(f"capacity too small: a layer of {row['trace']} needs more experts resident at once than "
-                         f"a {scope} partition of {int(part_cap.min())} experts holds; raise --capacity, use "
-                         f"--scope global, or replay with --prefill-chunk 1")
-    row.update(_hit_fields(hits, misses))
-    row.update(_time_fields(stream, step_end, stall))
-    row.update(_transfer_fields(c, misses, expert_bytes))
-    if per_layer:
-        row["hits_per_layer"] = hits.tolist()
-        row["misses_per_layer"] = misses.tolist()
-        row["stall_per_layer_s"] = stall.tolist()
-    return row
 
 
 def _item(meta, layer: int, expert: int) -> int:
@@ -250,28 +140,6 @@ def expert_counts(trace: Trace, *, num_layers: int, num_experts: int) -> np.ndar
     """Activations of each (layer, expert) in a trace, as a flat per-item array."""
     trace.check_same_model(num_layers, num_experts)
     return trace.expert_counts().reshape(-1).astype(np.float64)
-
-
-def dense_seconds(stream: AccessStream, meta, hw: Hardware, expert_bytes: float) -> np.ndarray:
-    """Time of each segment's dense part (attention, router, norms): a roofline of its weights.
-
-    Layers without experts (e.g. DeepSeek's first dense layers) are charged to the
-    first MoE layer of each step, at the same dense cost plus their FFN, taken
-    as one expert's worth of weights per layer when the trace says nothing better.
-    """
-    dense_bytes = float(meta.dense_bytes_per_layer)
-    params = dense_bytes / dtype_bytes(meta.dtype)
-    tokens = stream.seg_tokens.astype(np.float64)
-    t = np.maximum(tokens * 2 * params / (hw.gpu_tflops * 1e12), dense_bytes / (hw.hbm_gbps * 1e9))
-    t += hw.launch_us * 1e-6
-    n_dense_layers = meta.num_layers - meta.num_moe_layers
-    if n_dense_layers > 0:
-        first = np.r_[True, stream.seg_step[1:] != stream.seg_step[:-1]]
-        extra_bytes = dense_bytes + expert_bytes
-        extra = np.maximum(tokens * 2 * extra_bytes / dtype_bytes(meta.dtype) / (hw.gpu_tflops * 1e12),
-                           extra_bytes / (hw.hbm_gbps * 1e9)) + 2 * hw.launch_us * 1e-6
-        t = t + np.where(first, n_dense_layers * extra, 0.0)
-    return t
 
 
 def _transfer_fields(c: np.ndarray, misses: np.ndarray, expert_bytes: float) -> dict[str, Any]:

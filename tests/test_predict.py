@@ -11,8 +11,9 @@ from moesim.cli import main
 from moesim.hardware import get_hardware
 from moesim.predict import fit_predictor, load_model, plan, predict
 from moesim.predict.learned import fit
-from moesim.predict.moe_beyond import engine_protocol, paper_protocol
-from moesim.predict.plan import adaptive_horizon, segment_seconds, to_plan
+from moesim.moe_beyond import engine_protocol, paper_protocol
+from moesim.cost import segment_seconds
+from moesim.predict.plan import adaptive_horizon, to_plan
 from moesim.predict.score import score
 from moesim.trace import TraceMeta, access_stream
 
@@ -169,12 +170,12 @@ def test_step_cap_and_threshold_cut_the_plan():
 def test_adaptive_horizon_covers_the_transfer_time():
     tr = moesim.read_trace(TEST).select_requests(range(3))
     stream = access_stream(tr)
-    hw = get_hardware("a100-pcie4").with_overrides(latency_us=0.0)
+    hw = get_hardware("a100-pcie4").with_overrides(latency=0.0)
     b = float(tr.meta.bytes_per_expert)
     _, total = segment_seconds(stream, tr.meta, hw, b)
     layer_s = total.mean()
     # a link that needs exactly 2.5 layer times for 6 experts -> horizon 3
-    hw = hw.with_overrides(bandwidth_gbps=6 * b / (2.5 * layer_s) / 1e9)
+    hw = hw.with_overrides(bandwidth=6 * b / (2.5 * layer_s))
     assert adaptive_horizon(stream, tr.meta, hw, b, 6, 8) == 3
     assert adaptive_horizon(stream, tr.meta, hw, b, 6, 2) == 2
 

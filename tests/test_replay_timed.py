@@ -11,15 +11,15 @@ from helpers import make_trace
 
 import moesim
 from moesim.hardware import Hardware
-from moesim.replay import Prefetch
+from moesim.predict import Prefetch
 from moesim.trace import access_stream
 
 MS = 1e-3
 
 
 def hw(latency_us=0.0, copy_engines=1, bandwidth_gbps=1.0):
-    return Hardware("paper", bandwidth_gbps=bandwidth_gbps, latency_us=latency_us, copy_engines=copy_engines,
-                    gpu_tflops=1e9, hbm_gbps=10.0, launch_us=0.0)
+    return Hardware("paper", bandwidth=bandwidth_gbps * 1e9, latency=latency_us * 1e-6, copy_engines=copy_engines,
+                    gpu_flops=1e21, hbm=10e9, launch=0.0)
 
 
 def test_demand_fetches_stall_the_layer():

@@ -1,7 +1,10 @@
-"""The compiled replay core. Sees numpy arrays and plain numbers only."""
+"""The compiled replay core. Sees numpy arrays and plain numbers only (in the bundles of bundles.py)."""
+from .bundles import Cache, Compute, Link, PrefetchPlan, Stream
 from .count import count_replay
-from .experts import ERR_CAPACITY, ERROR, PF_CANCELLED, PF_HARMFUL, PF_ISSUED, PF_LATE, PF_USED, PF_WASTED
+from .experts import (BAD_VICTIM, ERR_CAPACITY, ERR_VICTIM, ERROR, PF_CANCELLED, PF_HARMFUL, PF_ISSUED, PF_LATE,
+                      PF_USED, PF_WASTED)
 from .timed import timed_replay
 
-__all__ = ["count_replay", "timed_replay", "ERR_CAPACITY", "ERROR", "PF_CANCELLED", "PF_HARMFUL", "PF_ISSUED",
-           "PF_LATE", "PF_USED", "PF_WASTED"]
+__all__ = ["BAD_VICTIM", "Cache", "Compute", "ERR_CAPACITY", "ERR_VICTIM", "ERROR", "Link", "PF_CANCELLED",
+           "PF_HARMFUL", "PF_ISSUED", "PF_LATE", "PF_USED", "PF_WASTED", "PrefetchPlan", "Stream", "count_replay",
+           "timed_replay"]

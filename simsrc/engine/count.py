@@ -6,33 +6,66 @@ partition is full, insert. No expert is ever busy. A prefetch plan, if given,
 inserts each segment's predicted experts right after that segment's accesses
 (so a prediction for layer l made at layer l-1 is in place when l routes).
 """
-import numpy as np
+from typing import NamedTuple
 
+import numpy as np
+from numba import njit, types
+from numba.extending import overload
+
+from .bundles import Cache, PrefetchPlan, Stream
 from .experts import (NUM_COUNTERS, PF_ISSUED, PF_UNUSED, PF_USED, PINNED, RESIDENT, count_harmful, count_unused,
-                      evict, evict_for_prefetch)
+                      evict, evict_for_prefetch, evictable)
 from .ops import compiled_loop, on_hit, on_insert, partition, partition_map, victim
 
 
-def count_replay(item, seg_offsets, part_of, part_capacity, pinned, warm, num_layers,
-                 pf_offsets, pf_item, state):
-    """Returns (hits per layer, misses per layer, counters); see experts.py for the counter indices."""
-    n = part_of.shape[0]
+class CountWork(NamedTuple):
+    """The count loop's state and outputs (allocated by count_replay: the loop allocates nothing)."""
+    flags: np.ndarray      # uint8 per item (experts.py)
+    evictor: np.ndarray    # int32 per item: the prefetch that pushed it out
+    free: np.ndarray       # int64 per partition: slots not yet taken
+    hits_of: np.ndarray    # int64 per item
+    misses_of: np.ndarray  # int64 per item
+    c: np.ndarray          # float64 counters (experts.py)
+
+
+def count_replay(stream: Stream, cache: Cache, plan: PrefetchPlan, state, num_layers: int, record=None):
+    """Returns (hits per layer, misses per layer, counters); see experts.py for the counter indices.
+
+    record: a uint8 array as long as the stream, to be told which accesses hit (1); None records nothing
+    (the loop is then compiled without the store, so the plain replay pays nothing for the option).
+    """
+    n = len(cache.pinned)
     # segments that prefetch, and the access after which their plan goes in
-    pf_segs = np.flatnonzero(np.diff(pf_offsets)) if len(pf_item) else np.zeros(0, np.int64)
-    hits_of = np.zeros(n, np.int64)
-    misses_of = np.zeros(n, np.int64)
-    c = np.zeros(NUM_COUNTERS, np.float64)
-    parts = partition_map(part_of, part_capacity)
-    _count_loop(item, seg_offsets[pf_segs + 1] - 1, pf_segs, parts, part_capacity, pinned, warm, pf_offsets,
-                pf_item, state, np.zeros(n, np.uint8), np.full(n, -1, np.int32), part_capacity.copy(), hits_of,
-                misses_of, c)
+    pf_segs = np.flatnonzero(np.diff(plan.offsets)) if len(plan.item) else np.zeros(0, np.int64)
+    cache = cache._replace(part_of=partition_map(cache.part_of, cache.part_capacity))
+    work = CountWork(np.zeros(n, np.uint8), np.full(n, -1, np.int32), cache.part_capacity.copy(),
+                     np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(NUM_COUNTERS, np.float64))
+    _count_loop(stream.item, stream.seg_offsets[pf_segs + 1] - 1, pf_segs, cache, plan, state, work, record)
     # items are numbered layer-major (layer * experts + expert)
-    return hits_of.reshape(num_layers, -1).sum(axis=1), misses_of.reshape(num_layers, -1).sum(axis=1), c
+    return (work.hits_of.reshape(num_layers, -1).sum(axis=1), work.misses_of.reshape(num_layers, -1).sum(axis=1),
+            work.c)
+
+
+def mark_hit(record, i):
+    record[i] = 1
+
+
+@overload(mark_hit)
+def _mark_hit(record, i):
+    if isinstance(record, types.NoneType):
+        return lambda record, i: None
+    return lambda record, i: mark_hit_store(record, i)
+
+
+@njit(cache=True, _nrt=False)
+def mark_hit_store(record, i):
+    record[i] = 1
 
 
 @compiled_loop
-def _count_loop(item, pf_at, pf_segs, part_of, part_capacity, pinned, warm, pf_offsets, pf_item, state,
-                flags, evictor, free, hits_of, misses_of, c):
+def _count_loop(item, pf_at, pf_segs, cache, plan, state, work, record):
+    part_of, part_capacity, pinned, warm = cache
+    flags, evictor, free, hits_of, misses_of, c = work
     num_items = flags.shape[0]
     for x in range(num_items):
         if pinned[x]:
@@ -52,6 +85,7 @@ def _count_loop(item, pf_at, pf_segs, part_of, part_capacity, pinned, warm, pf_o
             f = flags[x]
             if f & RESIDENT:
                 hits_of[x] += 1
+                mark_hit(record, i)
                 if f != RESIDENT:
                     if f & PF_UNUSED:
                         flags[x] = f ^ PF_UNUSED
@@ -67,7 +101,10 @@ def _count_loop(item, pf_at, pf_segs, part_of, part_capacity, pinned, warm, pf_o
                 if part_capacity[p] == 0:
                     flags[x] = 0
                     continue  # nothing can be cached in this partition: every access streams
-                evict(victim(state, p, None, i), p, flags, c, state)
+                v = victim(state, p, None, i)
+                if not evictable(v, p, part_of, flags, c):
+                    return
+                evict(v, p, flags, c, state)
             else:
                 free[p] -= 1
             flags[x] = RESIDENT
@@ -77,13 +114,16 @@ def _count_loop(item, pf_at, pf_segs, part_of, part_capacity, pinned, warm, pf_o
             break
         clock = end - 1
         s = pf_segs[k]
-        for j in range(pf_offsets[s], pf_offsets[s + 1]):
-            x = pf_item[j]
+        for j in range(plan.offsets[s], plan.offsets[s + 1]):
+            x = plan.item[j]
             p = partition(part_of, x)
             if flags[x] & RESIDENT or part_capacity[p] == 0:
                 continue
             if free[p] == 0:
-                evict_for_prefetch(victim(state, p, None, clock), x, p, flags, evictor, c, state)
+                v = victim(state, p, None, clock)
+                if not evictable(v, p, part_of, flags, c):
+                    return
+                evict_for_prefetch(v, x, p, flags, evictor, c, state)
             else:
                 free[p] -= 1
             flags[x] = RESIDENT | PF_UNUSED

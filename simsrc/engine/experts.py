@@ -6,7 +6,7 @@ a policy's victim search (policies test it with `_busy.is_busy`).
 """
 from numba import njit
 
-from .ops import on_evict
+from .ops import on_evict, partition
 
 BUSY, RESIDENT, PINNED, PF_UNUSED, PF_VICTIM = 1, 2, 4, 8, 16
 # BUSY: in use by the current layer or in flight (timed mode only)
@@ -14,9 +14,10 @@ BUSY, RESIDENT, PINNED, PF_UNUSED, PF_VICTIM = 1, 2, 4, 8, 16
 # PF_VICTIM: pushed out by a prefetch that `evictor` names
 
 # indices of the counters array both modes return
-PF_ISSUED, PF_USED, PF_LATE, PF_WASTED, PF_HARMFUL, PF_CANCELLED, ERROR = range(7)
-NUM_COUNTERS = 7
+PF_ISSUED, PF_USED, PF_LATE, PF_WASTED, PF_HARMFUL, PF_CANCELLED, ERROR, BAD_VICTIM = range(8)
+NUM_COUNTERS = 8
 ERR_CAPACITY = 1.0  # a layer needs more experts at once than its partition holds
+ERR_VICTIM = 2.0    # the policy's victim() broke its contract; BAD_VICTIM holds what it returned
 
 
 @njit(cache=True, _nrt=False)
@@ -49,3 +50,29 @@ def count_unused(flags, c):
     for x in range(flags.shape[0]):
         if flags[x] & PF_UNUSED:
             c[PF_WASTED] += 1
+
+
+@njit(cache=True, _nrt=False)
+def evictable(v, p, part_of, flags, c):
+    """Whether the policy's victim v may leave partition p: resident there, not pinned, not busy.
+
+    Anything else breaks the policy contract (policies/__init__.py); the loop stops and replay() names the
+    policy, instead of counting hits of a cache that no longer holds what it says.
+    """
+    if 0 <= v < flags.shape[0] and flags[v] & RESIDENT and not flags[v] & (PINNED | BUSY) and \
+            partition(part_of, v) == p:
+        return True
+    c[ERROR] = ERR_VICTIM
+    c[BAD_VICTIM] = v
+    return False
+
+
+@njit(cache=True, _nrt=False)
+def none_evictable(p, part_of, flags, c):
+    """A victim search found nothing: true only if every resident of p is pinned or busy (else a broken policy)."""
+    for x in range(flags.shape[0]):
+        if flags[x] & RESIDENT and not flags[x] & (PINNED | BUSY) and partition(part_of, x) == p:
+            c[ERROR] = ERR_VICTIM
+            c[BAD_VICTIM] = -1
+            return False
+    return True

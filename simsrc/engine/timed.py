@@ -13,11 +13,15 @@ with two or more engines one transfer's latency hides behind another's bytes.
 An expert in use by the current layer or still in flight is never evicted.
 Times are float64 seconds.
 """
+from typing import NamedTuple
+
 import numpy as np
 from numba import njit
 
+from .bundles import Cache, Compute, Link, PrefetchPlan, Stream
 from .experts import (BUSY, ERR_CAPACITY, ERROR, NUM_COUNTERS, PF_CANCELLED, PF_ISSUED, PF_LATE, PF_UNUSED, PF_USED,
-                      PINNED, RESIDENT, count_harmful, count_unused, evict, evict_for_prefetch)
+                      PINNED, RESIDENT, count_harmful, count_unused, evict, evict_for_prefetch, evictable,
+                      none_evictable)
 from .ops import compiled_loop, on_hit, on_insert, partition, partition_map, victim
 
 
@@ -30,21 +34,46 @@ def _first_free_engine(eng_free):
     return e
 
 
+class TimedWork(NamedTuple):
+    """The timed loop's state, per item unless said (allocated by timed_replay: the loop allocates nothing)."""
+    flags: np.ndarray       # uint8 (experts.py)
+    ready: np.ndarray       # float64: when the expert is (or will be) resident
+    in_seg: np.ndarray      # int64: its entry in the current segment's arrays, or -1
+    evictor: np.ndarray     # int32: the prefetch that pushed it out
+    target: np.ndarray      # int64 per planned prefetch: its target segment (-1: over the step's budget)
+    free: np.ndarray        # int64 per partition: slots not yet taken
+    eng_free: np.ndarray    # float64 per copy engine: when it is free
+    pipe: np.ndarray        # float64 [1]: when the link's pipe is free
+    inflight: np.ndarray    # int32: experts in flight (first n_inflight)
+    seg_items: np.ndarray   # int32: the segment's distinct experts
+    seg_tok: np.ndarray     # int64: tokens routed to each
+    seg_ready: np.ndarray   # float64: when each is resident
+    waiting: np.ndarray     # int32: the segment's experts still in flight, by arrival
+    route_t: np.ndarray     # float64 per segment: when its routing was known
+    hold: np.ndarray        # float64 [1]: the earliest the prefetch at the queue's head may start
+    c: np.ndarray           # float64 counters (experts.py)
+
+
+class TimedOut(NamedTuple):
+    hits: np.ndarray        # int64 per MoE layer
+    misses: np.ndarray      # int64 per MoE layer
+    stall: np.ndarray       # float64 s per MoE layer
+    step_end: np.ndarray    # float64 s: when each step ends
+
+
 @njit(cache=True, _nrt=False)
-def _transfer(issue_t, eng_free, link, latency_s, xfer_s):
-    """Schedule one transfer; returns its arrival time. link[0] = when the pipe is free."""
+def _transfer(issue_t, eng_free, pipe, link):
+    """Schedule one transfer; returns its arrival time."""
     e = _first_free_engine(eng_free)
     start = max(issue_t, eng_free[e])
-    done = max(start + latency_s, link[0]) + xfer_s
-    link[0] = done
+    done = max(start + link.latency_s, pipe[0]) + link.transfer_s
+    pipe[0] = done
     eng_free[e] = done
     return done
 
 
 @njit(cache=True, _nrt=False)
-def _start_prefetches(until_t, min_target, clock, q, q_end, pf_offsets, pf_item, pf_target_seg, route_t,
-                      part_of, part_capacity, free, flags, ready, evictor,
-                      inflight, n_inflight, eng_free, link, hold, latency_s, xfer_s, c, state):
+def _start_prefetches(until_t, min_target, clock, q, q_end, n_inflight, plan, cache, link, state, w):
     """Start queued prefetches (FIFO) whose start time is <= until_t; returns (q, n_inflight).
 
     A prefetch is dropped if its expert is already resident, and cancelled if
@@ -52,31 +81,37 @@ def _start_prefetches(until_t, min_target, clock, q, q_end, pf_offsets, pf_item,
     budget. If every slot it could take is in use or in flight, it waits at the
     head of the queue (hold[0]: the earliest it may start) and is tried again.
     """
+    part_of, part_capacity = cache.part_of, cache.part_capacity
+    flags, c = w.flags, w.c
     while q < q_end:
-        q_seg = np.searchsorted(pf_offsets, q, side="right") - 1  # the segment that issued it
-        start = max(route_t[q_seg], eng_free[_first_free_engine(eng_free)], hold[0])
+        q_seg = np.searchsorted(plan.offsets, q, side="right") - 1  # the segment that issued it
+        start = max(w.route_t[q_seg], w.eng_free[_first_free_engine(w.eng_free)], w.hold[0])
         if start > until_t:
             break
-        x = pf_item[q]
+        x = plan.item[q]
         p = partition(part_of, x)
         if flags[x] & RESIDENT:
             q += 1
             continue
-        if pf_target_seg[q] < min_target or part_capacity[p] == 0:
+        if w.target[q] < min_target or part_capacity[p] == 0:
             q += 1
             c[PF_CANCELLED] += 1
             continue
-        if free[p] == 0:
+        if w.free[p] == 0:
             v = victim(state, p, flags, clock)
             if v < 0:
-                hold[0] = until_t
+                if not none_evictable(p, part_of, flags, c):
+                    return q_end, n_inflight
+                w.hold[0] = until_t
                 break
-            evict_for_prefetch(v, x, p, flags, evictor, c, state)
+            if not evictable(v, p, part_of, flags, c):
+                return q_end, n_inflight
+            evict_for_prefetch(v, x, p, flags, w.evictor, c, state)
         else:
-            free[p] -= 1
-        ready[x] = _transfer(start, eng_free, link, latency_s, xfer_s)
+            w.free[p] -= 1
+        w.ready[x] = _transfer(start, w.eng_free, w.pipe, link)
         flags[x] = RESIDENT | BUSY | PF_UNUSED
-        inflight[n_inflight] = x
+        w.inflight[n_inflight] = x
         n_inflight += 1
         on_insert(state, x, p, clock)
         q += 1
@@ -84,36 +119,31 @@ def _start_prefetches(until_t, min_target, clock, q, q_end, pf_offsets, pf_item,
     return q, n_inflight
 
 
-def timed_replay(item, seg_offsets, seg_layer, seg_step, seg_dense_s, num_steps,
-                 part_of, part_capacity, pinned, warm, num_layers,
-                 expert_bytes, bandwidth_Bps, latency_s, copy_engines,
-                 expert_flops_per_token, flops, hbm_Bps, launch_s,
-                 pf_offsets, pf_item, pf_target_seg, pf_step_cap, state):
+def timed_replay(stream: Stream, cache: Cache, link: Link, compute: Compute, plan: PrefetchPlan, state,
+                 num_layers: int, num_steps: int):
     """Returns (hits, misses, stall seconds per layer, end time of each step, counters)."""
-    n = part_of.shape[0]
-    parts = partition_map(part_of, part_capacity)
-    hits = np.zeros(num_layers, np.int64)
-    misses = np.zeros(num_layers, np.int64)
-    stall = np.zeros(num_layers, np.float64)
-    step_end = np.zeros(num_steps, np.float64)
-    c = np.zeros(NUM_COUNTERS, np.float64)
-    work = (np.zeros(n, np.uint8), np.zeros(n, np.float64), np.full(n, -1, np.int64),
-            np.full(n, -1, np.int32), pf_target_seg.copy(), part_capacity.copy(),
-            np.zeros(max(copy_engines, 1), np.float64), np.zeros(1, np.float64), np.empty(n, np.int32),
-            np.empty(n, np.int32), np.empty(n, np.int64), np.empty(n, np.float64), np.empty(n, np.int32),
-            np.zeros(len(seg_layer), np.float64), np.zeros(1, np.float64))
-    _timed_loop(item, seg_offsets, seg_layer, seg_step, seg_dense_s, parts, part_capacity, pinned, warm,
-                expert_bytes, bandwidth_Bps, latency_s, expert_flops_per_token, flops, hbm_Bps, launch_s,
-                pf_offsets, pf_item, pf_step_cap, state, hits, misses, stall, step_end, c, *work)
-    return hits, misses, stall, step_end, c
+    n = len(cache.pinned)
+    cache = cache._replace(part_of=partition_map(cache.part_of, cache.part_capacity))
+    out = TimedOut(np.zeros(num_layers, np.int64), np.zeros(num_layers, np.int64), np.zeros(num_layers, np.float64),
+                   np.zeros(num_steps, np.float64))
+    work = TimedWork(np.zeros(n, np.uint8), np.zeros(n, np.float64), np.full(n, -1, np.int64),
+                     np.full(n, -1, np.int32), plan.target_seg.copy(), cache.part_capacity.copy(),
+                     np.zeros(max(link.copy_engines, 1), np.float64), np.zeros(1, np.float64), np.empty(n, np.int32),
+                     np.empty(n, np.int32), np.empty(n, np.int64), np.empty(n, np.float64), np.empty(n, np.int32),
+                     np.zeros(len(stream.seg_layer), np.float64), np.zeros(1, np.float64),
+                     np.zeros(NUM_COUNTERS, np.float64))
+    _timed_loop(stream, cache, link, compute, plan, state, out, work)
+    return out.hits, out.misses, out.stall, out.step_end, work.c
 
 
 @compiled_loop
-def _timed_loop(item, seg_offsets, seg_layer, seg_step, seg_dense_s, part_of, part_capacity, pinned, warm,
-                expert_bytes, bandwidth_Bps, latency_s, expert_flops_per_token, flops, hbm_Bps, launch_s,
-                pf_offsets, pf_item, pf_step_cap, state, hits, misses, stall, step_end, c,
-                flags, ready, in_seg, evictor, target, free, eng_free, link,
-                inflight, seg_items, seg_tok, seg_ready, waiting, route_t, hold):
+def _timed_loop(stream, cache, link, compute, plan, state, out, w):
+    item, seg_offsets, seg_layer, seg_step = stream
+    part_of, part_capacity, pinned, warm = cache
+    seg_dense_s, token_s, weights_s, launch_s = compute
+    hits, misses, stall, step_end = out
+    flags, ready, in_seg, c = w.flags, w.ready, w.in_seg, w.c
+    seg_items, seg_tok, seg_ready, waiting, inflight = w.seg_items, w.seg_tok, w.seg_ready, w.waiting, w.inflight
     num_items = flags.shape[0]
     num_segments = seg_layer.shape[0]
     for x in range(num_items):
@@ -123,11 +153,8 @@ def _timed_loop(item, seg_offsets, seg_layer, seg_step, seg_dense_s, part_of, pa
         x = warm[j]
         p = partition(part_of, x)
         flags[x] = RESIDENT
-        free[p] -= 1
+        w.free[p] -= 1
         on_insert(state, x, p, -1)
-    xfer_s = expert_bytes / bandwidth_Bps
-    token_s = expert_flops_per_token / flops  # an expert's compute per token
-    weights_s = expert_bytes / hbm_Bps  # ... and its floor: reading its weights once
     n_inflight = 0
     q = 0
     step_pf = 0
@@ -139,7 +166,7 @@ def _timed_loop(item, seg_offsets, seg_layer, seg_step, seg_dense_s, part_of, pa
             step_pf = 0
         gpu_t += seg_dense_s[s]
         now = gpu_t
-        route_t[s] = now
+        w.route_t[s] = now
         # transfers that have landed free their experts for eviction
         k = 0
         for j in range(n_inflight):
@@ -150,11 +177,11 @@ def _timed_loop(item, seg_offsets, seg_layer, seg_step, seg_dense_s, part_of, pa
                 inflight[k] = x
                 k += 1
         n_inflight = k
-        if q < pf_offsets[s]:  # (a call per segment with ~30 arrays costs more than a layer's accesses)
-            q, n_inflight = _start_prefetches(
-                now, s, seg_offsets[s] - 1, q, pf_offsets[s], pf_offsets, pf_item, target, route_t,
-                part_of, part_capacity, free, flags, ready, evictor,
-                inflight, n_inflight, eng_free, link, hold, latency_s, xfer_s, c, state)
+        if q < plan.offsets[s]:
+            q, n_inflight = _start_prefetches(now, s, seg_offsets[s] - 1, q, plan.offsets[s], n_inflight, plan,
+                                              cache, link, state, w)
+            if c[ERROR] != 0:
+                return
 
         # demand: every access of the segment, in stream order
         n_seg = 0
@@ -184,33 +211,37 @@ def _timed_loop(item, seg_offsets, seg_layer, seg_step, seg_dense_s, part_of, pa
                 seg_ready[ax] = ready[x]
                 continue
             m += 1
-            count_harmful(x, flags, evictor, c)
+            count_harmful(x, flags, w.evictor, c)
             p = partition(part_of, x)
             issue = now
             f = BUSY  # with no room in its partition, x streams through and is not kept
             if part_capacity[p] > 0:
-                if free[p] == 0:
+                if w.free[p] == 0:
                     v = victim(state, p, flags, i)
                     while v < 0:
+                        if not none_evictable(p, part_of, flags, c):
+                            return
                         # wait for the earliest transfer this layer does not need, then take its slot
-                        w = -1
+                        wx = -1
                         for j in range(n_inflight):
                             y = inflight[j]
                             if flags[y] & BUSY and in_seg[y] < 0 and partition(part_of, y) == p and \
-                                    (w < 0 or ready[y] < ready[w]):
-                                w = y
-                        if w < 0:
+                                    (wx < 0 or ready[y] < ready[wx]):
+                                wx = y
+                        if wx < 0:
                             c[ERROR] = ERR_CAPACITY
                             return
-                        issue = max(issue, ready[w])
-                        flags[w] &= ~BUSY
+                        issue = max(issue, ready[wx])
+                        flags[wx] &= ~BUSY
                         v = victim(state, p, flags, i)
+                    if not evictable(v, p, part_of, flags, c):
+                        return
                     evict(v, p, flags, c, state)
                 else:
-                    free[p] -= 1
+                    w.free[p] -= 1
                 f = RESIDENT | BUSY
                 on_insert(state, x, p, i)
-            ready[x] = _transfer(issue, eng_free, link, latency_s, xfer_s)
+            ready[x] = _transfer(issue, w.eng_free, w.pipe, link)
             flags[x] = f
             inflight[n_inflight] = x
             n_inflight += 1
@@ -240,17 +271,17 @@ def _timed_loop(item, seg_offsets, seg_layer, seg_step, seg_dense_s, part_of, pa
             gpu_t += max(seg_tok[a] * token_s, weights_s) + launch_s
 
         # this segment's prefetch plan joins the queue behind its demand, within the per-step cap
-        for j in range(pf_offsets[s], pf_offsets[s + 1]):
-            if pf_step_cap >= 0 and step_pf >= pf_step_cap:
-                target[j] = -1
+        for j in range(plan.offsets[s], plan.offsets[s + 1]):
+            if plan.step_cap >= 0 and step_pf >= plan.step_cap:
+                w.target[j] = -1
             else:
                 step_pf += 1
         # prefetches that start while this layer computes must not evict its experts
-        if q < pf_offsets[s + 1]:
-            q, n_inflight = _start_prefetches(
-                gpu_t, s + 1, seg_offsets[s + 1] - 1, q, pf_offsets[s + 1], pf_offsets, pf_item, target, route_t,
-                part_of, part_capacity, free, flags, ready, evictor,
-                inflight, n_inflight, eng_free, link, hold, latency_s, xfer_s, c, state)
+        if q < plan.offsets[s + 1]:
+            q, n_inflight = _start_prefetches(gpu_t, s + 1, seg_offsets[s + 1] - 1, q, plan.offsets[s + 1],
+                                              n_inflight, plan, cache, link, state, w)
+            if c[ERROR] != 0:
+                return
         for a in range(n_seg):
             x = np.uint32(seg_items[a])
             in_seg[x] = -1

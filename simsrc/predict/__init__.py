@@ -1,15 +1,12 @@
 """Prefetch predictors: each turns a trace into ranked, causal guesses of the experts layers will need.
 
-    none            demand fetch only
-    previous        this layer's experts of the previous step
-    recorded        the trace's own pred_h<N> columns (speculative gates, MoE-Beyond's model)
-    moe-infinity    activation-matrix matching against training requests (arXiv 2401.14361)
-    learned:MODEL   a model fitted with `moesim fit-predictor` (.npz co-activation, or a torch GRU)
-    frequency       each layer's most used experts in a training trace
-    oracle          the true future: the bound on what any predictor could give (not causal)
+A predictor is one module in this package that declares `NAME` (moesim.registry), `NEEDS_TRAIN` (it
+learns from a *different* trace), `CAUSAL` (False only for the oracle bound), and
+`predict(stream, trace, *, horizon, top_n, train, model, argument) -> Predictions`; `argument` is what
+follows a ':' in the name (learned:MODEL). The contract tests run over every registered predictor.
 
-`predict()` gives the Predictions; `plan()` applies horizon and budget and
-returns the engine's prefetch plan; `score()` (moesim.predict.score) grades them.
+`predict()` gives the Predictions; `plan()` applies horizon and budget and returns the engine's
+prefetch plan (predict/plan.py owns it); `score()` (moesim.predict.score) grades them.
 """
 from __future__ import annotations
 
@@ -18,14 +15,28 @@ from collections import OrderedDict
 from pathlib import Path
 
 from ..hardware import Hardware
+from ..registry import Registry
 from ..trace import AccessStream, Trace, access_stream, read_trace
-from . import history, learned, moe_infinity, recorded
+from . import learned
 from .base import Predictions
-from .plan import adaptive_horizon, select, to_plan
+from .plan import Prefetch, adaptive_horizon, select, to_plan
 
-PREDICTORS = ("none", "previous", "recorded", "moe-infinity", "learned:MODEL", "frequency", "oracle")
-NEEDS_TRAIN = ("moe-infinity", "frequency")
-NOT_CAUSAL = ("oracle",)
+PREDICTORS = Registry("predictor", __name__)
+
+
+def predictor_names() -> list[str]:
+    """Registered names, as a user writes them (learned takes a file: learned:MODEL)."""
+    return [f"{n}:MODEL" if n == "learned" else n for n in PREDICTORS.names()]
+
+
+def canonical_predictor(name: str) -> str:
+    """'None', ' none ' and 'NONE' alike -> 'none'; 'Learned:model.npz' -> 'learned:model.npz' (path as given)."""
+    kind, sep, argument = str(name).strip().partition(":")
+    return PREDICTORS.canonical(kind) + (sep + argument if sep else "")
+
+
+def needs_train(name: str) -> bool:
+    return bool(PREDICTORS.get(str(name).partition(":")[0]).NEEDS_TRAIN)
 
 
 def _trace(t: Trace | str | os.PathLike) -> Trace:
@@ -65,34 +76,14 @@ def predict(trace: Trace | str | os.PathLike, predictor: str = "recorded", *, st
     n = stream.top_k if top_n is None else int(top_n)
     if n < 1:
         raise ValueError(f"top_n must be >= 1, got {top_n}")
-    name = predictor.strip()
-    kind = name.split(":", 1)[0].lower().replace("_", "-")
+    kind, _, argument = canonical_predictor(predictor).partition(":")
+    part = PREDICTORS.get(kind)
     if kind == "none" or horizon == 0:
         return Predictions.empty(kind)
-    if kind in NEEDS_TRAIN and train is None:
+    if part.NEEDS_TRAIN and train is None:
         raise ValueError(f"the {kind} predictor learns from a *different* trace: pass train=TRACE (--train TRACE)")
-    if kind == "previous":
-        return history.previous(stream, horizon=horizon, top_n=n)
-    if kind == "recorded":
-        return recorded.recorded(tr, stream, horizon=horizon, top_n=n)
-    if kind == "frequency":
-        return history.frequency(stream, _trace(train), horizon=horizon, top_n=n)
-    if kind == "oracle":
-        return history.oracle(stream, horizon=horizon, top_n=n)
-    if kind == "moe-infinity":
-        return moe_infinity.moe_infinity(stream, _trace(train), horizon=horizon, top_n=n)
-    if kind == "learned":
-        if model is None:
-            path = name.split(":", 1)[1] if ":" in name else ""
-            if not path:
-                raise ValueError("write the learned predictor as learned:MODEL, MODEL a file from "
-                                 "`moesim fit-predictor`")
-            model = load_model(path)
-        if isinstance(model, learned.CoactivationModel):
-            return learned.learned(stream, model, horizon=horizon, top_n=n)
-        from .learned_torch import learned_gru
-        return learned_gru(stream, model, horizon=horizon, top_n=n)
-    raise ValueError(f"unknown predictor {predictor!r}; choose one of {', '.join(PREDICTORS)}")
+    return part.predict(stream, tr, horizon=horizon, top_n=n, train=_trace(train) if part.NEEDS_TRAIN else None,
+                        model=model, argument=argument)
 
 
 # Predictions made lately, for plan(reuse=True): a grid replays one access stream at many capacities
@@ -167,4 +158,5 @@ def fit_predictor(train: list[Trace | str | os.PathLike], out: str | os.PathLike
     return model
 
 
-__all__ = ["PREDICTORS", "Predictions", "fit_predictor", "load_model", "plan", "predict"]
+__all__ = ["PREDICTORS", "Predictions", "Prefetch", "canonical_predictor", "fit_predictor", "load_model", "plan",
+           "predict", "predictor_names"]

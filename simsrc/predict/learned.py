@@ -126,3 +126,24 @@ def learned(stream: AccessStream, model, *, horizon: int, top_n: int) -> Predict
     parts = [from_dense(stream, targets, h, model.scores(stream, counts, targets, h), top_n, "learned")
              for h in range(1, min(horizon, model.horizon) + 1)]
     return Predictions.concat(parts, "learned")
+
+
+NAME = "learned"
+ORDER = 4
+NEEDS_TRAIN = False
+CAUSAL = True
+
+
+def predict(stream: AccessStream, trace, *, horizon: int, top_n: int, train=None, model=None,
+            argument: str = "") -> Predictions:
+    """learned:MODEL, MODEL a file from `moesim fit-predictor` (or `model`, already loaded)."""
+    if model is None:
+        if not argument:
+            raise ValueError("write the learned predictor as learned:MODEL, MODEL a file from "
+                             "`moesim fit-predictor`")
+        from . import load_model
+        model = load_model(argument)
+    if isinstance(model, CoactivationModel):
+        return learned(stream, model, horizon=horizon, top_n=top_n)
+    from .learned_torch import learned_gru
+    return learned_gru(stream, model, horizon=horizon, top_n=top_n)

@@ -19,6 +19,16 @@ from numba import njit
 from ..trace import AccessStream, Trace
 from .base import Predictions, from_dense, seg_at, seg_position
 
+NAME = "moe-infinity"
+ORDER = 3
+NEEDS_TRAIN = True
+CAUSAL = True
+
+
+def predict(stream: AccessStream, trace, *, horizon: int, top_n: int, train: Trace, model=None,
+            argument: str = "") -> Predictions:
+    return moe_infinity(stream, train, horizon=horizon, top_n=top_n)
+
 
 def collection(train: Trace, num_layers: int, num_experts: int) -> np.ndarray:
     """(requests, layers, experts) float64: each training request's activation counts."""

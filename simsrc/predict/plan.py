@@ -10,25 +10,28 @@ before they are needed (occupying cache slots meanwhile).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
-from ..hardware import Hardware, dtype_bytes
+from ..cost import segment_seconds, transfer_seconds
+from ..hardware import Hardware
 from ..trace import AccessStream
 from .base import Predictions
 
 
-def segment_seconds(stream: AccessStream, meta, hw: Hardware, expert_bytes: float) -> tuple[np.ndarray, np.ndarray]:
-    """(dense, total) seconds of each segment with every expert resident: what a prefetch can hide behind."""
-    from ..replay import dense_seconds  # replay imports this package; import late to keep the arrow one way
-    dense = dense_seconds(stream, meta, hw, expert_bytes)
-    seg_of = np.repeat(np.arange(stream.num_segments, dtype=np.int64), np.diff(stream.seg_offsets))
-    key, tokens = np.unique(seg_of * stream.num_items + stream.item, return_counts=True)
-    flops_per_token = 2.0 * expert_bytes / dtype_bytes(meta.dtype)
-    t = np.maximum(tokens * flops_per_token / (hw.gpu_tflops * 1e12), expert_bytes / (hw.hbm_gbps * 1e9))
-    t += hw.launch_us * 1e-6
-    experts = np.bincount(key // stream.num_items, weights=t, minlength=stream.num_segments)
-    return dense, dense + experts
+@dataclass
+class Prefetch:
+    """A prefetch plan for the engine: per segment, the experts to fetch and the segment that needs them."""
+
+    offsets: np.ndarray     # int64 [segments+1]
+    item: np.ndarray        # int32: layer_index * num_experts + expert
+    target_seg: np.ndarray  # int64: segment whose layer the prediction is for
+    step_cap: int = -1      # most prefetches started per step (-1: no cap)
+
+    @classmethod
+    def none(cls, num_segments: int) -> "Prefetch":
+        return cls(np.zeros(num_segments + 1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.int64))
 
 
 def adaptive_horizon(stream: AccessStream, meta, hw: Hardware, expert_bytes: float, per_layer: int,
@@ -36,7 +39,7 @@ def adaptive_horizon(stream: AccessStream, meta, hw: Hardware, expert_bytes: flo
     """Smallest horizon whose lead time covers one layer's `per_layer` prefetches on the link."""
     _, total = segment_seconds(stream, meta, hw, expert_bytes)
     layer_s = float(np.mean(total)) if len(total) else 0.0
-    need_s = hw.latency_us * 1e-6 + per_layer * expert_bytes / (hw.bandwidth_gbps * 1e9)
+    need_s = transfer_seconds(per_layer * expert_bytes, hw)
     if layer_s <= 0:
         return max_horizon
     return int(min(max(math.ceil(need_s / layer_s), 1), max_horizon))
@@ -56,7 +59,6 @@ def select(pred: Predictions, *, horizon: int | None = None, threshold: float | 
 
 def to_plan(pred: Predictions, num_segments: int, *, step_cap: int = -1):
     """The engine's Prefetch: each issuing segment's slice, in issue order."""
-    from ..replay import Prefetch
     pred = pred.sorted()
     offsets = np.zeros(num_segments + 1, np.int64)
     np.cumsum(np.bincount(pred.src_seg, minlength=num_segments), out=offsets[1:])

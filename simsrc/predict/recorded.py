@@ -14,6 +14,16 @@ import numpy as np
 from ..trace import AccessStream, Trace
 from .base import Predictions, from_dense, seg_at, seg_position
 
+NAME = "recorded"
+ORDER = 2
+NEEDS_TRAIN = False
+CAUSAL = True
+
+
+def predict(stream: AccessStream, trace: Trace, *, horizon: int, top_n: int, train=None, model=None,
+            argument: str = "") -> Predictions:
+    return recorded(trace, stream, horizon=horizon, top_n=top_n)
+
 
 def recorded(trace: Trace, stream: AccessStream, *, horizon: int, top_n: int) -> Predictions:
     horizons = trace.prediction_horizons

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..cost import segment_seconds, transfer_seconds
 from ..hardware import Hardware
 from ..trace import AccessStream
+from ..units import GB, US
 from .base import Predictions, seg_at, seg_counts, seg_position
-from .plan import segment_seconds
 
 
 def _prf(correct: int, predicted: int, hit_pairs: int, true_pairs: int) -> dict:
@@ -68,11 +69,11 @@ def in_time(pred: Predictions, stream: AccessStream, correct: np.ndarray, meta, 
     # rank of each prediction in its issuing segment's queue (predictions arrive sorted by segment)
     first = np.searchsorted(pred.src_seg, pred.src_seg, side="left")
     rank = np.arange(len(pred)) - first
-    arrive = hw.latency_us * 1e-6 + (rank + 1) * expert_bytes / (hw.bandwidth_gbps * 1e9)
+    arrive = transfer_seconds((rank + 1) * expert_bytes, hw)
     ok = arrive <= lead
-    return {"bandwidth_gbps": hw.bandwidth_gbps, "latency_us": hw.latency_us, "hardware": hw.name,
+    return {"bandwidth_gbps": hw.bandwidth / GB, "latency_us": hw.latency / US, "hardware": hw.name,
             "mean_lead_s": float(lead.mean()) if len(lead) else float("nan"),
-            "transfer_s": expert_bytes / (hw.bandwidth_gbps * 1e9),
+            "transfer_s": expert_bytes / hw.bandwidth,
             "in_time": float(ok.mean()) if len(ok) else float("nan"),
             "correct_in_time": float(ok[correct].mean()) if correct.any() else float("nan")}
 

@@ -1,0 +1,349 @@
+"""One replay configuration: every knob once, with its type, unit, default, valid range and help.
+
+`KNOBS` is the schema. The CLI options of `moesim replay`, the keys a grid spec accepts, the input
+columns of the result row and the README's option table are all generated from it, so a knob added
+here appears everywhere. `ReplayConfig.make(**overrides)` parses what a user wrote (units, names,
+ranges) once, into SI values, and every error names the option and what to write instead.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .registry import normalise, suggest
+from .units import GB, TFLOPS, US, parse_bool, parse_bytes, parse_count, parse_flops, parse_rate, parse_seconds
+
+MODES = ("timed", "count")
+SCOPES = ("global", "per-layer")
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """A cache capacity as written ('10%', 0.25, 166, '4/layer', '12GiB'), checked for form; experts() resolves it."""
+    text: str
+    kind: str     # fraction | experts | per_layer | bytes
+    value: float
+
+    @classmethod
+    def parse(cls, value, option: str = "capacity") -> "Capacity":
+        example = "write 10% (of all experts), 0.25 (a fraction), 166 (experts), 4/layer or 12GiB"
+        if isinstance(value, Capacity):
+            return value
+        if isinstance(value, bool) or value is None:
+            raise ValueError(f"{option}: {value!r} is not a capacity; {example}")
+        if isinstance(value, int):
+            if value < 0:
+                raise ValueError(f"{option}: {value} experts is negative; {example}")
+            return cls(str(value), "experts", float(value))
+        if isinstance(value, float):
+            return cls._fraction(value, str(value), option, example)
+        text = str(value).strip()
+        m = re.fullmatch(r"([0-9]*\.?[0-9]+)\s*%", text)
+        if m:
+            pct = float(m.group(1))
+            if pct > 100:
+                raise ValueError(f"{option}: {text} is more than all experts; 100% holds every expert")
+            return cls(text, "fraction", pct / 100)
+        m = re.fullmatch(r"([0-9]+)\s*/\s*layer", text)
+        if m:
+            return cls(text, "per_layer", float(m.group(1)))
+        if re.fullmatch(r"[0-9]+", text):
+            return cls(text, "experts", float(text))
+        # a number with a point is a fraction, as the same float is in Python and in a grid spec
+        if re.fullmatch(r"[0-9]*\.[0-9]*", text) and text != ".":
+            return cls._fraction(float(text), text, option, example)
+        try:
+            nbytes = parse_bytes(text, option)
+        except ValueError:
+            raise ValueError(f"{option}: cannot read capacity {text!r}; {example}") from None
+        return cls(text, "bytes", nbytes)
+
+    @classmethod
+    def _fraction(cls, f: float, text: str, option: str, example: str) -> "Capacity":
+        # a float is a fraction of all experts (0.25, 1.0); a count is an int, so 1.0 cannot mean "1 expert"
+        if not (0 <= f <= 1) or math.isnan(f):
+            raise ValueError(f"{option}: {text}: a float (a number with a decimal point) is a fraction of all "
+                             f"experts, in [0, 1]; {example}")
+        return cls(text, "fraction", f)
+
+    def experts(self, *, num_items: int, num_layers: int, bytes_per_expert: float,
+                gpu_memory: float | None = None) -> tuple[int, bool]:
+        """(experts the cache holds, whether the capacity was given per layer), checked against the trace."""
+        if self.kind == "fraction":
+            return int(math.floor(self.value * num_items + 1e-9)), False
+        if self.kind == "per_layer":
+            n, per_layer = int(self.value) * num_layers, True
+        elif self.kind == "experts":
+            n, per_layer = int(self.value), False
+        else:
+            if not bytes_per_expert:
+                raise ValueError(f"capacity {self.text!r} is in bytes but the trace does not say how big an expert "
+                                 f"is; pass bytes_per_expert (--bytes-per-expert)")
+            if gpu_memory is not None and self.value > gpu_memory:
+                raise ValueError(f"capacity {self.text} = {self.value / 2**30:.4g} GiB does not fit in the GPU's "
+                                 f"{gpu_memory / 2**30:.4g} GiB; lower --capacity or pick other --hardware")
+            n, per_layer = int(self.value // bytes_per_expert), False
+        # more experts than the trace has is every expert (a grid sweeps one list over several models); the
+        # row's capacity_experts says what was held
+        return n, per_layer
+
+
+def _choice(choices: tuple[str, ...]) -> Callable:
+    def parse(value, option):
+        key = normalise(value)
+        if key not in choices:
+            raise ValueError(f"{option}: unknown value {value!r}{suggest(key, choices)}; choose one of "
+                             f"{', '.join(choices)}")
+        return key
+    return parse
+
+
+def _policy(value, option):
+    from . import policies
+    return policies.canonical(str(value))
+
+
+def _predictor(value, option):
+    from .predict import canonical_predictor
+    return canonical_predictor(str(value))
+
+
+def _hardware(value, option):
+    """A preset's name, a hardware file's path, or a Hardware object, checked now (a file is read)."""
+    from .hardware import Hardware, get_hardware
+    if isinstance(value, Hardware):
+        return value
+    hw = get_hardware(value)
+    return str(value) if str(value).endswith(".toml") else hw.name
+
+
+def _optional(parse: Callable) -> Callable:
+    return lambda value, option: None if value is None else parse(value, option)
+
+
+def _pins(value, option):
+    """(layer, expert) pairs; 'L:E' strings (the CLI's form) or pairs (Python, a grid spec)."""
+    pins = []
+    for p in value or ():
+        if isinstance(p, str):
+            layer, _, expert = p.partition(":")
+            if not (layer.strip().isdigit() and expert.strip().isdigit()):
+                raise ValueError(f"{option}: {p!r}: write LAYER:EXPERT, e.g. 3:17 (the model's layer number)")
+            p = (int(layer), int(expert))
+        if len(p) != 2 or any(isinstance(v, bool) or not float(v).is_integer() or v < 0 for v in p):
+            raise ValueError(f"{option}: {p!r}: a pin is (layer, expert), two whole numbers")
+        pins.append((int(p[0]), int(p[1])))
+    return tuple(pins) or None
+
+
+def _float(value, option):
+    if isinstance(value, bool):
+        raise ValueError(f"{option}: {value!r} is not a number")
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{option}: {value!r} is not a number") from None
+    if math.isnan(v):
+        raise ValueError(f"{option}: NaN is not a threshold")
+    return v
+
+
+def _path(value, option):
+    if value is None:
+        return None
+    from .trace import Trace
+    return value if isinstance(value, Trace) else str(value)
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One knob: its name (the Python keyword, grid key and CLI option), parser, default and help."""
+    name: str
+    default: Any
+    parse: Callable[[Any, str], Any]
+    help: str
+    unit: str = ""            # the SI unit of the parsed value, where it has one
+    group: str = "cache"      # cache | prefetch | hardware | run
+    choices: Any = None       # a tuple, or a callable giving the registered names
+    flag: bool = False        # a yes/no switch on the CLI
+    aliases: tuple[str, ...] = ()
+    column: Any = ""          # its result-row column ("": the knob's name; None: none; a tuple: several)
+    show: Callable | None = None  # (config, hardware, resolved) -> the row's value(s); default: the parsed value
+
+    @property
+    def option(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def choice_names(self) -> tuple[str, ...]:
+        return tuple(self.choices()) if callable(self.choices) else tuple(self.choices or ())
+
+
+def _policy_names():
+    from . import policies
+    return policies.names()
+
+
+def _predictor_names():
+    from .predict import predictor_names
+    return predictor_names()
+
+
+def _text(name):
+    """A row column that shows the knob as the user wrote it (or None)."""
+    return lambda cfg, hw, resolved: cfg.text(name)
+
+
+def _same(name):
+    return lambda cfg, hw, resolved: resolved.get(name, getattr(cfg, name))
+
+
+# The result row's input columns follow this order (kept from moesim 0.1, so rows compare across versions).
+KNOBS: tuple[Knob, ...] = (
+    Knob("policy", "lru", _policy, "cache policy: evicts on a miss", choices=_policy_names),
+    Knob("predictor", "none", _predictor, "prefetch predictor (moesim.predict); learned:MODEL takes a file",
+         group="prefetch", choices=_predictor_names),
+    Knob("horizon", 1, lambda v, o: parse_count(v, o, low=0), "prefetch this many layers ahead (the cap if "
+         "--adaptive)", group="prefetch", show=_same("horizon")),
+    Knob("top_n", None, _optional(lambda v, o: parse_count(v, o, low=1)), "experts prefetched per target layer "
+         "(default: the trace's top-k)", group="prefetch", show=_same("top_n")),
+    Knob("threshold", None, _optional(_float), "prefetch only predictions scoring at least this",
+         group="prefetch"),
+    Knob("prefetch_bytes_per_step", None, _optional(lambda v, o: parse_bytes(v, o)), "most prefetch bytes started "
+         "per step, e.g. 200MB", unit="bytes", group="prefetch", show=_text("prefetch_bytes_per_step")),
+    Knob("adaptive", False, parse_bool, "pick the horizon so prefetches land just in time (ExpertFlow)",
+         flag=True, group="prefetch"),
+    Knob("capacity", "10%", Capacity.parse, "expert cache: 10% of all experts, 0.25 (a fraction), 166 experts, "
+         "4/layer, or 12GiB of expert memory", column=("capacity", "capacity_experts", "capacity_fraction"),
+         show=lambda cfg, hw, r: (cfg.capacity.text, r["capacity_experts"], r["capacity_fraction"])),
+    Knob("scope", "global", _choice(SCOPES), "one cache for all layers, or a partition per layer", choices=SCOPES),
+    Knob("mode", "timed", _choice(MODES), "timed: discrete-event, with the link and compute; count: hits only",
+         choices=MODES),
+    Knob("prefill_chunk", 1, lambda v, o: parse_count(v, o, low=0), "prefill tokens per step: 1 replays prompts "
+         "as if decoded, 0 keeps the recorded steps", group="run"),
+    Knob("seed", 0, lambda v, o: parse_count(v, o, low=0, high=2**63 - 1), "seed of random choices", group="run"),
+    Knob("hardware", "a100-pcie4", _hardware, "a preset (`moesim hardware` lists them) or a hardware FILE.toml",
+         group="hardware", show=lambda cfg, hw, r: hw.name),
+    Knob("bandwidth", None, _optional(parse_rate), "host -> GPU link, e.g. 25GB/s, 200Gbps (b is bits); a bare "
+         "number is GB/s", unit="bytes/s", group="hardware", column="bandwidth_gbps",
+         show=lambda cfg, hw, r: hw.bandwidth / GB),
+    Knob("latency", None, _optional(lambda v, o: parse_seconds(v, o)), "per transfer before its bytes flow, "
+         "e.g. 10us; a bare number is µs", unit="s", group="hardware", column="latency_us",
+         show=lambda cfg, hw, r: hw.latency / US),
+    Knob("copy_engines", None, _optional(lambda v, o: parse_count(v, o, low=1)), "transfers under way at once",
+         group="hardware", show=lambda cfg, hw, r: hw.copy_engines),
+    Knob("gpu_flops", None, _optional(parse_flops), "dense tensor FLOP rate, e.g. 312T or 3.12e14; a bare "
+         "number below 1e6 is TFLOP/s", unit="FLOP/s", group="hardware", aliases=("gpu_tflops",),
+         column="gpu_tflops", show=lambda cfg, hw, r: hw.gpu_flops / TFLOPS),
+    Knob("hbm", None, _optional(parse_rate), "GPU memory bandwidth, e.g. 2000GB/s", unit="bytes/s",
+         group="hardware", column="hbm_gbps", show=lambda cfg, hw, r: hw.hbm / GB),
+    Knob("bytes_per_expert", None, _optional(lambda v, o: parse_bytes(v, o, allow_zero=False)), "an expert's "
+         "size, overriding the trace's, e.g. 17MB", unit="bytes", group="hardware", show=_same("bytes_per_expert")),
+    Knob("pin", None, _pins, "LAYER:EXPERT kept resident outside the policy (repeatable; the model's layer "
+         "number)", column="pinned_experts", show=lambda cfg, hw, r: r["pinned_experts"]),
+    Knob("train", None, _path, "a *different* trace whose expert counts drive the static policy and the "
+         "moe-infinity and frequency predictors", group="run", column=None),
+    Knob("per_layer", False, parse_bool, "also report hits, misses and stall per MoE layer", flag=True,
+         group="run", column=None),
+    Knob("launch", None, _optional(lambda v, o: parse_seconds(v, o)), "per kernel (a layer's dense part, an "
+         "expert's GEMMs), e.g. 5us", unit="s", group="hardware", column="launch_us",
+         show=lambda cfg, hw, r: hw.launch / US),
+)
+
+KNOB = {k.name: k for k in KNOBS}
+_ALIAS = {a: k.name for k in KNOBS for a in k.aliases}
+
+
+def knob_name(key: str, where: str = "") -> str:
+    """The knob a key names (aliases, '-' for '_'), or an error naming the nearest valid key."""
+    k = str(key).strip().replace("-", "_")
+    k = _ALIAS.get(k, k)
+    if k not in KNOB:
+        raise ValueError(f"{where}unknown option {key!r}{suggest(k.replace('_', '-'), [n.replace('_', '-') for n in KNOB])}; "
+                         f"valid: {', '.join(KNOB)}")
+    return k
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    """Every knob of a replay, parsed: names canonical, sizes in bytes, rates in bytes/s, times in s."""
+    policy: str = "lru"
+    capacity: Capacity = Capacity("10%", "fraction", 0.1)
+    scope: str = "global"
+    mode: str = "timed"
+    prefill_chunk: int = 1
+    pin: tuple | None = None
+    train: Any = None
+    seed: int = 0
+    per_layer: bool = False
+    predictor: str = "none"
+    horizon: int = 1
+    top_n: int | None = None
+    threshold: float | None = None
+    prefetch_bytes_per_step: float | None = None
+    adaptive: bool = False
+    hardware: Any = "a100-pcie4"
+    bandwidth: float | None = None
+    latency: float | None = None
+    copy_engines: int | None = None
+    gpu_flops: float | None = None
+    hbm: float | None = None
+    launch: float | None = None
+    bytes_per_expert: float | None = None
+    # what the user wrote, for the result row's text columns (capacity '10%', prefetch cap '200MB')
+    given: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def make(cls, config: "ReplayConfig | None" = None, *, where: str = "", **overrides) -> "ReplayConfig":
+        """A config from keyword overrides (on top of `config`, else the defaults), every value checked."""
+        base = config or cls()
+        values, given = {}, dict(base.given)
+        for key, value in overrides.items():
+            name = knob_name(key, where)
+            if name in values:
+                raise ValueError(f"{where}{key!r} and another spelling of {name!r} are both given; keep one")
+            if value is None:  # None leaves the knob as it is
+                continue
+            values[name] = KNOB[name].parse(value, f"{where}{KNOB[name].option}")
+            given[name] = value
+        return dataclasses.replace(base, given=given, **values)
+
+    def hardware_spec(self):
+        """The Hardware this replay runs on: the preset or file, with any figure overridden here."""
+        from .hardware import get_hardware
+        hw = get_hardware(self.hardware)
+        return hw.with_overrides(bandwidth=self.bandwidth, latency=self.latency, copy_engines=self.copy_engines,
+                                 gpu_flops=self.gpu_flops, hbm=self.hbm, launch=self.launch)
+
+    def text(self, name: str) -> str | None:
+        """A knob's value as the user wrote it (None if not given and no default text)."""
+        v = self.given.get(name)
+        return None if v is None else str(v)
+
+
+def row_inputs(cfg: ReplayConfig, hw, resolved: dict) -> dict:
+    """The result row's input columns, one or none per knob, in KNOBS order; `resolved` holds what only the
+    replay knows (the horizon the adaptive rule chose, the top-n it used, the expert size in force)."""
+    row = {}
+    for k in KNOBS:
+        if k.column is None:
+            continue
+        value = k.show(cfg, hw, resolved) if k.show else getattr(cfg, k.name)
+        if isinstance(k.column, tuple):
+            row.update(zip(k.column, value))
+        else:
+            row[k.column or k.name] = value
+    return row
+
+
+def options_table() -> str:
+    """The README's table of replay options (generated: the README test checks it is current)."""
+    rows = ["| option | default | unit | what it sets |", "| --- | --- | --- | --- |"]
+    for k in KNOBS:
+        default = "off" if k.flag else ("-" if k.default is None else f"`{k.default}`")
+        choices = k.choice_names()
+        extra = f" ({', '.join(choices)})" if choices and len(choices) <= 10 else ""
+        rows.append(f"| `{k.option}` | {default} | {k.unit} | {k.help}{extra} |")
+    return "\n".join(rows)

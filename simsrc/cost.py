@@ -1,0 +1,72 @@
+"""The cost model, in SI units: what a layer's dense part, an expert's compute and a transfer cost.
+
+Every figure a replay charges comes from here (and from the Hardware it is given), and the engine, the
+prefetch planner, the adaptive horizon and the predictor scorecard all use these same functions:
+
+    dense part of a layer   max(tokens x 2 x dense params / gpu_flops, dense bytes / hbm) + launch
+    an expert on the GPU    max(tokens x 2 x expert params / gpu_flops, expert bytes / hbm) + launch
+                            (one kernel per expert; its weights are read once whatever the tokens)
+    a transfer              latency + bytes / bandwidth; `copy_engines` transfers may be under way at once
+                            and their bytes share one pipe, so one transfer's latency hides behind another's
+                            bytes (the engine's link, engine/timed.py)
+
+Params are bytes / bytes per weight of the trace's dtype. Layers without experts (DeepSeek's first
+dense layers) are charged to the first MoE layer of each step, each at the dense cost plus an FFN taken
+as one expert's worth of weights (the trace says nothing better), with two launches.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from .hardware import Hardware, dtype_bytes
+
+
+class ExpertCost(NamedTuple):
+    """What the engine needs to time one expert's compute: max(tokens x per_token, floor) + launch."""
+    per_token: float  # s of tensor math per routed token
+    floor: float      # s to read the expert's weights once from HBM
+    launch: float     # s per kernel
+
+
+def expert_cost(hw: Hardware, expert_bytes: float, dtype: str) -> ExpertCost:
+    flops_per_token = 2.0 * expert_bytes / dtype_bytes(dtype)
+    return ExpertCost(flops_per_token / hw.gpu_flops, expert_bytes / hw.hbm, hw.launch)
+
+
+def expert_seconds(tokens: np.ndarray, cost: ExpertCost) -> np.ndarray:
+    """Time of one expert's kernel for each count of tokens routed to it (the engine's own formula)."""
+    return np.maximum(tokens * cost.per_token, cost.floor) + cost.launch
+
+
+def transfer_seconds(nbytes: float, hw: Hardware) -> float:
+    """One transfer on an idle link: latency, then the bytes."""
+    return hw.latency + nbytes / hw.bandwidth
+
+
+def dense_seconds(stream, meta, hw: Hardware, expert_bytes: float) -> np.ndarray:
+    """Time of each segment's dense part (attention, router, norms): a roofline of its weights."""
+    dense_bytes = float(meta.dense_bytes_per_layer)
+    tokens = stream.seg_tokens.astype(np.float64)
+    params = dense_bytes / dtype_bytes(meta.dtype)
+    t = np.maximum(tokens * 2 * params / hw.gpu_flops, dense_bytes / hw.hbm)
+    t += hw.launch
+    n_dense_layers = meta.num_layers - meta.num_moe_layers
+    if n_dense_layers > 0:
+        first = np.r_[True, stream.seg_step[1:] != stream.seg_step[:-1]]
+        extra_bytes = dense_bytes + expert_bytes
+        extra = np.maximum(tokens * 2 * extra_bytes / dtype_bytes(meta.dtype) / hw.gpu_flops,
+                           extra_bytes / hw.hbm) + 2 * hw.launch
+        t = t + np.where(first, n_dense_layers * extra, 0.0)
+    return t
+
+
+def segment_seconds(stream, meta, hw: Hardware, expert_bytes: float) -> tuple[np.ndarray, np.ndarray]:
+    """(dense, total) seconds of each segment with every expert resident: what a prefetch can hide behind."""
+    dense = dense_seconds(stream, meta, hw, expert_bytes)
+    seg_of = np.repeat(np.arange(stream.num_segments, dtype=np.int64), np.diff(stream.seg_offsets))
+    key, tokens = np.unique(seg_of * stream.num_items + stream.item, return_counts=True)
+    t = expert_seconds(tokens, expert_cost(hw, expert_bytes, meta.dtype))
+    experts = np.bincount(key // stream.num_items, weights=t, minlength=stream.num_segments)
+    return dense, dense + experts

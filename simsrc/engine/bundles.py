@@ -1,0 +1,44 @@
+"""What the compiled loops take: named bundles of arrays and numbers, so a reader sees `link.latency_s`,
+not the 23rd positional argument. Built by replay() from the trace, the config and the cost model."""
+from typing import NamedTuple
+
+import numpy as np
+
+
+class Stream(NamedTuple):
+    """The accesses the loops walk, in (step, layer) segments."""
+    item: np.ndarray         # int32 per access: layer_index * num_experts + expert
+    seg_offsets: np.ndarray  # int64 [segments + 1]: each segment's slice of `item`
+    seg_layer: np.ndarray    # MoE layer index of each segment
+    seg_step: np.ndarray     # step of each segment
+
+
+class Cache(NamedTuple):
+    """The GPU expert cache: partitions, their capacity in experts, pins, and what is resident at start."""
+    part_of: object          # int32 partition of each item, or None when the whole cache is one partition
+    part_capacity: np.ndarray  # int64 experts per partition (pins already taken out)
+    pinned: np.ndarray       # uint8 per item: resident throughout, outside the policy
+    warm: np.ndarray         # int32 items the policy places before the replay starts
+
+
+class Link(NamedTuple):
+    """The host -> GPU link as the timed loop sees it (cost.py says how these are derived)."""
+    transfer_s: float        # one expert's bytes / bandwidth
+    latency_s: float         # per transfer, before its bytes flow
+    copy_engines: int        # transfers under way at once; their bytes share one pipe
+
+
+class Compute(NamedTuple):
+    """GPU time: each segment's dense part, and one expert's kernel = max(tokens x per_token_s, floor_s) + launch_s."""
+    seg_dense_s: np.ndarray  # float64 per segment
+    per_token_s: float
+    floor_s: float
+    launch_s: float
+
+
+class PrefetchPlan(NamedTuple):
+    """Per issuing segment, the experts to prefetch (in issue order) and the segment that needs each."""
+    offsets: np.ndarray      # int64 [segments + 1]
+    item: np.ndarray         # int32
+    target_seg: np.ndarray   # int64
+    step_cap: int            # most prefetches started per step (-1: no cap)

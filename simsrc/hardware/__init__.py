@@ -1,0 +1,158 @@
+"""Hardware: the host link and the GPU a replay runs against, in SI units, each figure with its source.
+
+A preset is one TOML file in `presets/` (its name is the file's `name`); a user's own file (for example
+what `moesim calibrate` writes) is read the same way by `--hardware FILE.toml`. Link figures are
+sustained pinned host-to-device copy rates (what CUDA's bandwidthTest / nvbandwidth report), not the
+PCIe line rate; GPU figures are datasheet peaks for dense bf16/fp16 tensor math and memory bandwidth.
+
+Fields (a file writes them with units, e.g. "25GB/s", "10us", "312T", "80GiB"):
+
+    bandwidth     host -> GPU link, bytes/s
+    latency       per transfer before its bytes flow (driver call, DMA set-up), s
+    copy_engines  transfers that may be under way at once (their bytes share one pipe)
+    gpu_flops     dense bf16/fp16 tensor FLOP/s
+    hbm           GPU memory bandwidth, bytes/s
+    launch        per kernel (a layer's dense part, one expert's GEMMs), s; default 5 us
+    gpu_memory    bytes of GPU memory
+    source        where each figure comes from
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..registry import normalise, suggest
+from ..units import US, parse_bytes, parse_count, parse_flops, parse_rate, parse_seconds
+
+PRESET_DIR = Path(__file__).parent / "presets"
+
+
+@dataclass(frozen=True)
+class Hardware:
+    name: str
+    bandwidth: float          # bytes/s
+    latency: float            # s
+    copy_engines: int
+    gpu_flops: float          # FLOP/s
+    hbm: float                # bytes/s
+    launch: float = 5.0 * US  # s
+    gpu_memory: float = 80.0 * 2**30  # bytes
+    source: str = ""
+
+    def __post_init__(self):
+        for f in ("bandwidth", "gpu_flops", "hbm"):
+            if not getattr(self, f) > 0:
+                raise ValueError(f"hardware {self.name!r}: {f} must be more than zero, got {getattr(self, f)!r}")
+        for f in ("latency", "launch", "gpu_memory"):
+            if not getattr(self, f) >= 0:
+                raise ValueError(f"hardware {self.name!r}: {f} must be zero or more, got {getattr(self, f)!r}")
+        if int(self.copy_engines) < 1:
+            raise ValueError(f"hardware {self.name!r}: copy_engines must be at least 1, got {self.copy_engines!r}")
+
+    def with_overrides(self, **figures) -> "Hardware":
+        """The same hardware with some figures replaced (SI values; None keeps the preset's)."""
+        figures = {k: v for k, v in figures.items() if v is not None}
+        return dataclasses.replace(self, **figures) if figures else self
+
+    def to_toml(self) -> str:
+        """The hardware as a file `--hardware FILE.toml` reads back exactly (figures in SI, as floats)."""
+        lines = [f'name = "{self.name}"']
+        for f in dataclasses.fields(self):
+            if f.name in ("name", "source"):
+                continue
+            lines.append(f"{f.name} = {getattr(self, f.name)!r}")
+        lines.append(f"source = {_toml_string(self.source)}")
+        return "\n".join(lines) + "\n"
+
+
+def _toml_string(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+# how each field of a hardware file is read: units as text, or plain SI numbers
+_FIELDS = {
+    "bandwidth": lambda v, o: parse_rate(v, o) if isinstance(v, str) else _si(v, o, low=0, strict=True),
+    "latency": lambda v, o: parse_seconds(v, o) if isinstance(v, str) else _si(v, o),
+    "copy_engines": lambda v, o: parse_count(v, o, low=1),
+    "gpu_flops": lambda v, o: parse_flops(v, o) if isinstance(v, str) else _si(v, o, low=0, strict=True),
+    "hbm": lambda v, o: parse_rate(v, o) if isinstance(v, str) else _si(v, o, low=0, strict=True),
+    "launch": lambda v, o: parse_seconds(v, o) if isinstance(v, str) else _si(v, o),
+    "gpu_memory": lambda v, o: parse_bytes(v, o),
+    "source": lambda v, o: str(v),
+}
+
+
+def _si(v, option: str, low: float = 0.0, strict: bool = False) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ValueError(f"{option}: {v!r} is not a number")
+    v = float(v)
+    if not (v > low if strict else v >= low) or v != v:
+        raise ValueError(f"{option}: {v!r} must be {'more than' if strict else 'at least'} {low}")
+    return v
+
+
+def read_hardware_file(path: str | Path) -> Hardware:
+    """A hardware TOML file (a preset, or one `moesim calibrate` wrote) -> Hardware; errors name file and field."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such hardware file") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not a TOML hardware file ({e})") from None
+    figures = {}
+    for key, value in data.items():
+        if key == "name":
+            continue
+        if key not in _FIELDS:
+            raise ValueError(f"{path}: unknown field {key!r}{suggest(key, _FIELDS)}; fields are "
+                             f"{', '.join(['name', *_FIELDS])}")
+        figures[key] = _FIELDS[key](value, f"{path}: {key}")
+    missing = [f for f in ("bandwidth", "latency", "copy_engines", "gpu_flops", "hbm") if f not in figures]
+    if missing:
+        raise ValueError(f"{path}: missing field(s) {', '.join(missing)}")
+    return Hardware(name=str(data.get("name", path.stem)), **figures)
+
+
+@functools.cache
+def presets() -> dict[str, Hardware]:
+    """Every preset in presets/, by name."""
+    found = {}
+    for f in sorted(PRESET_DIR.glob("*.toml")):
+        hw = read_hardware_file(f)
+        found[normalise(hw.name)] = hw
+    return found
+
+
+def get_hardware(name: str | Path | Hardware) -> Hardware:
+    """A preset by name, a hardware TOML file by path, or a Hardware as it is."""
+    if isinstance(name, Hardware):
+        return name
+    text = str(name)
+    if text.endswith(".toml") or Path(text).suffix == ".toml":
+        return read_hardware_file(text)
+    key = normalise(text)
+    if key not in presets():
+        raise ValueError(f"unknown hardware preset {text!r}{suggest(key, presets())}; choose one of "
+                         f"{', '.join(presets())}, give a hardware FILE.toml, or override figures with "
+                         f"--bandwidth/--latency/--gpu-flops")
+    return presets()[key]
+
+
+DTYPE_BYTES = {"float32": 4.0, "fp32": 4.0, "bfloat16": 2.0, "bf16": 2.0, "float16": 2.0, "fp16": 2.0,
+               "int8": 1.0, "fp8": 1.0, "float8": 1.0, "int4": 0.5, "fp4": 0.5, "mxfp4": 0.53}
+
+
+def dtype_bytes(dtype: str) -> float:
+    """Bytes per weight for a dtype name; unknown names count as 2 (bf16), the common case."""
+    d = (dtype or "").lower()
+    for key, size in DTYPE_BYTES.items():
+        if key in d:
+            return size
+    return 2.0
+
+
+__all__ = ["Hardware", "DTYPE_BYTES", "dtype_bytes", "get_hardware", "presets", "read_hardware_file"]
