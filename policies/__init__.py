@@ -21,7 +21,8 @@ replay starts). The engine hands over the item's partition (a constant 0 with
 one partition, which the compiler folds in); victim searches test `busy` with
 `_busy.is_busy` (it is None in count mode, a byte per expert in timed mode).
 A module may also define `warm(state)` -> items resident at start, and
-`USES_SEED = True` if its decisions depend on replay's `seed`.
+`USES_SEED = True` if its decisions depend on replay's `seed`, and `LIBCACHESIM = "Class"` when
+libCacheSim implements the same policy: the contract tests then check it hit for hit.
 """
 from moesim.registry import Registry
 

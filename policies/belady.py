@@ -21,6 +21,7 @@ from ._tournament import MAX_KEY, new_tournament, tournament_max, tournament_rem
 
 NAME = "belady"
 ORDER = 4  # its place in lists and tables
+LIBCACHESIM = "Belady"  # the libCacheSim class the contract tests check it against, hit for hit
 
 NEVER = MAX_KEY - 1  # key base of "never used again" (NEVER - t): above every position, earliest entry largest;
 # a warm insert (t = -1) gets the largest key the tree takes

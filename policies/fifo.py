@@ -17,6 +17,7 @@ from .lru import on_evict, on_insert, victim  # noqa: F401 (the engine finds the
 
 NAME = "fifo"
 ORDER = 1  # its place in lists and tables
+LIBCACHESIM = "FIFO"  # the libCacheSim class the contract tests check it against, hit for hit
 
 FifoState = namedtuple("FifoState", "prev nxt head tail")
 

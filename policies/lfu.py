@@ -20,6 +20,7 @@ from ._busy import is_busy
 
 NAME = "lfu"
 ORDER = 2  # its place in lists and tables
+LIBCACHESIM = "LFU"  # the libCacheSim class the contract tests check it against, hit for hit
 
 LfuState = namedtuple("LfuState", "count prev nxt head tail base min_count")
 

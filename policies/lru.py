@@ -14,6 +14,7 @@ from ._list import last_free, new_lists, push_front, unlink
 
 NAME = "lru"
 ORDER = 0  # its place in lists and tables
+LIBCACHESIM = "LRU"  # the libCacheSim class the contract tests check it against, hit for hit
 
 
 LruState = namedtuple("LruState", "prev nxt head tail")
