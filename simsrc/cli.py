@@ -96,45 +96,61 @@ def grid(spec, out, jobs, executor, address, restart, extend, dry_run, checkpoin
 
 
 # ---- plot
+def _plot_kinds():
+    from .plots import PLOT_KINDS, kinds_help
+    return PLOT_KINDS.names(), kinds_help()
+
+
 @main.command()
 @click.argument("sources", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("--kind", required=True, type=click.Choice(["hit-rate", "stall", "layers", "predictor",
-                                                         "activations", "popularity"]),
-              help="hit-rate/stall/layers: grid RESULTS; predictor: score-predictor --json files; "
-                   "activations/popularity: a TRACE.")
+@click.option("--kind", required=True, type=click.Choice(_plot_kinds()[0]), help=_plot_kinds()[1] + ".")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Figure file: .png, .svg or .pdf.")
-@click.option("--x", "x_axis", type=click.Choice(["auto", "bandwidth", "capacity"]), default="auto",
-              show_default=True, help="stall: the x axis.")
-@click.option("--y", "y_metric", type=click.Choice(["tpot", "stall", "total"]), default="tpot", show_default=True,
-              help="stall: time per output token, stall time, or total time.")
-@click.option("--by", type=click.Choice(["auto", "capacity", "policy"]), default="auto", show_default=True,
-              help="layers: heatmap columns.")
-@click.option("--metric", type=click.Choice(["hit_rate", "stall"]), default="hit_rate", show_default=True,
-              help="layers: what the heatmap shows.")
+@click.option("--x", "x", type=click.Choice(["auto", "bandwidth", "capacity"]), default=None,
+              help="stall: the x axis (default auto: bandwidth when it varies).")
+@click.option("--y", "y", type=click.Choice(["tpot", "stall", "total"]), default=None,
+              help="stall: time per output token (default), stall time, or total time.")
+@click.option("--by", type=click.Choice(["auto", "capacity", "policy"]), default=None,
+              help="layers: heatmap columns (default auto: capacity when it varies).")
+@click.option("--metric", type=click.Choice(["hit_rate", "stall"]), default=None,
+              help="layers: what the heatmap shows (default hit_rate).")
 @click.option("--policy", default=None, help="layers --by capacity: the policy (default: the first); "
-                                             "activations: lru or lfu (default lru).")
+                                             "activations: lru (default), fifo, lfu or lfuda.")
 @click.option("--capacity", type=float, default=None, help="layers --by policy: capacity fraction, e.g. 0.25.")
 @click.option("--scope", type=click.Choice(["global", "per-layer"]), default=None,
               help="layers: which cache scope when the results hold both (default per-layer).")
-@click.option("--request", type=int, default=None, help="activations: request id (default: the first).")
-@click.option("--layers", "layer_list", default=None, help="activations: MoE layer indices, e.g. 0,8,25.")
+@click.option("--where", "where", multiple=True, metavar="COLUMN=VALUE",
+              help="Results kinds: only rows where a result column has this value, e.g. bandwidth_gbps=8 "
+                   "(repeatable).")
+@click.option("--request", type=int, default=None, help="activations: request id (default: the first long one).")
+@click.option("--layers", "layers", default=None,
+              help="activations: the model's layer numbers, e.g. 1,13,26 (default: four spread over the model).")
 @click.option("--slots", type=int, default=None, help="activations: cached experts per layer (default: 1/4).")
-@click.option("--tokens", type=int, default=96, show_default=True, help="activations: tokens shown.")
+@click.option("--tokens", type=int, default=None, help="activations: tokens shown (default 96).")
 @click.option("--title", default=None, help="Figure title (default: says what is drawn).")
+@click.pass_context
 @friendly_errors
-def plot(sources, kind, out, x_axis, y_metric, by, metric, policy, capacity, scope, request, layer_list, slots,
-         tokens, title) -> None:
+def plot(ctx, sources, kind, out, **given) -> None:
     """Draw a figure from grid RESULTS (or scorecards, or a TRACE) into --out."""
-    from .plots import plot as make_plot, save
-    options = {"title": title}
-    if kind == "stall":
-        options.update(x=x_axis, y=y_metric)
-    elif kind == "layers":
-        options.update(by=by, metric=metric, policy=policy, capacity=capacity, scope=scope)
-    elif kind == "activations":
-        layers = None if layer_list is None else [int(v) for v in layer_list.split(",") if v.strip()]
-        options.update(request=request, layers=layers, policy=policy or "lru", slots=slots, tokens=tokens)
-    path = save(make_plot(list(sources), kind, **options), out)
+    from .plots import options, plot as make_plot, save
+    given = {k: v for k, v in given.items() if v not in (None, ())}
+    takes = options(kind)
+    stray = [k for k in given if k not in takes]
+    if stray:
+        raise click.UsageError(f"--{stray[0]} does not apply to --kind {kind} "
+                               f"(it takes {', '.join('--' + o for o in takes)})")
+    if "where" in given:
+        pairs = [w.partition("=") for w in given["where"]]
+        bad = [w for w, (_, eq, _) in zip(given["where"], pairs) if not eq]
+        if bad:
+            raise click.BadParameter(f"{bad[0]!r}: write COLUMN=VALUE, e.g. bandwidth_gbps=8", param_hint="--where")
+        given["where"] = {k.strip(): v.strip() for k, _, v in pairs}
+    if "layers" in given:
+        try:
+            given["layers"] = [int(v) for v in given["layers"].split(",") if v.strip()]
+        except ValueError:
+            raise click.BadParameter(f"{given['layers']!r}: write the model's layer numbers, e.g. 1,13,26",
+                                     param_hint="--layers") from None
+    path = save(make_plot(list(sources), kind, **given), out)
     click.echo(f"wrote {path}")
 
 

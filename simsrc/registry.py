@@ -94,6 +94,10 @@ class Registry:
         """The part's module (imported now if it was not yet)."""
         return importlib.import_module(self._load()[self.canonical(name)].module)
 
+    def items(self):
+        """(name, module) of every part, each imported (for what a file's literals cannot say)."""
+        return [(name, self.get(name)) for name in self.names()]
+
     def parts(self) -> list[Part]:
         return list(self._load().values())
 

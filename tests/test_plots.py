@@ -1,8 +1,12 @@
-"""moesim plot: each figure draws the numbers it claims (checked against direct replays and counts)."""
+"""moesim plot: each figure draws the numbers it claims (checked against direct replays, counts and a
+brute-force cache), names layers as the model does, and says in one line what it wanted when given the wrong
+input."""
 import json
+import re
 from pathlib import Path
 
 import matplotlib
+import matplotlib.pyplot
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -13,10 +17,13 @@ import moesim  # noqa: E402
 from moesim import plots  # noqa: E402
 from moesim.cli import main  # noqa: E402
 from moesim.grid import read_results, run_grid  # noqa: E402
+from moesim.plots import PLOT_KINDS  # noqa: E402
+from reference import replay_reference  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SWITCH = ROOT / "traces" / "switch-base-8-stratamoe.parquet"
 MIXTRAL = ROOT / "traces" / "mixtral-8x7b-speculative-decode.parquet"
+DSV2 = ROOT / "traces" / "dsv2lite-moebeyond-sample.parquet"
 
 
 @pytest.fixture(scope="module")
@@ -34,9 +41,15 @@ def timed_results(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("timed")
     spec = tmp / "g.toml"
     spec.write_text(f'trace = "{MIXTRAL}"\npolicy = ["lru", "belady"]\ncapacity = ["25%", "50%"]\n'
-                    f'bandwidth = ["2GB/s", "8GB/s", "32GB/s", "128GB/s"]\nmode = "timed"\n')
+                    f'bandwidth = ["2GB/s", "8GB/s", "32GB/s", "128GB/s"]\nmode = "timed"\nper_layer = true\n')
     run_grid(spec, tmp / "r.parquet", jobs=1)
     return tmp / "r.parquet"
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    matplotlib.pyplot.close("all")
 
 
 def lines(ax) -> dict:
@@ -73,7 +86,9 @@ def test_cli_errors_name_the_fix(count_results, timed_results, tmp_path):
     assert bad_ext.exit_code != 0 and ".png, .svg or .pdf" in bad_ext.output
     no_time = CliRunner().invoke(main, ["plot", str(count_results), "--kind", "stall", "--out", str(tmp_path / "a.png")])
     assert no_time.exit_code != 0 and 'mode = "timed"' in no_time.output
-    no_layers = CliRunner().invoke(main, ["plot", str(timed_results), "--kind", "layers", "--out", str(tmp_path / "a.png")])
+    flat = tmp_path / "flat.parquet"
+    read_results(timed_results).drop(columns=["hits_per_layer", "misses_per_layer", "stall_per_layer_s"]).to_parquet(flat)
+    no_layers = CliRunner().invoke(main, ["plot", str(flat), "--kind", "layers", "--out", str(tmp_path / "a.png")])
     assert no_layers.exit_code != 0 and "per_layer = true" in no_layers.output
 
 
@@ -130,18 +145,82 @@ def test_predictor_plot_reads_score_predictor_json(tmp_path):
     assert lines(precision)["oracle"][1] == pytest.approx([100, 100, 100])
 
 
-@pytest.mark.parametrize("policy", ["lru", "lfu"])
+def map_cells(fig):
+    """(hit, miss, held-idle) bool tokens x experts per panel of an activation map, in the order of its layers."""
+    out = {}
+    for ax in fig.axes:
+        if ax.get_visible() and ax.images:
+            img = np.asarray(ax.images[0].get_array()).T
+            out[int(re.match(r"layer (\d+)", ax.get_ylabel()).group(1))] = (img == 3, img == 2, img == 1)
+    return [out[layer] for layer in sorted(out)]
+
+
+@pytest.mark.parametrize("policy", ["lru", "fifo", "lfu", "lfuda"])
 def test_activation_map_hits_equal_the_engine_on_that_request(policy):
     trace = moesim.read_trace(MIXTRAL)
     request = int(np.unique(trace.column("request_id"))[1])
     one = trace.select_requests([request])
     tokens = int((one.layer_index() == 0).sum())
     slots = 3
-    fig = plots.activation_map(trace, request=request, layers=range(trace.meta.num_moe_layers), policy=policy,
-                               slots=slots, tokens=tokens)
-    ref = moesim.replay(one, policy=policy, capacity=f"{slots}/layer", scope="per-layer", mode="count")
+    layers = trace.meta.moe_layers
+    fig = plots.activation_map(trace, request=request, layers=layers, policy=policy, slots=slots, tokens=tokens)
+    ref = moesim.replay(one, policy=policy, capacity=f"{slots}/layer", scope="per-layer", mode="count",
+                        per_layer=True)
     assert fig.hit_rate == pytest.approx(ref["hit_rate"])
-    assert len(fig.axes) == trace.meta.num_moe_layers
+    cells = map_cells(fig)
+    assert len(cells) == trace.meta.num_moe_layers
+    # each panel's hit cells are that layer's hits in the count-mode replay, its miss cells the misses
+    assert [int(hit.sum()) for hit, _, _ in cells] == ref["hits_per_layer"]
+    assert [int(miss.sum()) for _, miss, _ in cells] == ref["misses_per_layer"]
+
+
+@pytest.mark.parametrize("policy", ["lru", "fifo", "lfu", "lfuda"])
+def test_activation_map_cells_equal_a_brute_force_cache(policy):
+    """Every cell, token by token: routed experts hit exactly when a plain Python cache hits, and the grey
+    cells are the experts that cache holds when the token arrives (a lookup then would hit)."""
+    trace = moesim.read_trace(MIXTRAL)
+    request, tokens, slots = int(np.unique(trace.column("request_id"))[0]), 24, 3
+    shown = [trace.meta.moe_layers[1], trace.meta.moe_layers[-1]]
+    fig = plots.activation_map(trace, request=request, layers=shown, policy=policy, slots=slots, tokens=tokens)
+    one = trace.select_requests([request])
+    li, ids, pos = one.layer_index(), one.expert_ids(), one.column("token_pos")
+    E = trace.meta.num_experts
+    for (hit, miss, idle), layer in zip(map_cells(fig), shown):
+        rows = np.flatnonzero(li == trace.meta.moe_layers.index(layer))
+        routes = ids[rows[np.argsort(pos[rows], kind="stable")]][:tokens]
+        stream = [int(e) for e in routes.reshape(-1)]
+        hits = replay_reference(stream, [0] * E, [slots], policy)
+        k = routes.shape[1]
+        for t in range(tokens):
+            for j, e in enumerate(routes[t]):
+                assert hit[t, e] == hits[t * k + j] and miss[t, e] != hits[t * k + j]
+            held = {e for e in range(E) if replay_reference(stream[:t * k] + [e], [0] * E, [slots], policy)[-1]}
+            assert set(np.flatnonzero(idle[t])) == held - set(routes[t].tolist())
+            assert len(held) <= slots
+
+
+def test_activation_map_takes_and_shows_the_models_layer_numbers(tmp_path):
+    trace = moesim.read_trace(DSV2)  # DeepSeek-V2-Lite: layer 0 is dense, MoE layers are 1..26
+    fig = plots.activation_map(trace, layers=[1, 13, 26], slots=16, tokens=32)
+    labels = [ax.get_ylabel().splitlines()[0] for ax in fig.axes if ax.get_visible() and ax.images]
+    assert labels == ["layer 1", "layer 13", "layer 26"]
+    result = CliRunner().invoke(main, ["plot", str(DSV2), "--kind", "activations", "--layers", "0,13",
+                                       "--out", str(tmp_path / "a.png")])
+    assert result.exit_code != 0 and "layer(s) 0" in result.output and "1-26" in result.output
+    switch = moesim.read_trace(SWITCH)  # MoE layers 1, 3, ..., 11: numbers and indices part ways
+    fig = plots.activation_map(switch, layers=[3, 11], tokens=16)
+    assert [ax.get_ylabel().splitlines()[0] for ax in fig.axes if ax.images] == ["layer 3", "layer 11"]
+
+
+def test_activation_map_of_every_layer_fits_a_page_in_colour_blind_safe_colours():
+    trace = moesim.read_trace(MIXTRAL)  # 32 MoE layers
+    fig = plots.activation_map(trace, layers=trace.meta.moe_layers, tokens=24)
+    width, height = fig.get_size_inches()
+    assert width <= plots._style.PAGE_WIDTH and height <= plots._style.PAGE_HEIGHT
+    assert len([ax for ax in fig.axes if ax.get_visible()]) == 32
+    # blue for hits and vermillion for misses (Okabe-Ito): no red-green pair
+    cmap = fig.axes[0].images[0].get_cmap()
+    assert [matplotlib.colors.to_hex(c) for c in cmap.colors][2:] == ["#d55e00", "#0072b2"]
 
 
 def test_popularity_heatmap_is_each_layers_share(tmp_path):
@@ -155,3 +234,111 @@ def test_popularity_heatmap_is_each_layers_share(tmp_path):
         assert np.allclose(np.nan_to_num(img[l]), 100 * counts / counts.sum())
     result = CliRunner().invoke(main, ["plot", str(SWITCH), "--kind", "popularity", "--out", str(tmp_path / "p.png")])
     assert result.exit_code == 0, result.output
+
+
+def test_popularity_rows_are_model_layer_numbers():
+    fig = plots.expert_popularity(moesim.read_trace(SWITCH))
+    ax = fig.axes[0]
+    assert ax.get_ylabel() == "model layer"
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["1", "3", "5", "7", "9", "11"]
+
+
+def test_layer_heatmap_rows_are_model_layer_numbers_from_the_trace(count_results):
+    fig = plots.layer_heatmap(count_results, by="capacity", policy="lru")
+    ax = fig.axes[0]
+    assert ax.get_ylabel() == "model layer"
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["1", "3", "5", "7", "9", "11"]
+    # rows that name no readable trace: the axis says it counts MoE layers, not model layers
+    df = read_results(count_results).assign(trace="elsewhere/switch.parquet")
+    ax = plots.layer_heatmap(df, by="capacity", policy="lru").axes[0]
+    assert ax.get_ylabel() == "MoE layer index"
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["0", "1", "2", "3", "4", "5"]
+
+
+def test_layer_heatmap_draws_each_bandwidth_apart_and_says_so(timed_results, monkeypatch):
+    df = read_results(timed_results)
+    fig = plots.layer_heatmap(timed_results, by="capacity", policy="lru", metric="stall")
+    panels = [ax for ax in fig.axes if ax.images]
+    assert len(panels) == 4  # one heatmap per link bandwidth, never their mean
+    for ax in panels:
+        bw = float(re.search(r"link ([0-9.]+) GB/s", ax.get_title()).group(1))
+        img = ax.images[0].get_array()
+        for j, cap in enumerate((0.25, 0.5)):
+            row = df[(df.policy == "lru") & np.isclose(df.capacity_fraction, cap) & (df.bandwidth_gbps == bw)]
+            assert len(row) == 1
+            assert np.allclose(img[:, j], 1e3 * np.asarray(row.stall_per_layer_s.iloc[0]))
+    assert "policy LRU" in fig._suptitle.get_text()
+    # more heatmaps than a page holds: one line that says which parameter varies and how to pick
+    from moesim.plots import layers
+    monkeypatch.setattr(layers, "MOST_PANELS", 3)
+    with pytest.raises(ValueError, match=r"bandwidth_gbps \(4 values\).*--where bandwidth_gbps="):
+        plots.layer_heatmap(timed_results, by="capacity", policy="lru")
+    fig = plots.plot(timed_results, "layers", by="capacity", where={"bandwidth_gbps": "8"})
+    assert len([ax for ax in fig.axes if ax.images]) == 1
+    assert "bandwidth_gbps = 8" in fig._suptitle.get_text()
+
+
+def test_where_names_the_values_there_are(count_results):
+    with pytest.raises(ValueError, match=r"no result rows with policy = arc; .*\{belady, lfu, lru\}"):
+        plots.plot(count_results, "hit-rate", where={"policy": "arc"})
+    with pytest.raises(ValueError, match="no such column"):
+        plots.plot(count_results, "hit-rate", where={"colour": "red"})
+
+
+@pytest.fixture(scope="module")
+def scorecard(tmp_path_factory):
+    result = CliRunner().invoke(main, ["score-predictor", str(MIXTRAL), "--predictor", "previous", "--horizon", "2",
+                                       "--json"])
+    path = tmp_path_factory.mktemp("card") / "previous.json"
+    path.write_text(result.output)
+    return path
+
+
+def test_every_registered_kind_renders_from_its_input_and_refuses_others(count_results, timed_results,
+                                                                          scorecard, tmp_path):
+    inputs = {"results": timed_results, "scorecards": scorecard, "trace": SWITCH}
+    assert PLOT_KINDS.names() == ["hit-rate", "stall", "layers", "predictor", "activations", "popularity"]
+    for name, module in PLOT_KINDS.items():
+        out = tmp_path / f"{name}.png"
+        ok = CliRunner().invoke(main, ["plot", str(inputs[module.INPUT]), "--kind", name, "--out", str(out)])
+        assert ok.exit_code == 0, ok.output
+        assert out.read_bytes().startswith(b"\x89PNG")
+        for sort, wrong in inputs.items():
+            if sort == module.INPUT:
+                continue
+            bad = CliRunner().invoke(main, ["plot", str(wrong), "--kind", name, "--out", str(tmp_path / "x.png")])
+            assert bad.exit_code == 1 and isinstance(bad.exception, SystemExit), bad.output  # not a traceback
+            line = bad.output.strip()
+            assert "\n" not in line and "Traceback" not in line, line
+            assert str(wrong) in line and f"plot kind {name!r} draws" in line, line
+    assert not (tmp_path / "x.png").exists()
+    # the same check from Python
+    with pytest.raises(ValueError, match=r"is a trace, but plot kind 'hit-rate' draws grid results"):
+        plots.plot(SWITCH, "hit-rate")
+    with pytest.raises(ValueError, match="plot kind 'stall' has no option 'slots'"):
+        plots.plot(timed_results, "stall", slots=3)
+    stray = CliRunner().invoke(main, ["plot", str(SWITCH), "--kind", "popularity", "--slots", "3",
+                                      "--out", str(tmp_path / "x.png")])
+    assert stray.exit_code != 0 and "--slots does not apply to --kind popularity" in stray.output
+
+
+def test_save_writes_all_of_a_figure_or_nothing(tmp_path, monkeypatch):
+    out = tmp_path / "fig.png"
+    out.write_bytes(b"the previous figure")
+    fig = plots.expert_popularity(moesim.read_trace(SWITCH))
+
+    def fail_halfway(path, **kwargs):
+        Path(path).write_bytes(b"\x89PNG half")
+        raise OSError("disk full")
+    monkeypatch.setattr(fig, "savefig", fail_halfway)
+    with pytest.raises(OSError, match="disk full"):
+        plots.save(fig, out)
+    assert out.read_bytes() == b"the previous figure"
+    assert [p.name for p in tmp_path.iterdir()] == ["fig.png"]  # no temporary file left beside it
+    plots.save(plots.expert_popularity(moesim.read_trace(SWITCH)), out)
+    assert out.read_bytes().startswith(b"\x89PNG")
+
+
+def test_readme_lists_every_plot_kind_as_the_registry_does():
+    readme = (ROOT / "README.md").read_text()
+    assert plots.table() in readme
