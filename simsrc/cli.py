@@ -219,9 +219,10 @@ def format_row(row: dict) -> str:
     lines += [f"  {k:<{width}}  {v:>14}" for k, v in table]
     if "hits_per_layer" in row:
         lines += ["", "  layer      hits    misses  hit rate" + ("   stall s" if "stall_per_layer_s" in row else "")]
-        for i, (h, m) in enumerate(zip(row["hits_per_layer"], row["misses_per_layer"])):
+        layers = row.get("moe_layers") or range(len(row["hits_per_layer"]))  # the model's layer numbers
+        for i, (n, h, m) in enumerate(zip(layers, row["hits_per_layer"], row["misses_per_layer"])):
             stall = f"  {row['stall_per_layer_s'][i]:8.4f}" if "stall_per_layer_s" in row else ""
-            lines.append(f"  {i:5d}  {h:8d}  {m:8d}  {h / max(h + m, 1):8.2%}{stall}")
+            lines.append(f"  {n:5d}  {h:8d}  {m:8d}  {h / max(h + m, 1):8.2%}{stall}")
     return "\n".join(lines)
 
 

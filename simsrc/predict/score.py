@@ -51,10 +51,12 @@ def score(pred: Predictions, stream: AccessStream, *, meta=None, hardware: Hardw
                                  pairs(pred.horizon == h), reachable(h)) for h in horizons}
     tgt_layer = stream.seg_layer[pred.target_seg]
     first = seg_at(stream, pos - (min(horizons) if horizons else 1)) >= 0
+    # keyed by the model's layer numbers (meta.moe_layers) when the trace's card is given, else MoE indices
+    numbers = list(meta.moe_layers) if meta is not None else list(range(stream.num_layers))
     out["by_layer"] = {}
     for l in range(stream.num_layers):
         sel = tgt_layer == l
-        out["by_layer"][l] = _prf(int(correct[sel].sum()), int(sel.sum()), pairs(sel),
+        out["by_layer"][int(numbers[l])] = _prf(int(correct[sel].sum()), int(sel.sum()), pairs(sel),
                                   int(true_per_seg[first & (stream.seg_layer == l)].sum()))
     if hardware is not None and meta is not None and expert_bytes:
         out["timeliness"] = in_time(pred, stream, correct, meta, hardware, expert_bytes)
