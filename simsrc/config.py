@@ -17,6 +17,7 @@ from .registry import normalise, suggest
 from .units import GB, TFLOPS, US, parse_bool, parse_bytes, parse_count, parse_flops, parse_rate, parse_seconds
 
 MODES = ("timed", "count")
+ACCOUNTINGS = ("segment", "access")
 SCOPES = ("global", "per-layer")
 
 
@@ -221,6 +222,9 @@ KNOBS: tuple[Knob, ...] = (
     Knob("scope", "global", _choice(SCOPES), "one cache for all layers, or a partition per layer", choices=SCOPES),
     Knob("mode", "timed", _choice(MODES), "timed: discrete-event, with the link and compute; count: hits only",
          choices=MODES),
+    Knob("accounting", "segment", _choice(ACCOUNTINGS), "segment: a (step, layer)'s distinct experts are looked "
+         "up together and none evicts another of the same layer, as a layer runs; access: one lookup per access in "
+         "stream order, a plain cache simulator (count mode only)", choices=ACCOUNTINGS),
     Knob("prefill_chunk", 1, lambda v, o: parse_count(v, o, low=0), "prefill tokens per step: 1 replays prompts "
          "as if decoded, 0 keeps the recorded steps", group="run"),
     Knob("seed", 0, lambda v, o: parse_count(v, o, low=0, high=2**63 - 1), "seed of random choices", group="run"),
@@ -273,6 +277,7 @@ class ReplayConfig:
     capacity: Capacity = Capacity("10%", "fraction", 0.1)
     scope: str = "global"
     mode: str = "timed"
+    accounting: str = "segment"
     prefill_chunk: int = 1
     pin: tuple | None = None
     train: Any = None
@@ -308,7 +313,11 @@ class ReplayConfig:
                 continue
             values[name] = KNOB[name].parse(value, f"{where}{KNOB[name].option}")
             given[name] = value
-        return dataclasses.replace(base, given=given, **values)
+        cfg = dataclasses.replace(base, given=given, **values)
+        if cfg.mode == "timed" and cfg.accounting == "access":
+            raise ValueError(f"{where}--accounting access is count mode's (a plain cache simulator); timed mode "
+                             f"runs a layer's experts together: use --mode count, or --accounting segment")
+        return cfg
 
     def hardware_spec(self):
         """The Hardware this replay runs on: the preset or file, with any figure overridden here."""

@@ -14,7 +14,7 @@ import numpy as np
 from . import __version__, cost
 from . import policies as policy_registry
 from .config import ReplayConfig, row_inputs
-from .engine import (BAD_VICTIM, ERR_CAPACITY, ERR_VICTIM, ERROR, PF_CANCELLED, PF_HARMFUL, PF_ISSUED, PF_LATE,
+from .engine import (BAD_VICTIM, ERR_VICTIM, ERROR, PF_CANCELLED, PF_HARMFUL, PF_ISSUED, PF_LATE,
                      PF_USED, PF_WASTED, Cache, Compute, Link, PrefetchPlan, Stream, count_replay, timed_replay)
 from .predict import Prefetch
 from .trace import AccessStream, Trace, access_stream, read_trace
@@ -34,17 +34,8 @@ def replay(trace: Trace | str | os.PathLike, config: ReplayConfig | None = None,
     stream = stream if stream is not None else access_stream(tr, prefill_chunk=cfg.prefill_chunk)
     hw = cfg.hardware_spec()
     expert_bytes = cfg.bytes_per_expert if cfg.bytes_per_expert is not None else float(tr.meta.bytes_per_expert)
-    cache, per_partition = cache_for(tr, stream, cfg, expert_bytes, hw.gpu_memory)
-    module = policy_registry.get(cfg.policy)
-    params = {"seed": cfg.seed, "top_k": stream.top_k, "timed": cfg.mode == "timed"}
-    if cfg.policy == "static":
-        if cfg.train is None:
-            raise ValueError("the static policy pins the experts a *different* trace used most: pass train=TRACE "
-                             "(--train TRACE)")
-        params["train_counts"] = expert_counts(_load(cfg.train), num_layers=stream.num_layers,
-                                               num_experts=stream.num_experts)
-    state = module.init(len(cache.pinned), cache.part_of, cache.part_capacity, stream, params)
-    cache = cache._replace(warm=np.asarray(module.warm(state) if hasattr(module, "warm") else [], np.int32))
+    cache = cache_for(tr, stream, cfg, expert_bytes, hw.gpu_memory)
+    state, cache = policy_state(cfg, stream, cache)
     horizon = 0
     if prefetch is None and cfg.predictor != "none":
         from .predict import plan as prefetch_plan
@@ -59,12 +50,13 @@ def replay(trace: Trace | str | os.PathLike, config: ReplayConfig | None = None,
                 (stream.top_k if cfg.predictor != "none" else 0), "capacity_experts": held,
                 "capacity_fraction": held / n_items, "bytes_per_expert": expert_bytes,
                 "pinned_experts": int(cache.pinned.sum())}
-    row: dict[str, Any] = {"trace": str(tr.path) if tr.path else tr.meta.model, "model": tr.meta.model,
-                           **row_inputs(cfg, hw, resolved), "moesim_version": __version__, "accesses": len(stream),
-                           "tokens": int(stream.step_tokens.sum()), "steps": stream.num_steps}
+    row = {"trace": str(tr.path) if tr.path else tr.meta.model, "model": tr.meta.model,
+           **row_inputs(cfg, hw, resolved), "moesim_version": __version__, "accesses": len(stream),
+           "tokens": int(stream.step_tokens.sum()), "steps": stream.num_steps}
     engine_stream = Stream(stream.item, stream.seg_offsets, stream.seg_layer, stream.seg_step)
     if cfg.mode == "count":
-        hits, misses, c = count_replay(engine_stream, cache, plan, state, stream.num_layers)
+        hits, misses, c = count_replay(engine_stream, cache, plan, state, stream.num_layers,
+                                       accounting=cfg.accounting)
         stall = None
         row.update(_hit_fields(hits, misses))
         row.update({k: math.nan for k in ("stall_s", "total_s", "tpot_s", "ttft_s")})
@@ -79,17 +71,35 @@ def replay(trace: Trace | str | os.PathLike, config: ReplayConfig | None = None,
                                                         stream.num_layers, stream.num_steps)
         row.update(_hit_fields(hits, misses))
         row.update(_time_fields(stream, step_end, stall))
-    _raise_engine_error(c, cfg, row["trace"], per_partition)
+    _raise_engine_error(c, cfg)
     row.update(_transfer_fields(c, misses, expert_bytes))
     if cfg.per_layer:
-        row.update(hits_per_layer=hits.tolist(), misses_per_layer=misses.tolist())
+        # per MoE layer, in order; moe_layers says which of the model's layers each entry is
+        row.update(moe_layers=[int(n) for n in tr.meta.moe_layers], hits_per_layer=hits.tolist(),
+                   misses_per_layer=misses.tolist())
         if stall is not None:
             row["stall_per_layer_s"] = stall.tolist()
     return row
 
 
+def policy_state(cfg: ReplayConfig, stream: AccessStream, cache: Cache):
+    """The policy's initial state, and the cache with the experts the policy places before the start."""
+    module = policy_registry.get(cfg.policy)
+    # timed: whether experts can be busy (in use by the running layer, or in flight) during a victim search
+    params = {"seed": cfg.seed, "top_k": stream.top_k, "timed": cfg.mode == "timed" or cfg.accounting == "segment"}
+    if cfg.policy == "static":
+        if cfg.train is None:
+            raise ValueError("the static policy pins the experts a *different* trace used most: pass train=TRACE "
+                             "(--train TRACE)")
+        params["train_counts"] = expert_counts(_load(cfg.train), num_layers=stream.num_layers,
+                                               num_experts=stream.num_experts)
+    state = module.init(len(cache.pinned), cache.part_of, cache.part_capacity, stream, params)
+    warm = np.asarray(module.warm(state) if hasattr(module, "warm") else [], np.int32)
+    return state, cache._replace(warm=warm)
+
+
 def cache_for(trace: Trace, stream: AccessStream, cfg: ReplayConfig, expert_bytes: float,
-              gpu_memory: float | None = None) -> tuple[Cache, int]:
+              gpu_memory: float | None = None) -> Cache:
     """The engine's cache for a config: partitions and their capacity in experts, pins taken out of them."""
     L, E = stream.num_layers, stream.num_experts
     n_items = L * E
@@ -102,7 +112,7 @@ def cache_for(trace: Trace, stream: AccessStream, cfg: ReplayConfig, expert_byte
     # pins use cache memory: the policy gets what is left in each partition
     np.subtract.at(part_cap, part_of[pinned.astype(bool)], 1)
     part_cap = np.maximum(part_cap, 0)
-    return Cache(part_of, part_cap, pinned, np.zeros(0, np.int32)), int(part_cap.min())
+    return Cache(part_of, part_cap, pinned, np.zeros(0, np.int32))
 
 
 def partitions(stream: AccessStream, scope: str, capacity_experts: int) -> tuple[np.ndarray, np.ndarray]:
@@ -113,15 +123,11 @@ def partitions(stream: AccessStream, scope: str, capacity_experts: int) -> tuple
     return np.repeat(np.arange(L, dtype=np.int32), E), np.full(L, min(capacity_experts // L, E), np.int64)
 
 
-def _raise_engine_error(c: np.ndarray, cfg: ReplayConfig, where: str, per_partition: int) -> None:
+def _raise_engine_error(c: np.ndarray, cfg: ReplayConfig) -> None:
     if c[ERROR] == ERR_VICTIM:
         raise RuntimeError(f"policy {cfg.policy!r} broke the policy contract: its victim() returned "
                            f"{int(c[BAD_VICTIM])}, which is not a resident, unpinned, idle expert of the partition "
                            f"(or returned -1 while one was); see moesim.policies for the contract")
-    if c[ERROR] == ERR_CAPACITY:
-        raise ValueError(f"capacity too small: a layer of {where} needs more experts resident at once than "
-                         f"a {cfg.scope} partition of {per_partition} experts holds; raise --capacity, use "
-                         f"--scope global, or replay with --prefill-chunk 1")
 
 
 def _load(trace: Trace | str | os.PathLike) -> Trace:

@@ -69,3 +69,48 @@ def stack_distance_lru_hits(items, capacity: int) -> int:
         stack.insert(0, x)
     return hits
 
+
+
+def segment_reference(items, seg_offsets, part_of, capacity, policy: str) -> int:
+    """Hits of (step, layer) segment accounting, from its definition: a segment's distinct experts are
+    looked up against the cache as the segment began; the hits are in use; each miss evicts a resident the
+    segment does not use (LRU: least recent, FIFO: first in, LFU: fewest uses, then count changed longest
+    ago), or, when there is none, streams through uncached. The policy is told the segment's hits, then its
+    misses, each in order of first use: that is the order of recency."""
+    cached: dict[int, set] = {p: set() for p in range(len(capacity))}
+    last: dict[int, int] = {}
+    inserted: dict[int, int] = {}
+    count: dict[int, int] = {}
+    hits = 0
+    clock = 0
+    for a, b in zip(seg_offsets[:-1], seg_offsets[1:]):
+        distinct = list(dict.fromkeys(items[a:b]))
+        missing = [x for x in distinct if x not in cached[part_of[x]]]
+        for x in distinct:
+            if x not in missing:
+                hits += 1
+                clock += 1
+                last[x] = clock
+                count[x] += 1
+        for x in missing:
+            p = part_of[x]
+            if capacity[p] == 0:
+                continue
+            if len(cached[p]) >= capacity[p]:
+                free = sorted(cached[p] - set(distinct))
+                if not free:
+                    continue
+                if policy == "lru":
+                    v = min(free, key=lambda y: last[y])
+                elif policy == "fifo":
+                    v = min(free, key=lambda y: inserted[y])
+                elif policy == "lfu":
+                    v = min(free, key=lambda y: (count[y], last[y]))
+                else:
+                    raise ValueError(policy)
+                cached[p].remove(v)
+            cached[p].add(x)
+            clock += 1
+            last[x] = inserted[x] = clock
+            count[x] = 1
+    return hits

@@ -44,7 +44,7 @@ def reference(item, request, L, E, cap):
 def test_moe_infinity_policy_matches_reference(requests):
     tr = moesim.read_trace(TRACES / "dsv2lite-moebeyond-test-predicted.parquet").select_requests(range(requests))
     stream = access_stream(tr)
-    row = moesim.replay(tr, policy="moe-infinity", mode="count", capacity=40, stream=stream)
+    row = moesim.replay(tr, policy="moe-infinity", mode="count", accounting="access", capacity=40, stream=stream)
     request = np.repeat(stream.row_request, stream.top_k).tolist()
     assert row["hits"] == reference(stream.item.tolist(), request, stream.num_layers, stream.num_experts, 40)
 

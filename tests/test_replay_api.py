@@ -37,7 +37,7 @@ def test_pinned_experts_always_hit_and_sit_outside_the_policy():
     trace = small()
     stream = access_stream(trace)
     pin = [(0, 1), (2, 5)]
-    row = moesim.replay(trace, capacity=6, mode="count", pin=pin, stream=stream)
+    row = moesim.replay(trace, capacity=6, mode="count", accounting="access", pin=pin, stream=stream)
     pinned_items = {0 * 8 + 1, 2 * 8 + 5}
     rest = [x for x in stream.item.tolist() if x not in pinned_items]
     hits_rest = sum(replay_reference(rest, [0] * 24, [6 - len(pin)], "lru"))
@@ -53,11 +53,13 @@ def test_static_pins_the_training_traces_favourites_and_streams_the_rest():
     favourites = set(sorted(range(24), key=lambda x: (-counts[x], x))[: capacity - staging])
     rest = [x for x in items if x not in favourites]
     want = sum(x in favourites for x in items) + sum(replay_reference(rest, [0] * 24, [staging], "lru"))
-    got = moesim.replay(test, policy="static", train=train, capacity=capacity, mode="count")
+    got = moesim.replay(test, policy="static", train=train, capacity=capacity, mode="count", accounting="access")
     assert got["hits"] == want
-    # pinned experts are loaded before serving: in timed mode they cost no transfer
+    # pinned experts are loaded before serving: in timed mode they cost no transfer, and the misses are
+    # count mode's by segment
+    segment = moesim.replay(test, policy="static", train=train, capacity=capacity, mode="count")
     timed = moesim.replay(test, policy="static", train=train, capacity=capacity)
-    assert timed["bytes_demand"] == got["misses"] * 1e6
+    assert timed["bytes_demand"] == segment["misses"] * 1e6
 
 
 def test_random_is_reproducible_by_seed():
@@ -122,7 +124,11 @@ def test_a_trace_without_expert_sizes_needs_them_for_timed_mode():
 def test_a_trace_with_gaps_in_its_request_ids_replays_in_timed_mode():
     trace = read_trace(TRACES / "switch-base-8-stratamoe.parquet").select_requests([0, 2])
     whole = moesim.replay(trace, capacity=12, prefill_chunk=0)
-    assert whole["ttft_s"] > 0 and whole["hits"] + whole["misses"] == whole["accesses"]
+    # a whole prompt is one step: each (step, layer)'s distinct experts are one lookup each
+    stream = access_stream(trace, prefill_chunk=0)
+    segment = np.repeat(np.arange(stream.num_segments), np.diff(stream.seg_offsets))
+    lookups = len(np.unique(segment * stream.num_items + stream.item))
+    assert whole["ttft_s"] > 0 and whole["hits"] + whole["misses"] == lookups
 
 
 def test_policy_names_are_read_as_the_registry_spells_them():
@@ -188,7 +194,7 @@ def test_editing_a_policy_recompiles_the_cached_loop(tmp_path):
     shutil.copytree(Path(moesim.policies.__file__).parent, pkg / "policies",
                     ignore=shutil.ignore_patterns("__pycache__"))
     script = ("import moesim, sys; assert moesim.__file__.startswith(sys.argv[1]); "
-              f"print(moesim.replay({str(SAMPLE)!r}, policy='lru', capacity='10%', mode='count')['hits'])")
+              f"print(moesim.replay({str(SAMPLE)!r}, policy='lru', capacity='10%', mode='count', accounting='access')['hits'])")
 
     def hits():
         out = subprocess.run([sys.executable, "-c", script, str(pkg)], capture_output=True, text=True, check=True,

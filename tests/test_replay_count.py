@@ -21,7 +21,8 @@ def test_count_mode_matches_bruteforce_reference(policy, scope):
     for capacity in (3, 6, 9, 15):
         part_of, part_cap = partitions(stream, scope, capacity)
         want = sum(replay_reference(stream.item.tolist(), part_of.tolist(), part_cap.tolist(), policy))
-        got = moesim.replay(trace, policy=policy, capacity=capacity, scope=scope, mode="count")
+        got = moesim.replay(trace, policy=policy, capacity=capacity, scope=scope, mode="count",
+                            accounting="access")
         assert got["hits"] == want, (policy, scope, capacity)
         assert got["hits"] + got["misses"] == len(stream)
 
@@ -31,7 +32,7 @@ def test_lru_matches_a_recency_stack():
     trace = make_trace(random_routes(rng, tokens=200, layers=4, experts=16, top_k=2), num_experts=16, top_k=2)
     items = access_stream(trace).item.tolist()
     for capacity in (4, 9, 20, 40):
-        assert moesim.replay(trace, capacity=capacity, mode="count")["hits"] == stack_distance_lru_hits(items, capacity)
+        assert moesim.replay(trace, capacity=capacity, mode="count", accounting="access")["hits"] == stack_distance_lru_hits(items, capacity)
 
 
 def test_hand_computed_lru_and_belady():
@@ -39,9 +40,9 @@ def test_hand_computed_lru_and_belady():
     trace = make_trace([[[e]] for e in (0, 1, 2, 0, 1, 2)], num_experts=3, top_k=1)
     # LRU always evicts the one needed next: no hits. Belady keeps 0 then 1: hits at 0 and 1... (0,1 | 2 evicts 1
     # (used later than 0) | 0 hit | 1 miss evicts 0 (never used again) | 2 hit) = 2 hits.
-    assert moesim.replay(trace, policy="lru", capacity=2, mode="count")["hits"] == 0
-    assert moesim.replay(trace, policy="belady", capacity=2, mode="count")["hits"] == 2
-    assert moesim.replay(trace, policy="fifo", capacity=2, mode="count")["hits"] == 0
+    assert moesim.replay(trace, policy="lru", capacity=2, mode="count", accounting="access")["hits"] == 0
+    assert moesim.replay(trace, policy="belady", capacity=2, mode="count", accounting="access")["hits"] == 2
+    assert moesim.replay(trace, policy="fifo", capacity=2, mode="count", accounting="access")["hits"] == 0
 
 
 def test_lfu_ties_go_to_the_least_recently_counted():
@@ -50,7 +51,7 @@ def test_lfu_ties_go_to_the_least_recently_counted():
     assert moesim.replay(trace, policy="lfu", capacity=2, mode="count", per_layer=True)["hits"] == 2
     # equal counts: 0 1 2 -> 0 (counted longest ago) goes
     trace = make_trace([[[e]] for e in (0, 1, 2, 1, 0)], num_experts=3, top_k=1)
-    assert moesim.replay(trace, policy="lfu", capacity=2, mode="count")["hits"] == 1
+    assert moesim.replay(trace, policy="lfu", capacity=2, mode="count", accounting="access")["hits"] == 1
 
 
 @pytest.mark.parametrize("name,checks", [
@@ -70,7 +71,8 @@ def test_lfu_ties_go_to_the_least_recently_counted():
 def test_published_hit_rates_of_the_shipped_traces(name, checks):
     trace = read_trace(TRACES / name)
     for policy, capacity, scope, percent in checks:
-        row = moesim.replay(trace, policy=policy, capacity=capacity, scope=scope, mode="count")
+        row = moesim.replay(trace, policy=policy, capacity=capacity, scope=scope, mode="count",
+                            accounting="access")
         assert round(row["hit_rate"] * 100, 1) == percent, (policy, capacity, scope)
 
 
@@ -108,7 +110,7 @@ def test_count_mode_matches_libcachesim_on_the_shipped_sample(policy, tmp_path):
     stream = access_stream(trace)
     write_oracle_general(stream.item, tmp_path / "s.og")
     for capacity in (50, 166, 500):
-        ours = moesim.replay(trace, policy=policy, capacity=capacity, mode="count", stream=stream)["hits"]
+        ours = moesim.replay(trace, policy=policy, capacity=capacity, mode="count", accounting="access", stream=stream)["hits"]
         assert ours == libcachesim_hits(tmp_path / "s.og", policy, capacity, len(stream)), capacity
 
 
@@ -119,8 +121,8 @@ def test_count_mode_matches_libcachesim_and_source_on_the_full_real_trace(real_t
     stream = access_stream(trace)
     assert len(stream) == 14_689_740
     write_oracle_general(stream.item, tmp_path / "full.og")
-    lru = moesim.replay(trace, policy="lru", capacity="10%", mode="count", stream=stream)
-    belady = moesim.replay(trace, policy="belady", capacity="10%", mode="count", stream=stream)
+    lru = moesim.replay(trace, policy="lru", capacity="10%", mode="count", accounting="access", stream=stream)
+    belady = moesim.replay(trace, policy="belady", capacity="10%", mode="count", accounting="access", stream=stream)
     # SOURCE.md: global cache of 166 experts, cold start: LRU 3,830,354 hits (26.08 %), Belady 48.80 %
     assert lru["capacity_experts"] == 166
     assert lru["hits"] == 3_830_354

@@ -93,13 +93,20 @@ def test_a_prefetch_that_is_never_used_is_wasted_and_can_be_harmful():
     assert row["stall_s"] == pytest.approx(1.0 * MS + 1.9 * MS)
 
 
-def test_an_expert_in_use_is_never_evicted():
-    # per-layer scope with one slot per layer but two experts per token: impossible without evicting one in use
-    trace = make_trace([[[0, 1]]], num_experts=2, top_k=2)
-    with pytest.raises(ValueError, match="capacity too small"):
-        moesim.replay(trace, capacity="1/layer", scope="per-layer", hardware=hw())
-    # count mode is a plain cache and has no such rule
-    assert moesim.replay(trace, capacity="1/layer", scope="per-layer", mode="count")["misses"] == 2
+def test_an_expert_in_use_is_never_evicted_a_layer_larger_than_the_cache_streams():
+    # per-layer scope with one slot per layer but two experts per token: 0 takes the slot, and 1 (which could
+    # only evict 0, in use) streams through for the layer and is not kept
+    trace = make_trace([[[0, 1]], [[0, 1]]], num_experts=2, top_k=2)
+    row = moesim.replay(trace, capacity="1/layer", scope="per-layer", hardware=hw())
+    # step 0: dense 0..0.1; fetch 0 0.1..1.1, fetch 1 1.1..2.1 (one engine); compute 0 1.1..1.2, 1 2.1..2.2
+    # step 1: dense 2.2..2.3; 0 hits, 1 streams again 2.3..3.3; compute 0 2.3..2.4, 1 3.3..3.4
+    assert (row["hits"], row["misses"]) == (1, 3)
+    assert row["total_s"] == pytest.approx(3.4 * MS)
+    assert row["stall_s"] == pytest.approx((1.0 + 0.9 + 0.9) * MS)
+    # count mode by segment agrees; per access it is a plain cache, where 1 evicts 0 and each misses
+    assert moesim.replay(trace, capacity="1/layer", scope="per-layer", mode="count")["misses"] == 3
+    assert moesim.replay(trace, capacity="1/layer", scope="per-layer", mode="count",
+                         accounting="access")["misses"] == 4
 
 
 def test_belady_passes_over_the_expert_in_use_for_the_next_furthest():
@@ -107,9 +114,12 @@ def test_belady_passes_over_the_expert_in_use_for_the_next_furthest():
     trace = make_trace([[[0, 1]], [[0, 2]], [[1, 2]], [[0, 2]]], num_experts=3, top_k=2)
     # count mode: at 2's miss Belady evicts 0 (next use in step 3, after 1's in step 2): 1 and 2 hit in step 2,
     # then 0 misses and 1 (never used again) goes: 4 hits
-    count = moesim.replay(trace, policy="belady", capacity=2, mode="count")
+    count = moesim.replay(trace, policy="belady", capacity=2, mode="count", accounting="access")
     assert (count["hits"], count["misses"]) == (4, 4)
     # timed mode: 0 is in use by the layer when 2 misses, so 1 goes instead and misses in step 2, pushing out
     # 0 (needed after 2); step 3 then misses 0 again: 3 hits
     timed = moesim.replay(trace, policy="belady", capacity=2, hardware=hw())
     assert (timed["hits"], timed["misses"]) == (3, 5)
+    # count mode by segment (the default) follows the same rule
+    segment = moesim.replay(trace, policy="belady", capacity=2, mode="count")
+    assert (segment["hits"], segment["misses"]) == (3, 5)

@@ -13,8 +13,8 @@ from numba import njit, types
 from numba.extending import overload
 
 from .bundles import Cache, PrefetchPlan, Stream
-from .experts import (NUM_COUNTERS, PF_ISSUED, PF_UNUSED, PF_USED, PINNED, RESIDENT, count_harmful, count_unused,
-                      evict, evict_for_prefetch, evictable)
+from .experts import (BUSY, NUM_COUNTERS, PF_ISSUED, PF_UNUSED, PF_USED, PINNED, RESIDENT, count_harmful,
+                      count_unused, evict, evict_for_prefetch, evictable, none_evictable)
 from .ops import compiled_loop, on_hit, on_insert, partition, partition_map, victim
 
 
@@ -28,11 +28,14 @@ class CountWork(NamedTuple):
     c: np.ndarray          # float64 counters (experts.py)
 
 
-def count_replay(stream: Stream, cache: Cache, plan: PrefetchPlan, state, num_layers: int, record=None):
+def count_replay(stream: Stream, cache: Cache, plan: PrefetchPlan, state, num_layers: int, record=None,
+                 accounting: str = "access"):
     """Returns (hits per layer, misses per layer, counters); see experts.py for the counter indices.
 
-    record: a uint8 array as long as the stream, to be told which accesses hit (1); None records nothing
-    (the loop is then compiled without the store, so the plain replay pays nothing for the option).
+    accounting 'access': every access looked up in stream order (a plain cache simulator, = libCacheSim);
+    'segment': each (step, layer)'s distinct experts looked up together, as the layer runs (_segment_loop).
+    record (access accounting): a uint8 array as long as the stream, told which accesses hit (1); None
+    records nothing (the loop is then compiled without the store, so the plain replay pays nothing for it).
     """
     n = len(cache.pinned)
     # segments that prefetch, and the access after which their plan goes in
@@ -40,7 +43,11 @@ def count_replay(stream: Stream, cache: Cache, plan: PrefetchPlan, state, num_la
     cache = cache._replace(part_of=partition_map(cache.part_of, cache.part_capacity))
     work = CountWork(np.zeros(n, np.uint8), np.full(n, -1, np.int32), cache.part_capacity.copy(),
                      np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(NUM_COUNTERS, np.float64))
-    _count_loop(stream.item, stream.seg_offsets[pf_segs + 1] - 1, pf_segs, cache, plan, state, work, record)
+    if accounting == "segment":
+        _segment_loop(stream, cache, plan, state, work, np.full(n, -1, np.int64), np.empty(n, np.int32),
+                      np.empty(n, np.int64))
+    else:
+        _count_loop(stream.item, stream.seg_offsets[pf_segs + 1] - 1, pf_segs, cache, plan, state, work, record)
     # items are numbered layer-major (layer * experts + expert)
     return (work.hits_of.reshape(num_layers, -1).sum(axis=1), work.misses_of.reshape(num_layers, -1).sum(axis=1),
             work.c)
@@ -121,6 +128,91 @@ def _count_loop(item, pf_at, pf_segs, cache, plan, state, work, record):
                 continue
             if free[p] == 0:
                 v = victim(state, p, None, clock)
+                if not evictable(v, p, part_of, flags, c):
+                    return
+                evict_for_prefetch(v, x, p, flags, evictor, c, state)
+            else:
+                free[p] -= 1
+            flags[x] = RESIDENT | PF_UNUSED
+            on_insert(state, x, p, clock)
+            c[PF_ISSUED] += 1
+    count_unused(flags, c)
+
+
+@compiled_loop
+def _segment_loop(stream, cache, plan, state, work, in_seg, seg_items, seg_last):
+    """Count mode by (step, layer) segment, the way a layer runs: its distinct experts are looked up against
+    the cache as it was when the segment began (each one lookup, however many of its tokens use it); the
+    resident ones are in use, so a miss evicts one of the others; when every resident of the partition is in
+    use, the missing expert streams through (loaded for this layer, not kept). Then the segment's prefetch
+    plan goes in, as in _count_loop. The timed loop follows the same rule."""
+    item, seg_offsets, seg_layer, seg_step = stream
+    part_of, part_capacity, pinned, warm = cache
+    flags, evictor, free, hits_of, misses_of, c = work
+    num_items = flags.shape[0]
+    for x in range(num_items):
+        if pinned[x]:
+            flags[x] = RESIDENT | PINNED
+    for j in range(warm.shape[0]):
+        x = warm[j]
+        flags[x] = RESIDENT
+        p = partition(part_of, x)
+        free[p] -= 1
+        on_insert(state, x, p, -1)
+    for s in range(seg_layer.shape[0]):
+        n_seg = 0
+        for i in range(seg_offsets[s], seg_offsets[s + 1]):
+            x = np.uint32(item[np.uint64(i)])
+            if in_seg[x] < 0:
+                in_seg[x] = n_seg
+                seg_items[n_seg] = x
+                n_seg += 1
+            seg_last[in_seg[x]] = i  # the policy sees the segment at its last use of x (Belady: next use after)
+        for a in range(n_seg):
+            x = np.uint32(seg_items[a])
+            f = flags[x]
+            if f & RESIDENT:
+                hits_of[x] += 1
+                if f & PF_UNUSED:
+                    f ^= PF_UNUSED
+                    c[PF_USED] += 1
+                if not f & PINNED:
+                    on_hit(state, x, partition(part_of, x), seg_last[a])
+                flags[x] = f | BUSY
+        for a in range(n_seg):
+            x = np.uint32(seg_items[a])
+            if flags[x] & RESIDENT:
+                continue
+            misses_of[x] += 1
+            count_harmful(x, flags, evictor, c)
+            p = partition(part_of, x)
+            if free[p] == 0:
+                if part_capacity[p] == 0:
+                    continue
+                v = victim(state, p, flags, seg_last[a])
+                if v < 0:
+                    if not none_evictable(p, part_of, flags, c):
+                        return
+                    continue  # the segment fills its partition: x streams through
+                if not evictable(v, p, part_of, flags, c):
+                    return
+                evict(v, p, flags, c, state)
+            else:
+                free[p] -= 1
+            flags[x] = RESIDENT | BUSY
+            on_insert(state, x, p, seg_last[a])
+        for a in range(n_seg):
+            x = np.uint32(seg_items[a])
+            in_seg[x] = -1
+            flags[x] &= ~BUSY
+        clock = seg_offsets[s + 1] - 1
+        for j in range(plan.offsets[s], plan.offsets[s + 1]):
+            x = plan.item[j]
+            p = partition(part_of, x)
+            if flags[x] & RESIDENT or part_capacity[p] == 0:
+                continue
+            if free[p] == 0:
+                v = victim(state, p, flags, clock)
                 if not evictable(v, p, part_of, flags, c):
                     return
                 evict_for_prefetch(v, x, p, flags, evictor, c, state)

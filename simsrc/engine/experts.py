@@ -9,14 +9,13 @@ from numba import njit
 from .ops import on_evict, partition
 
 BUSY, RESIDENT, PINNED, PF_UNUSED, PF_VICTIM = 1, 2, 4, 8, 16
-# BUSY: in use by the current layer or in flight (timed mode only)
+# BUSY: in use by the current layer, or in flight (segment accounting and timed mode)
 # PINNED: a user pin, outside the policy and its capacity
 # PF_VICTIM: pushed out by a prefetch that `evictor` names
 
 # indices of the counters array both modes return
 PF_ISSUED, PF_USED, PF_LATE, PF_WASTED, PF_HARMFUL, PF_CANCELLED, ERROR, BAD_VICTIM = range(8)
 NUM_COUNTERS = 8
-ERR_CAPACITY = 1.0  # a layer needs more experts at once than its partition holds
 ERR_VICTIM = 2.0    # the policy's victim() broke its contract; BAD_VICTIM holds what it returned
 
 

@@ -19,7 +19,7 @@ import numpy as np
 from numba import njit
 
 from .bundles import Cache, Compute, Link, PrefetchPlan, Stream
-from .experts import (BUSY, ERR_CAPACITY, ERROR, NUM_COUNTERS, PF_CANCELLED, PF_ISSUED, PF_LATE, PF_UNUSED, PF_USED,
+from .experts import (BUSY, ERROR, NUM_COUNTERS, PF_CANCELLED, PF_ISSUED, PF_LATE, PF_UNUSED, PF_USED,
                       PINNED, RESIDENT, count_harmful, count_unused, evict, evict_for_prefetch, evictable,
                       none_evictable)
 from .ops import compiled_loop, on_hit, on_insert, partition, partition_map, victim
@@ -48,6 +48,7 @@ class TimedWork(NamedTuple):
     seg_items: np.ndarray   # int32: the segment's distinct experts
     seg_tok: np.ndarray     # int64: tokens routed to each
     seg_ready: np.ndarray   # float64: when each is resident
+    seg_last: np.ndarray    # int64: its last access in the segment (what the policy is told)
     waiting: np.ndarray     # int32: the segment's experts still in flight, by arrival
     route_t: np.ndarray     # float64 per segment: when its routing was known
     hold: np.ndarray        # float64 [1]: the earliest the prefetch at the queue's head may start
@@ -73,6 +74,22 @@ def _transfer(issue_t, eng_free, pipe, link):
 
 
 @njit(cache=True, _nrt=False)
+def _settle(t, flags, ready, in_seg, inflight, n_inflight):
+    """Transfers landed by time t free their experts for eviction (unless the running layer uses them);
+    returns how many are still in flight. Decisions are taken in time order, each after settling to its time."""
+    k = 0
+    for j in range(n_inflight):
+        x = np.uint32(inflight[j])
+        if ready[x] <= t:
+            if in_seg[x] < 0:
+                flags[x] &= ~BUSY
+        else:
+            inflight[k] = x
+            k += 1
+    return k
+
+
+@njit(cache=True, _nrt=False)
 def _start_prefetches(until_t, min_target, clock, q, q_end, n_inflight, plan, cache, link, state, w):
     """Start queued prefetches (FIFO) whose start time is <= until_t; returns (q, n_inflight).
 
@@ -90,13 +107,15 @@ def _start_prefetches(until_t, min_target, clock, q, q_end, n_inflight, plan, ca
             break
         x = plan.item[q]
         p = partition(part_of, x)
-        if flags[x] & RESIDENT:
-            q += 1
-            continue
+        # too late (its layer has routed), over budget, or nowhere to go: cancelled, whether or not x is here
         if w.target[q] < min_target or part_capacity[p] == 0:
             q += 1
             c[PF_CANCELLED] += 1
             continue
+        if flags[x] & RESIDENT:
+            q += 1
+            continue
+        n_inflight = _settle(start, flags, w.ready, w.in_seg, w.inflight, n_inflight)
         if w.free[p] == 0:
             v = victim(state, p, flags, clock)
             if v < 0:
@@ -129,8 +148,8 @@ def timed_replay(stream: Stream, cache: Cache, link: Link, compute: Compute, pla
     work = TimedWork(np.zeros(n, np.uint8), np.zeros(n, np.float64), np.full(n, -1, np.int64),
                      np.full(n, -1, np.int32), plan.target_seg.copy(), cache.part_capacity.copy(),
                      np.zeros(max(link.copy_engines, 1), np.float64), np.zeros(1, np.float64), np.empty(n, np.int32),
-                     np.empty(n, np.int32), np.empty(n, np.int64), np.empty(n, np.float64), np.empty(n, np.int32),
-                     np.zeros(len(stream.seg_layer), np.float64), np.zeros(1, np.float64),
+                     np.empty(n, np.int32), np.empty(n, np.int64), np.empty(n, np.float64), np.empty(n, np.int64),
+                     np.empty(n, np.int32), np.zeros(len(stream.seg_layer), np.float64), np.zeros(1, np.float64),
                      np.zeros(NUM_COUNTERS, np.float64))
     _timed_loop(stream, cache, link, compute, plan, state, out, work)
     return out.hits, out.misses, out.stall, out.step_end, work.c
@@ -144,6 +163,7 @@ def _timed_loop(stream, cache, link, compute, plan, state, out, w):
     hits, misses, stall, step_end = out
     flags, ready, in_seg, c = w.flags, w.ready, w.in_seg, w.c
     seg_items, seg_tok, seg_ready, waiting, inflight = w.seg_items, w.seg_tok, w.seg_ready, w.waiting, w.inflight
+    seg_last = w.seg_last
     num_items = flags.shape[0]
     num_segments = seg_layer.shape[0]
     for x in range(num_items):
@@ -167,23 +187,18 @@ def _timed_loop(stream, cache, link, compute, plan, state, out, w):
         gpu_t += seg_dense_s[s]
         now = gpu_t
         w.route_t[s] = now
-        # transfers that have landed free their experts for eviction
-        k = 0
-        for j in range(n_inflight):
-            x = np.uint32(inflight[j])
-            if ready[x] <= now:
-                flags[x] &= ~BUSY
-            else:
-                inflight[k] = x
-                k += 1
-        n_inflight = k
+        # queued prefetches that start before routing (each decided at its own start time), then the
+        # transfers landed by now free their experts
         if q < plan.offsets[s]:
             q, n_inflight = _start_prefetches(now, s, seg_offsets[s] - 1, q, plan.offsets[s], n_inflight, plan,
                                               cache, link, state, w)
             if c[ERROR] != 0:
                 return
+        n_inflight = _settle(now, flags, ready, in_seg, inflight, n_inflight)
 
-        # demand: every access of the segment, in stream order
+        # demand, by segment: the layer's distinct experts are looked up against the cache as it stands when
+        # routing is known (one lookup each, however many tokens use it); the resident ones are in use from
+        # then on, so a miss never evicts another expert this layer needs
         n_seg = 0
         h = 0
         m = 0
@@ -196,6 +211,9 @@ def _timed_loop(stream, cache, link, compute, plan, state, out, w):
                 n_seg += 1
             ax = np.uint32(in_seg[x])  # x's entry in the segment's arrays
             seg_tok[ax] += 1
+            seg_last[ax] = i
+        for a in range(n_seg):
+            x = np.uint32(seg_items[a])
             f = flags[x]
             if f & RESIDENT:
                 h += 1
@@ -206,16 +224,21 @@ def _timed_loop(stream, cache, link, compute, plan, state, out, w):
                     else:
                         c[PF_LATE] += 1
                 if not f & PINNED:
-                    on_hit(state, x, partition(part_of, x), i)
+                    on_hit(state, x, partition(part_of, x), seg_last[a])
                 flags[x] = f | BUSY
-                seg_ready[ax] = ready[x]
+                seg_ready[a] = ready[x]
+        for a in range(n_seg):
+            x = np.uint32(seg_items[a])
+            if flags[x] & RESIDENT:
                 continue
+            i = seg_last[a]
             m += 1
             count_harmful(x, flags, w.evictor, c)
             p = partition(part_of, x)
             issue = now
-            f = BUSY  # with no room in its partition, x streams through and is not kept
+            f = BUSY  # with no room in its partition, x streams through for this layer and is not kept
             if part_capacity[p] > 0:
+                keep = True
                 if w.free[p] == 0:
                     v = victim(state, p, flags, i)
                     while v < 0:
@@ -229,23 +252,25 @@ def _timed_loop(stream, cache, link, compute, plan, state, out, w):
                                     (wx < 0 or ready[y] < ready[wx]):
                                 wx = y
                         if wx < 0:
-                            c[ERROR] = ERR_CAPACITY
-                            return
+                            keep = False  # the layer's own experts fill the partition: x streams through
+                            break
                         issue = max(issue, ready[wx])
                         flags[wx] &= ~BUSY
                         v = victim(state, p, flags, i)
-                    if not evictable(v, p, part_of, flags, c):
-                        return
-                    evict(v, p, flags, c, state)
+                    if keep:
+                        if not evictable(v, p, part_of, flags, c):
+                            return
+                        evict(v, p, flags, c, state)
                 else:
                     w.free[p] -= 1
-                f = RESIDENT | BUSY
-                on_insert(state, x, p, i)
+                if keep:
+                    f = RESIDENT | BUSY
+                    on_insert(state, x, p, i)
             ready[x] = _transfer(issue, w.eng_free, w.pipe, link)
             flags[x] = f
             inflight[n_inflight] = x
             n_inflight += 1
-            seg_ready[ax] = ready[x]
+            seg_ready[a] = ready[x]
         hits[layer] += h
         misses[layer] += m
 

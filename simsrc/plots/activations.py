@@ -68,6 +68,7 @@ def cache_map(trace, routes: list[np.ndarray], slots: int, policy: str = "lru") 
         step_outputs=np.array([n], np.int32), request_first_step=np.zeros(1, np.int32),
         request_first_output_step=np.zeros(1, np.int32), num_layers=n, num_experts=E, top_k=1)
     row = replay(trace, policy=policy, capacity=f"{slots}/layer", scope="per-layer", mode="count", per_layer=True,
+                 accounting="access",
                  stream=stream)
     hits = np.asarray(row["hits_per_layer"], np.int64)
     out, q = [], 0
