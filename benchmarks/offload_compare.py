@@ -82,7 +82,16 @@ def calibration(run: dict) -> dict:
             "dense_s": dense_s, "hbm_Bps": hbm_Bps, "dense_bytes_per_layer": int(round((dense_s - launch_s) * hbm_Bps))}
 
 
+class OldLookupRule(ValueError):
+    pass
+
+
 def compare_run(run: dict) -> dict:
+    if run.get("lookup") != "segment":
+        # runs 1-12 (2026-12-01) looked a layer's experts up one at a time, protecting only those already
+        # touched: moesim 0.1's timed rule, which 0.2 replaced by segment accounting (README, "Two modes")
+        raise OldLookupRule(f"{run['model']}: this run predates segment accounting (its cache protected a "
+                            f"layer's experts as they were touched); re-run offload_harness.py to compare it")
     tr = routing_from_record(run["routing"])
     cal = calibration(run)
     tr_cal = Trace(tr.table, dataclasses.replace(tr.meta, dense_bytes_per_layer=cal["dense_bytes_per_layer"]))

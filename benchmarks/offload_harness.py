@@ -10,7 +10,7 @@ trace routed them:
   router); with --routing-sync (the default) the host then reads the router's top-k back, as a runtime
   must to learn the routing, which waits for the GPU. The routing itself comes from the trace;
 - the layer's experts are looked up in stream order (moesim's: a token's experts in stored order). A miss
-  takes a free slot or evicts the least recently used expert that this layer has not touched, and is
+  takes a free slot or evicts the least recently used expert that this layer does not use, and is
   copied host-to-GPU on a side stream (`non_blocking` from pinned memory) that first waits for the layer's
   dense part (routing is known then, and the slot's old expert is no longer read);
 - the experts compute on the default stream, the resident ones first, then each fetched one once its copy
@@ -279,29 +279,38 @@ class OffloadedMoE:
             routed = torch.cuda.Event()
             routed.record()
             self.copy_stream.wait_event(routed)
-        here, fetched, busy = [], [], set()
+        # the layer's experts are looked up together when routing is known (moesim's segment accounting):
+        # the resident ones are in use, so a miss evicts the least recently used expert the layer does not
+        # need; when the layer's own experts fill the cache, a miss streams through a spare slot, not kept
+        here, fetched, missing, busy = [], [], [], set(items)
         for x, w in zip(items, weights):
             slot = self.lru.get(x)
             if slot is not None:
                 self.lru.move_to_end(x)
                 here.append((slot, w))
             else:
-                if self.free:
-                    slot = self.free.pop()
-                else:  # the least recently used expert this layer has not touched (moesim: not busy)
-                    victim = next(v for v in self.lru if v not in busy)
-                    slot = self.lru.pop(victim)
+                missing.append((x, w))
+        spare = self.capacity  # rows past the cache's slots
+        for x, w in missing:
+            if self.free:
+                slot = self.free.pop()
                 self.lru[x] = slot
-                if self.cuda:
-                    with torch.cuda.stream(self.copy_stream):
-                        self.slots[slot].copy_(self.store[x], non_blocking=True)
-                        landed = torch.cuda.Event()
-                        landed.record(self.copy_stream)
+            else:
+                victim = next((v for v in self.lru if v not in busy), None)
+                if victim is None:
+                    slot, spare = spare, spare + 1
                 else:
-                    self.slots[slot].copy_(self.store[x])
-                    landed = None
-                fetched.append((slot, w, landed))
-            busy.add(x)
+                    slot = self.lru.pop(victim)
+                    self.lru[x] = slot
+            if self.cuda:
+                with torch.cuda.stream(self.copy_stream):
+                    self.slots[slot].copy_(self.store[x], non_blocking=True)
+                    landed = torch.cuda.Event()
+                    landed.record(self.copy_stream)
+            else:
+                self.slots[slot].copy_(self.store[x])
+                landed = None
+            fetched.append((slot, w, landed))
         out = torch.zeros_like(h)
         if self.grouped:  # the resident group, then the fetched group once the last copy has landed
             if here:
@@ -509,6 +518,7 @@ def run_harness(trace, *, model: str | None = None, layers: int, tokens: int | N
             "accesses": len(stream), "num_items": m.num_items, "dtype": str(tdtype).removeprefix("torch."),
             "bytes_per_expert": cut.meta.bytes_per_expert, "dense_bytes_per_layer": cut.meta.dense_bytes_per_layer,
             "routing_sync": routing_sync, "grouped": grouped, "warmup_steps": warmup_steps, "seed": seed,
+            "lookup": "segment",
             "link": link, "compute": compute, "capacities": runs, "resident": resident,
             **({"resident_before": before} if before else {}),
             "seconds": round(time.perf_counter() - t0, 1), "routing": routing_record(cut)}

@@ -91,12 +91,13 @@ def test_harness_lru_by_hand():
     res = m.sweep(stream, weights, 2, warmup_steps=2)
     assert (res["hits"], res["misses"]) == (1, 4)
     assert list(m.lru) == [2, 1]  # oldest first: 2 came in at token 3, 1 at token 4
-    # top-2 into two slots: [0 1] then [2 0]: 2 evicts 0 (the older), then 0 evicts 1, never 2 (in use)
+    # top-2 into two slots: [0 1] then [2 0]: 0 is resident when the layer routes, so it is in use and
+    # hits; 2 evicts 1, the one expert the layer does not need (looked up together, as moesim's segments)
     tr = make_trace([[[0, 1]], [[2, 0]]], num_experts=8, top_k=2)
     tr = _as_model(tr, "mixtral-8x7b")
     _, stream, weights, m = _model(tr, model="mixtral-8x7b", layers=1)
     res = m.sweep(stream, weights, 2, warmup_steps=0)
-    assert (res["hits"], res["misses"]) == (0, 4)
+    assert (res["hits"], res["misses"]) == (1, 3)
     assert sorted(m.lru) == [0, 2]
 
 
@@ -179,7 +180,13 @@ def test_committed_h200_results_agree_with_moesim_count_mode():
     compare = _load("offload_compare")
     doc = json.loads(path.read_text())
     assert "H200" in doc["machine"]["gpu"]
-    for run in doc["runs"]:
+    runs = [run for run in doc["runs"] if run.get("lookup") == "segment"]
+    if not runs:
+        # the runs of 2026-12-01 used moesim 0.1's lookup rule; compare_run refuses them by name
+        with pytest.raises(compare.OldLookupRule):
+            compare.compare_run(doc["runs"][0])
+        pytest.skip("the committed H200 runs predate segment accounting: re-run offload_harness.py on a GPU")
+    for run in runs:
         res = compare.compare_run(run)
         resident = res["rows"][-1]
         assert resident["calibrated_1_s"] == pytest.approx(resident["measured_s"], rel=1e-6)
