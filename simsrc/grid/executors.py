@@ -151,7 +151,9 @@ def _dask_client(address: str | None, jobs: int):
         return
     try:
         client = Client(address, timeout=DASK_CONNECT_TIMEOUT_S)
-    except (OSError, TimeoutError, ValueError) as e:
+    except ValueError as e:
+        raise ValueError(f"--address {address}: not a scheduler address ({e}); write tcp://HOST:8786") from None
+    except (OSError, TimeoutError) as e:
         raise ValueError(f"--address {address}: no Dask scheduler answered within {DASK_CONNECT_TIMEOUT_S:g} s "
                          f"({type(e).__name__}: {e}); check the address (tcp://HOST:8786) and that "
                          f"`dask scheduler` runs there") from None
