@@ -51,7 +51,11 @@ class OutputLock:
 
     def acquire(self) -> "OutputLock":
         for _ in range(100):
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:
+                raise ValueError(f"{self.out}: cannot create its lock file {self.path} ({e.strerror}); "
+                                 f"choose an --out in a folder you can write") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as e:

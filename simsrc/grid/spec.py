@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import policies as policy_registry
-from ..config import KNOB, knob_name
+from ..config import KNOB, ReplayConfig, knob_name
 from ..registry import suggest
 
 SPEC_FIELDS = ("name", "description", "group")
@@ -163,6 +163,7 @@ def _check_values(params: dict, where: str, base: Path) -> None:
         except ValueError as e:
             text = str(e)
             raise ValueError(text if text.startswith(where) else f"{where}: {key} = {value!r}: {text}") from None
+    ReplayConfig.make(where=f"{where}: ", **params)  # and the rules between knobs the configuration holds
     train = params.get("train")
     if isinstance(train, str) and not _is_url(train) and not os.path.isfile(train):
         raise ValueError(f"{where}: train = {train!r}: no such trace (relative paths start at {base})")
