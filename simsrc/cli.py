@@ -89,7 +89,7 @@ def grid(spec, out, jobs, executor, address, restart, extend, retry_failed, dry_
     with ResultFile(out, g, restart=restart, extend=extend, read_only=dry_run) as results:
         failed_before = len(results.failed())
         done = len(results.done) - (failed_before if retry_failed else 0)
-        again = f" ({failed_before:,} failed, run again)" if retry_failed and failed_before else ""
+        again = f" ({failed_before:,} failed{', run again' if retry_failed else ''})" if failed_before else ""
         click.echo(f"{g.name}: {len(g):,} runs, {done:,} already in {out}{again}, {len(g) - done:,} to run "
                    f"({where})", err=True)
         if dry_run:

@@ -190,7 +190,7 @@ mode = "count"
 
     # run again: nothing to run, and still not a success, since the file holds failed runs
     again = CliRunner().invoke(main, cmd)
-    assert "(0 run now)" in again.output
+    assert "6 already in" in again.output and "(4 failed)" in again.output and "(0 run now)" in again.output
     assert "4 of 6 runs failed (4 in an earlier call)" in one_line_error(again)
 
     # fix the model: --retry-failed runs the four again, and only those; the learned ones now pass
