@@ -191,12 +191,33 @@ def config_options(command):
 @click.argument("trace", type=click.Path(dir_okay=False))
 @config_options
 @click.option("--json", "as_json", is_flag=True, help="print the result row as JSON (NaN as null)")
+@click.option("--per-step-csv", type=click.Path(dir_okay=False), default=None,
+              help="timed mode: write each step's seconds to this CSV (step,seconds), to lay beside a measurement")
 @friendly_errors
-def replay(trace, as_json, **knobs) -> None:
+def replay(trace, as_json, per_step_csv, **knobs) -> None:
     """Replay TRACE against one cache configuration and print the result row."""
     from .replay import replay as run_replay
+    knobs["per_step"] = knobs.get("per_step") or per_step_csv is not None
     row = run_replay(trace, **{k: v for k, v in knobs.items() if v not in (None, ())})
+    if per_step_csv:
+        _write_step_csv(per_step_csv, row)
     click.echo(json.dumps(_json_safe(row), indent=2) if as_json else format_row(row))
+
+
+def _write_step_csv(path: str, row: dict) -> None:
+    """step,seconds per line, written beside the output and renamed into place (never a half-written file)."""
+    import os
+    if "step_s" not in row:
+        raise ValueError("--per-step-csv: per-step times come from timed mode; drop --mode count")
+    tmp = f"{path}.part"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write("step,seconds\n")
+            f.writelines(f"{i},{t!r}\n" for i, t in enumerate(row["step_s"]))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def format_row(row: dict) -> str:
@@ -219,6 +240,11 @@ def format_row(row: dict) -> str:
     lines.append("")
     table = [("accesses", num(row["accesses"])), ("hits", num(row["hits"])), ("misses", num(row["misses"])),
              ("hit rate", f"{row['hit_rate']:.2%}")]
+    if row.get("host_computed"):
+        table += [("computed on the host", num(row["host_computed"])),
+                  ("host compute", num(row["host_compute_s"], " s"))]
+    if row.get("overhead_s"):
+        table += [("miss bookkeeping", num(row["overhead_s"], " s"))]
     if row.get("prefetch_issued"):
         table += [("prefetches issued", num(row["prefetch_issued"])), ("  used", num(row["prefetch_used"])),
                   ("  late", num(row["prefetch_late"])), ("  wasted", num(row["prefetch_wasted"])),
