@@ -57,8 +57,11 @@ def replay(trace: Trace | str | os.PathLike, config: ReplayConfig | None = None,
            "tokens": int(stream.step_tokens.sum()), "steps": stream.num_steps}
     engine_stream = Stream(stream.item, stream.seg_offsets, stream.seg_layer, stream.seg_step)
     if cfg.mode == "count":
+        # per access, which accesses hit is recorded only where a trace mixes prefill and decode steps
+        mixed = cfg.accounting == "access" and len(np.unique(stream.step_phase)) > 1
         hits, misses, c, seg_hits = count_replay(engine_stream, cache, plan, state, stream.num_layers,
-                                                 accounting=cfg.accounting)
+                                                 accounting=cfg.accounting,
+                                                 record=np.zeros(len(stream), np.uint8) if mixed else None)
         seg_misses, stall, step_end = None, None, None
     else:
         hits, misses, stall, step_end, seg_hits, seg_misses, c = _timed(tr, stream, engine_stream, cache, plan,
@@ -185,13 +188,18 @@ def _hit_fields(hits, misses, stream, seg_hits, seg_misses, accounting: str) -> 
     """Hits and misses, all and by phase (a step is prefill or decode); a late prefetch (still in flight
     when its layer routed, so it stalls) counts as a hit here and in prefetch_late."""
     h, m = int(hits.sum()), int(misses.sum())
+    rate = (lambda a, b: a / (a + b) if a + b else math.nan)
+    if seg_hits is None:  # one phase throughout (count mode per access records nothing then)
+        decode = bool(len(stream.step_phase)) and bool(stream.step_phase[0] == 1)
+        hd, md = (h, m) if decode else (0, 0)
+        return {"hits": h, "misses": m, "hit_rate": rate(h, m), "hits_decode": hd, "misses_decode": md,
+                "hit_rate_decode": rate(hd, md), "hit_rate_prefill": rate(h - hd, m - md)}
     decode = stream.step_phase[stream.seg_step] == 1
     if seg_misses is None:  # count mode: lookups per segment minus its hits
         lookups = np.diff(stream.seg_offsets) if accounting == "access" else _distinct_per_segment(stream)
         seg_misses = lookups - seg_hits
     hd, md = int(seg_hits[decode].sum()), int(seg_misses[decode].sum())
     hp, mp = h - hd, m - md
-    rate = (lambda a, b: a / (a + b) if a + b else math.nan)
     return {"hits": h, "misses": m, "hit_rate": rate(h, m), "hits_decode": hd, "misses_decode": md,
             "hit_rate_decode": rate(hd, md), "hit_rate_prefill": rate(hp, mp)}
 

@@ -10,7 +10,9 @@ would be resident if fetched now (behind the link's queue), and when the host wo
 
 Every rule module has the same shape: `NAME` (and `ORDER`) at its top, `init(params) -> state` in plain
 Python (params: the replay's `host_below`), a state namedtuple defined in the module, and a compiled
-`decide(state, expert, tokens, fetch_done, host_done) -> action`. The engine finds `decide` from the
+`decide(state, expert, tokens, fetch_done, host_done) -> action`; a rule that reads `fetch_done` says
+`WEIGHS_TIMES = True` (for the others the engine skips working it out, and passes 0), and a rule that
+never computes on the host says `MAY_HOST = False`. The engine finds `decide` from the
 state's type, as it finds a policy's operations, so no Python runs per miss. Static placement (a fixed
 GPU set, every other expert on the host) is the `host` rule with that set pinned and no cache.
 """

@@ -5,6 +5,7 @@ from numba import njit
 
 NAME = "fetch"
 ORDER = 0
+MAY_HOST = False  # the engine then leaves the host lane out of the loop it compiles for this rule
 
 FetchRule = namedtuple("FetchRule", "unused")
 

@@ -32,6 +32,7 @@ class CountWork(NamedTuple):
 def count_replay(stream: Stream, cache: Cache, plan: PrefetchPlan, state, num_layers: int, record=None,
                  accounting: str = "access"):
     """Returns (hits per layer, misses per layer, counters, hits per segment); experts.py has the counters.
+    Access accounting gives hits per segment only when asked to record them (None otherwise).
 
     accounting 'access': every access looked up in stream order (a plain cache simulator, = libCacheSim);
     'segment': each (step, layer)'s distinct experts looked up together, as the layer runs (_segment_loop).
@@ -50,9 +51,10 @@ def count_replay(stream: Stream, cache: Cache, plan: PrefetchPlan, state, num_la
         _segment_loop(stream, cache, plan, state, work, np.full(n, -1, np.int64), np.empty(n, np.int32),
                       np.empty(n, np.int64))
     else:
-        if record is None:
-            record = np.zeros(len(stream.item), np.uint8)
         _count_loop(stream.item, stream.seg_offsets[pf_segs + 1] - 1, pf_segs, cache, plan, state, work, record)
+        if record is None:
+            return (work.hits_of.reshape(num_layers, -1).sum(axis=1),
+                    work.misses_of.reshape(num_layers, -1).sum(axis=1), work.c, None)
         if n_segs:
             work.seg_hits[:] = np.add.reduceat(record, stream.seg_offsets[:-1], dtype=np.int32)
     # items are numbered layer-major (layer * experts + expert)

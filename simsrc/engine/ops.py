@@ -73,6 +73,27 @@ def _decide(rule, x, tokens, fetch_done, host_done):
     return lambda rule, x, tokens, fetch_done, host_done: fn(rule, x, tokens, fetch_done, host_done)
 
 
+def weighs_times(rule):
+    return bool(getattr(sys.modules[type(rule).__module__], "WEIGHS_TIMES", False))
+
+
+@overload(weighs_times)
+def _weighs_times(rule):
+    # a constant per rule type: the compiler drops the work for rules that do not look at the times
+    value = bool(getattr(_rule_module(rule), "WEIGHS_TIMES", False))
+    return lambda rule: value
+
+
+def may_host(rule):
+    return bool(getattr(sys.modules[type(rule).__module__], "MAY_HOST", True))
+
+
+@overload(may_host)
+def _may_host(rule):
+    value = bool(getattr(_rule_module(rule), "MAY_HOST", True))
+    return lambda rule: value
+
+
 def _module_of(state):
     return sys.modules[type(state).__module__]
 

@@ -28,7 +28,7 @@ from .experts import (BUSY, ERROR, GPU_S, HOST_COMPUTED, HOST_S, NUM_COUNTERS, O
                       PF_LATE, PF_UNUSED, PF_USED,
                       PINNED, RESIDENT, count_harmful, count_unused, evict, evict_for_prefetch, evictable,
                       none_evictable)
-from .ops import compiled_loop, decide, on_hit, on_insert, partition, partition_map, victim
+from .ops import compiled_loop, decide, may_host, weighs_times, on_hit, on_insert, partition, partition_map, victim
 
 HOST = 1  # moesim.actions.HOST (the engine imports nothing above it)
 
@@ -202,13 +202,15 @@ def _timed_loop(stream, cache, link, compute, host, plan, state, rule, out, w):
     q = 0
     step_pf = 0
     gpu_t = 0.0
+    gpu_s = 0.0  # the time split, kept in registers and stored once at the end
+    overhead_s = 0.0
 
     for s in range(num_segments):
         layer = seg_layer[s]
         if s > 0 and seg_step[s] != seg_step[s - 1]:
             step_pf = 0
         gpu_t += seg_dense_s[s]
-        c[GPU_S] += seg_dense_s[s]
+        gpu_s += seg_dense_s[s]
         now = gpu_t
         w.route_t[s] = now
         # queued prefetches that start before routing (each decided at its own start time), then the
@@ -260,18 +262,23 @@ def _timed_loop(stream, cache, link, compute, host, plan, state, rule, out, w):
             m += 1
             count_harmful(x, flags, w.evictor, c)
             # the host's bookkeeping takes the misses one after another; each action starts after its own
-            issue = max(cpu[0], now) + host.miss_overhead_s
-            cpu[0] = issue
-            c[OVERHEAD_S] += host.miss_overhead_s
-            host_s = max(seg_tok[a] * host.per_token_s, host.floor_s)
-            host_done = max(cpu[1], issue) + host_s
-            if decide(rule, x, seg_tok[a], _arrival(issue, w.eng_free, w.pipe, link), host_done) == HOST:
-                cpu[1] = host_done
-                c[HOST_S] += host_s
-                c[HOST_COMPUTED] += 1
-                seg_host[a] = 1
-                seg_ready[a] = host_done
-                continue
+            issue = now
+            if host.miss_overhead_s > 0.0:
+                issue = max(cpu[0], now) + host.miss_overhead_s
+                cpu[0] = issue
+                overhead_s += host.miss_overhead_s
+            if may_host(rule):
+                host_s = max(seg_tok[a] * host.per_token_s, host.floor_s)
+                host_done = max(cpu[1], issue) + host_s
+                # what a copy issued now would take is worked out only for a rule that weighs it
+                fetch_done = _arrival(issue, w.eng_free, w.pipe, link) if weighs_times(rule) else 0.0
+                if decide(rule, x, seg_tok[a], fetch_done, host_done) == HOST:
+                    cpu[1] = host_done
+                    c[HOST_S] += host_s
+                    c[HOST_COMPUTED] += 1
+                    seg_host[a] = 1
+                    seg_ready[a] = host_done
+                    continue
             sync_s += (1.0 - link.overlap) * link.transfer_s
             p = partition(part_of, x)
             f = BUSY  # with no room in its partition, x streams through for this layer and is not kept
@@ -331,7 +338,7 @@ def _timed_loop(stream, cache, link, compute, host, plan, state, rule, out, w):
             if seg_ready[a] <= here_t:
                 k_s = max(seg_tok[a] * token_s, weights_s) + launch_s
                 gpu_t += k_s
-                c[GPU_S] += k_s
+                gpu_s += k_s
                 continue
             b = n_wait
             while b > 0 and seg_ready[waiting[b - 1]] > seg_ready[a]:
@@ -346,7 +353,7 @@ def _timed_loop(stream, cache, link, compute, host, plan, state, rule, out, w):
                 gpu_t = seg_ready[a]
             k_s = max(seg_tok[a] * token_s, weights_s) + launch_s
             gpu_t += k_s
-            c[GPU_S] += k_s
+            gpu_s += k_s
         # the layer ends when the host's experts are done too
         if host_end > gpu_t:
             stall[layer] += host_end - gpu_t
@@ -371,4 +378,6 @@ def _timed_loop(stream, cache, link, compute, host, plan, state, rule, out, w):
                 flags[x] &= ~BUSY
         step_end[seg_step[s]] = gpu_t
 
+    c[GPU_S] = gpu_s
+    c[OVERHEAD_S] = overhead_s
     count_unused(flags, c)
