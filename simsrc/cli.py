@@ -71,28 +71,42 @@ def main() -> None:
 @click.option("--address", default=None, help="Dask scheduler, e.g. tcp://10.0.0.5:8786 (default: a local cluster).")
 @click.option("--restart", is_flag=True, help="Discard the rows already in --out (e.g. after changing the spec).")
 @click.option("--extend", is_flag=True, help="Keep the rows in --out when the spec only grew; run the new ones.")
-@click.option("--dry-run", is_flag=True, help="Only expand the spec and say how many runs it has.")
+@click.option("--retry-failed", is_flag=True, help="Run again the runs whose rows in --out have an error.")
+@click.option("--dry-run", is_flag=True, help="Only expand and check the spec and say how many runs it has; "
+                                              "writes nothing.")
 @click.option("--checkpoint-every", default=2.0, show_default=True, help="Seconds between rewrites of --out.")
 @friendly_errors
-def grid(spec, out, jobs, executor, address, restart, extend, dry_run, checkpoint_every) -> None:
-    """Run every combination a grid SPEC (TOML) names; one row per run in --out."""
+def grid(spec, out, jobs, executor, address, restart, extend, retry_failed, dry_run, checkpoint_every) -> None:
+    """Run every combination a grid SPEC (TOML) names; one row per run in --out.
+
+    Exits non-zero when a run failed (its row has `error` set; the others are written)."""
     import os
     from .grid import ResultFile, expand, run_grid
     g = expand(spec)
-    results = ResultFile(out, g, restart=restart, extend=extend)
-    done = len(results.done)
     where = f"dask at {address}" if executor == "dask" and address else (
         f"{executor}, {jobs or os.cpu_count()} workers")
-    click.echo(f"{g.name}: {len(g):,} runs, {done:,} already in {out}, {len(g) - done:,} to run ({where})",
-               err=True)
-    if dry_run:
-        return
-    with click.progressbar(length=len(g) - done, label="runs", show_eta=True, show_pos=True,
-                           file=sys.stderr) as bar:
-        report = run_grid(g, out, jobs=jobs, executor=executor, address=address, restart=restart, extend=extend,
-                          progress=bar.update, flush_every_s=checkpoint_every, results=results)
-    failed = f", {report.failed} failed (see the error column)" if report.failed else ""
+    # a dry run reads the file as it is (a grid may be writing it) and takes no lock
+    with ResultFile(out, g, restart=restart, extend=extend, read_only=dry_run) as results:
+        failed_before = len(results.failed())
+        done = len(results.done) - (failed_before if retry_failed else 0)
+        again = f" ({failed_before:,} failed{', run again' if retry_failed else ''})" if failed_before else ""
+        click.echo(f"{g.name}: {len(g):,} runs, {done:,} already in {out}{again}, {len(g) - done:,} to run "
+                   f"({where})", err=True)
+        if dry_run:
+            return
+        with click.progressbar(length=len(g) - done, label="runs", show_eta=True, show_pos=True,
+                               file=sys.stderr) as bar:
+            report = run_grid(g, out, jobs=jobs, executor=executor, address=address, restart=restart,
+                              extend=extend, retry_failed=retry_failed, progress=bar.update,
+                              flush_every_s=checkpoint_every, results=results)
+    failed = f", {report.failed} failed" if report.failed else ""
     click.echo(f"wrote {report.out}: {report.runs:,} rows ({report.ran:,} run now{failed}) in {report.seconds:.1f} s")
+    if report.failed_total:
+        earlier = report.failed_total - report.failed
+        before = f" ({earlier:,} in an earlier call)" if earlier else ""
+        raise click.ClickException(
+            f"{report.failed_total:,} of {report.runs:,} runs failed{before}; their rows have `error` set. First: "
+            f"{report.first_error}. Fix the cause, then run again with --retry-failed")
 
 
 # ---- plot
@@ -177,12 +191,33 @@ def config_options(command):
 @click.argument("trace", type=click.Path(dir_okay=False))
 @config_options
 @click.option("--json", "as_json", is_flag=True, help="print the result row as JSON (NaN as null)")
+@click.option("--per-step-csv", type=click.Path(dir_okay=False), default=None,
+              help="timed mode: write each step's seconds to this CSV (step,seconds), to lay beside a measurement")
 @friendly_errors
-def replay(trace, as_json, **knobs) -> None:
+def replay(trace, as_json, per_step_csv, **knobs) -> None:
     """Replay TRACE against one cache configuration and print the result row."""
     from .replay import replay as run_replay
+    knobs["per_step"] = knobs.get("per_step") or per_step_csv is not None
     row = run_replay(trace, **{k: v for k, v in knobs.items() if v not in (None, ())})
+    if per_step_csv:
+        _write_step_csv(per_step_csv, row)
     click.echo(json.dumps(_json_safe(row), indent=2) if as_json else format_row(row))
+
+
+def _write_step_csv(path: str, row: dict) -> None:
+    """step,seconds per line, written beside the output and renamed into place (never a half-written file)."""
+    import os
+    if "step_s" not in row:
+        raise ValueError("--per-step-csv: per-step times come from timed mode; drop --mode count")
+    tmp = f"{path}.part"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write("step,seconds\n")
+            f.writelines(f"{i},{t!r}\n" for i, t in enumerate(row["step_s"]))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def format_row(row: dict) -> str:
@@ -205,6 +240,11 @@ def format_row(row: dict) -> str:
     lines.append("")
     table = [("accesses", num(row["accesses"])), ("hits", num(row["hits"])), ("misses", num(row["misses"])),
              ("hit rate", f"{row['hit_rate']:.2%}")]
+    if row.get("host_computed"):
+        table += [("computed on the host", num(row["host_computed"])),
+                  ("host compute", num(row["host_compute_s"], " s"))]
+    if row.get("overhead_s"):
+        table += [("miss bookkeeping", num(row["overhead_s"], " s"))]
     if row.get("prefetch_issued"):
         table += [("prefetches issued", num(row["prefetch_issued"])), ("  used", num(row["prefetch_used"])),
                   ("  late", num(row["prefetch_late"])), ("  wasted", num(row["prefetch_wasted"])),

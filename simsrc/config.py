@@ -152,6 +152,30 @@ def _float(value, option):
     return v
 
 
+def _fraction(value, option):
+    v = _float(value, option)
+    if not 0 <= v <= 1:
+        raise ValueError(f"{option}: {value!r} is a fraction in [0, 1]")
+    return v
+
+
+def _bits(value, option):
+    v = _float(value, option)
+    if not 0 < v <= 32:
+        raise ValueError(f"{option}: {value!r} bits per weight; write e.g. 16, 8 or 4.5")
+    return v
+
+
+def _action(value, option):
+    from .actions import ACTIONS
+    return ACTIONS.canonical(str(value))
+
+
+def _action_names():
+    from .actions import ACTIONS
+    return ACTIONS.names()
+
+
 def _path(value, option):
     if value is None:
         return None
@@ -167,7 +191,7 @@ class Knob:
     parse: Callable[[Any, str], Any]
     help: str
     unit: str = ""            # the SI unit of the parsed value, where it has one
-    group: str = "cache"      # cache | prefetch | hardware | run
+    group: str = "cache"      # cache | prefetch | hardware | actions | run
     choices: Any = None       # a tuple, or a callable giving the registered names
     flag: bool = False        # a yes/no switch on the CLI
     aliases: tuple[str, ...] = ()
@@ -254,6 +278,29 @@ KNOBS: tuple[Knob, ...] = (
     Knob("launch", None, _optional(lambda v, o: parse_seconds(v, o)), "per kernel (a layer's dense part, an "
          "expert's GEMMs), e.g. 5us", unit="s", group="hardware", column="launch_us",
          show=lambda cfg, hw, r: hw.launch / US),
+    # what a miss costs besides the copy, and what else a runtime may do on one (moesim.actions)
+    Knob("action", "fetch", _action, "what a miss does: fetch it to the GPU, compute it on the host, or a rule "
+         "that picks per miss (moesim.actions)", group="actions", choices=_action_names),
+    Knob("host_below", 4, lambda v, o: parse_count(v, o, low=0), "threshold rule: compute a missing expert on "
+         "the host when it serves fewer tokens than this", group="actions"),
+    Knob("miss_overhead", None, _optional(lambda v, o: parse_seconds(v, o)), "host bookkeeping per miss on the "
+         "critical path, paid one miss after another, e.g. 400us; a bare number is µs", unit="s",
+         group="hardware", column="miss_overhead_us", show=lambda cfg, hw, r: hw.miss_overhead / US),
+    Knob("overlap", None, _optional(_fraction), "fraction of a transfer the GPU computes through: 1 for "
+         "asynchronous copy engines, 0 for a synchronous read", group="hardware",
+         show=lambda cfg, hw, r: hw.overlap),
+    Knob("host_flops", None, _optional(parse_flops), "the host's FLOP rate for experts computed there, e.g. 2T",
+         unit="FLOP/s", group="hardware", column="host_tflops", show=lambda cfg, hw, r: hw.host_flops / TFLOPS),
+    Knob("host_bandwidth", None, _optional(parse_rate), "the host's memory bandwidth for reading an expert's "
+         "weights, e.g. 200GB/s", unit="bytes/s", group="hardware", column="host_gbps",
+         show=lambda cfg, hw, r: hw.host_bandwidth / GB),
+    Knob("kv_bytes_per_token", None, _optional(lambda v, o: parse_bytes(v, o)), "KV-cache bytes per token per "
+         "layer that attention reads, so a step costs more as its context grows, e.g. 4KiB", unit="bytes",
+         group="hardware"),
+    Knob("weight_bits", None, _optional(_bits), "bits per weight of the experts as moved and read (16 bf16, 8 "
+         "int8/fp8, 4.5 Q4_K_M); sizes scale from the trace's dtype", group="hardware"),
+    Knob("per_step", False, parse_bool, "also report each step's time (timed mode: the row's step_s list; the "
+         "CLI writes it with --per-step-csv)", flag=True, group="run", column=None),
 )
 
 KNOB = {k.name: k for k in KNOBS}
@@ -297,6 +344,15 @@ class ReplayConfig:
     hbm: float | None = None
     launch: float | None = None
     bytes_per_expert: float | None = None
+    action: str = "fetch"
+    host_below: int = 4
+    miss_overhead: float | None = None
+    overlap: float | None = None
+    host_flops: float | None = None
+    host_bandwidth: float | None = None
+    kv_bytes_per_token: float | None = None
+    weight_bits: float | None = None
+    per_step: bool = False
     # what the user wrote, for the result row's text columns (capacity '10%', prefetch cap '200MB')
     given: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
@@ -324,7 +380,9 @@ class ReplayConfig:
         from .hardware import get_hardware
         hw = get_hardware(self.hardware)
         return hw.with_overrides(bandwidth=self.bandwidth, latency=self.latency, copy_engines=self.copy_engines,
-                                 gpu_flops=self.gpu_flops, hbm=self.hbm, launch=self.launch)
+                                 gpu_flops=self.gpu_flops, hbm=self.hbm, launch=self.launch,
+                                 miss_overhead=self.miss_overhead, overlap=self.overlap, host_flops=self.host_flops,
+                                 host_bandwidth=self.host_bandwidth)
 
     def text(self, name: str) -> str | None:
         """A knob's value as the user wrote it (None if not given and no default text)."""

@@ -8,7 +8,12 @@ prefetch planner, the adaptive horizon and the predictor scorecard all use these
                             (one kernel per expert; its weights are read once whatever the tokens)
     a transfer              latency + bytes / bandwidth; `copy_engines` transfers may be under way at once
                             and their bytes share one pipe, so one transfer's latency hides behind another's
-                            bytes (the engine's link, engine/timed.py)
+                            bytes (the engine's link, engine/timed.py); the GPU computes through `overlap`
+                            of it and waits out the rest
+    a miss                  `miss_overhead` of host bookkeeping, one miss after another, before its action
+    an expert on the host   max(tokens x 2 x params / host_flops, expert bytes / host_bandwidth), on one
+                            host lane beside the GPU (the host action, moesim.actions)
+    attention's KV reads    context tokens x kv_bytes_per_token / hbm per layer, with --kv-bytes-per-token
 
 Params are bytes / bytes per weight of the trace's dtype. Layers without experts (DeepSeek's first
 dense layers) are charged to the first MoE layer of each step, each at the dense cost plus an FFN taken
@@ -30,9 +35,22 @@ class ExpertCost(NamedTuple):
     launch: float     # s per kernel
 
 
-def expert_cost(hw: Hardware, expert_bytes: float, dtype: str) -> ExpertCost:
-    flops_per_token = 2.0 * expert_bytes / dtype_bytes(dtype)
+def expert_cost(hw: Hardware, expert_bytes: float, dtype: str, params: float | None = None) -> ExpertCost:
+    """params: the expert's parameters when its bytes are not params x the dtype's size (--weight-bits)."""
+    flops_per_token = 2.0 * expert_bytes / dtype_bytes(dtype) if params is None else 2.0 * params
     return ExpertCost(flops_per_token / hw.gpu_flops, expert_bytes / hw.hbm, hw.launch)
+
+
+def host_expert_cost(hw: Hardware, expert_bytes: float, params: float) -> tuple[float, float]:
+    """(s per routed token, s to read the weights once) of an expert computed on the host: the same
+    roofline as on the GPU, with the host's FLOP rate and memory bandwidth."""
+    return 2.0 * params / hw.host_flops, expert_bytes / hw.host_bandwidth
+
+
+def segment_context(trace, stream) -> np.ndarray:
+    """Per segment, the tokens its attention reads: each of its tokens attends over its position + 1."""
+    pos = trace.column("token_pos")[stream.row_order].astype(np.float64) + 1.0
+    return np.add.reduceat(pos, stream.seg_row_offsets[:-1]) if len(pos) else np.zeros(0)
 
 
 def expert_seconds(tokens: np.ndarray, cost: ExpertCost) -> np.ndarray:
@@ -45,13 +63,17 @@ def transfer_seconds(nbytes: float, hw: Hardware) -> float:
     return hw.latency + nbytes / hw.bandwidth
 
 
-def dense_seconds(stream, meta, hw: Hardware, expert_bytes: float) -> np.ndarray:
-    """Time of each segment's dense part (attention, router, norms): a roofline of its weights."""
+def dense_seconds(stream, meta, hw: Hardware, expert_bytes: float, context: np.ndarray | None = None,
+                  kv_bytes_per_token: float = 0.0) -> np.ndarray:
+    """Time of each segment's dense part (attention, router, norms): a roofline of its weights, plus, with
+    `kv_bytes_per_token`, reading the KV cache of each token's context (segment_context) at HBM speed."""
     dense_bytes = float(meta.dense_bytes_per_layer)
     tokens = stream.seg_tokens.astype(np.float64)
     params = dense_bytes / dtype_bytes(meta.dtype)
     t = np.maximum(tokens * 2 * params / hw.gpu_flops, dense_bytes / hw.hbm)
     t += hw.launch
+    if kv_bytes_per_token and context is not None:
+        t = t + context * kv_bytes_per_token / hw.hbm
     n_dense_layers = meta.num_layers - meta.num_moe_layers
     if n_dense_layers > 0:
         first = np.r_[True, stream.seg_step[1:] != stream.seg_step[:-1]]

@@ -50,13 +50,21 @@ def options_table() -> str:
     return table()
 
 
+def actions_table() -> str:
+    from .actions import ACTIONS
+    rows = ["| `--action` | what a miss does |", "| --- | --- |"]
+    for part in ACTIONS.parts():
+        rows.append(f"| `{part.name}` | {part.summary.split(': ', 1)[-1]} |")
+    return "\n".join(rows)
+
+
 def plot_kinds_table() -> str:
     from . import plots
     return plots.table()
 
 
 TABLES = {"replay-options": options_table, "policies": policies_table, "predictors": predictors_table,
-          "hardware": hardware_table, "plot-kinds": plot_kinds_table}
+          "hardware": hardware_table, "plot-kinds": plot_kinds_table, "actions": actions_table}
 _BLOCK = re.compile(r"(<!-- generated: ([a-z-]+) -->\n)(.*?)(<!-- end generated -->)", re.S)
 
 

@@ -12,10 +12,12 @@ from typing import Any
 import numpy as np
 
 from . import __version__, cost
+from .hardware import dtype_bytes
 from . import policies as policy_registry
 from .config import ReplayConfig, row_inputs
-from .engine import (BAD_VICTIM, ERR_VICTIM, ERROR, PF_CANCELLED, PF_HARMFUL, PF_ISSUED, PF_LATE,
-                     PF_USED, PF_WASTED, Cache, Compute, Link, PrefetchPlan, Stream, count_replay, timed_replay)
+from .engine import (BAD_VICTIM, ERR_VICTIM, ERROR, GPU_S, HOST_COMPUTED, HOST_S, OVERHEAD_S, PF_CANCELLED,
+                     PF_HARMFUL, PF_ISSUED, PF_LATE, PF_USED, PF_WASTED, Cache, Compute, Host, Link, PrefetchPlan,
+                     Stream, count_replay, timed_replay)
 from .predict import Prefetch
 from .trace import AccessStream, Trace, access_stream, read_trace
 
@@ -33,7 +35,7 @@ def replay(trace: Trace | str | os.PathLike, config: ReplayConfig | None = None,
     reuse_stream = stream is not None  # the caller keeps it for more replays: predictions for it may be reused
     stream = stream if stream is not None else access_stream(tr, prefill_chunk=cfg.prefill_chunk)
     hw = cfg.hardware_spec()
-    expert_bytes = cfg.bytes_per_expert if cfg.bytes_per_expert is not None else float(tr.meta.bytes_per_expert)
+    expert_bytes, params = expert_size(tr.meta, cfg)
     cache = cache_for(tr, stream, cfg, expert_bytes, hw.gpu_memory)
     state, cache = policy_state(cfg, stream, cache)
     horizon = 0
@@ -55,23 +57,15 @@ def replay(trace: Trace | str | os.PathLike, config: ReplayConfig | None = None,
            "tokens": int(stream.step_tokens.sum()), "steps": stream.num_steps}
     engine_stream = Stream(stream.item, stream.seg_offsets, stream.seg_layer, stream.seg_step)
     if cfg.mode == "count":
-        hits, misses, c = count_replay(engine_stream, cache, plan, state, stream.num_layers,
-                                       accounting=cfg.accounting)
-        stall = None
-        row.update(_hit_fields(hits, misses))
-        row.update({k: math.nan for k in ("stall_s", "total_s", "tpot_s", "ttft_s")})
+        hits, misses, c, seg_hits = count_replay(engine_stream, cache, plan, state, stream.num_layers,
+                                                 accounting=cfg.accounting)
+        seg_misses, stall, step_end = None, None, None
     else:
-        if not expert_bytes:
-            raise ValueError(f"{row['trace']}: the trace does not say how many bytes an expert has "
-                             f"(bytes_per_expert=0); timed mode needs it: pass bytes_per_expert (--bytes-per-expert)")
-        ec = cost.expert_cost(hw, expert_bytes, tr.meta.dtype)
-        link = Link(expert_bytes / hw.bandwidth, hw.latency, int(hw.copy_engines))
-        compute = Compute(cost.dense_seconds(stream, tr.meta, hw, expert_bytes), ec.per_token, ec.floor, ec.launch)
-        hits, misses, stall, step_end, c = timed_replay(engine_stream, cache, link, compute, plan, state,
-                                                        stream.num_layers, stream.num_steps)
-        row.update(_hit_fields(hits, misses))
-        row.update(_time_fields(stream, step_end, stall))
+        hits, misses, stall, step_end, seg_hits, seg_misses, c = _timed(tr, stream, engine_stream, cache, plan,
+                                                                        state, cfg, hw, expert_bytes, params)
     _raise_engine_error(c, cfg)
+    row.update(_hit_fields(hits, misses, stream, seg_hits, seg_misses, cfg.accounting))
+    row.update(_time_fields(stream, step_end, stall, c, cfg.per_step))
     row.update(_transfer_fields(c, misses, expert_bytes))
     if cfg.per_layer:
         # per MoE layer, in order; moe_layers says which of the model's layers each entry is
@@ -80,6 +74,34 @@ def replay(trace: Trace | str | os.PathLike, config: ReplayConfig | None = None,
         if stall is not None:
             row["stall_per_layer_s"] = stall.tolist()
     return row
+
+
+def _timed(tr, stream, engine_stream, cache, plan, state, cfg, hw, expert_bytes, params):
+    """The timed engine's inputs from the cost model, and its run."""
+    if not expert_bytes:
+        raise ValueError(f"{tr.path or tr.meta.model}: the trace does not say how many bytes an expert has "
+                         f"(bytes_per_expert=0); timed mode needs it: pass bytes_per_expert (--bytes-per-expert)")
+    from .actions import ACTIONS
+    ec = cost.expert_cost(hw, expert_bytes, tr.meta.dtype, params=params)
+    link = Link(expert_bytes / hw.bandwidth, hw.latency, int(hw.copy_engines), float(hw.overlap))
+    context = cost.segment_context(tr, stream) if cfg.kv_bytes_per_token else None
+    dense = cost.dense_seconds(stream, tr.meta, hw, expert_bytes, context=context,
+                               kv_bytes_per_token=cfg.kv_bytes_per_token or 0.0)
+    host = Host(hw.miss_overhead, *cost.host_expert_cost(hw, expert_bytes, params))
+    rule = ACTIONS.get(cfg.action).init({"host_below": cfg.host_below})
+    out, c = timed_replay(engine_stream, cache, link, Compute(dense, ec.per_token, ec.floor, ec.launch), host, plan,
+                          state, rule, stream.num_layers, stream.num_steps)
+    return out.hits, out.misses, out.stall, out.step_end, out.seg_hits, out.seg_misses, c
+
+
+def expert_size(meta, cfg: ReplayConfig) -> tuple[float, float]:
+    """(bytes an expert moves and is read as, its parameters): the trace's or --bytes-per-expert, in the
+    trace's dtype, or rescaled to --weight-bits."""
+    nbytes = cfg.bytes_per_expert if cfg.bytes_per_expert is not None else float(meta.bytes_per_expert)
+    params = nbytes / dtype_bytes(meta.dtype)
+    if cfg.weight_bits is not None:
+        nbytes = params * cfg.weight_bits / 8
+    return nbytes, params
 
 
 def policy_state(cfg: ReplayConfig, stream: AccessStream, cache: Cache):
@@ -149,8 +171,9 @@ def expert_counts(trace: Trace, *, num_layers: int, num_experts: int) -> np.ndar
 
 
 def _transfer_fields(c: np.ndarray, misses: np.ndarray, expert_bytes: float) -> dict[str, Any]:
-    """Prefetch counts and bytes over the link: every miss is a demand fetch, every issued prefetch one more."""
-    demand, prefetch = float(misses.sum()) * expert_bytes, c[PF_ISSUED] * expert_bytes
+    """Prefetch counts and bytes over the link: every fetched miss is a demand fetch, every prefetch one more."""
+    # a miss computed on the host moves nothing
+    demand, prefetch = (float(misses.sum()) - c[HOST_COMPUTED]) * expert_bytes, c[PF_ISSUED] * expert_bytes
     return {"prefetch_issued": int(c[PF_ISSUED]), "prefetch_used": int(c[PF_USED]), "prefetch_late": int(c[PF_LATE]),
             "prefetch_wasted": int(c[PF_WASTED]), "prefetch_harmful": int(c[PF_HARMFUL]),
             "prefetch_cancelled": int(c[PF_CANCELLED]),
@@ -158,12 +181,30 @@ def _transfer_fields(c: np.ndarray, misses: np.ndarray, expert_bytes: float) -> 
             "bytes_moved": demand + prefetch}
 
 
-def _hit_fields(hits: np.ndarray, misses: np.ndarray) -> dict[str, Any]:
+def _hit_fields(hits, misses, stream, seg_hits, seg_misses, accounting: str) -> dict[str, Any]:
+    """Hits and misses, all and by phase (a step is prefill or decode); a late prefetch (still in flight
+    when its layer routed, so it stalls) counts as a hit here and in prefetch_late."""
     h, m = int(hits.sum()), int(misses.sum())
-    return {"hits": h, "misses": m, "hit_rate": h / (h + m) if h + m else math.nan}
+    decode = stream.step_phase[stream.seg_step] == 1
+    if seg_misses is None:  # count mode: lookups per segment minus its hits
+        lookups = np.diff(stream.seg_offsets) if accounting == "access" else _distinct_per_segment(stream)
+        seg_misses = lookups - seg_hits
+    hd, md = int(seg_hits[decode].sum()), int(seg_misses[decode].sum())
+    hp, mp = h - hd, m - md
+    rate = (lambda a, b: a / (a + b) if a + b else math.nan)
+    return {"hits": h, "misses": m, "hit_rate": rate(h, m), "hits_decode": hd, "misses_decode": md,
+            "hit_rate_decode": rate(hd, md), "hit_rate_prefill": rate(hp, mp)}
 
 
-def _time_fields(stream: AccessStream, step_end: np.ndarray, stall: np.ndarray) -> dict[str, Any]:
+def _distinct_per_segment(stream: AccessStream) -> np.ndarray:
+    seg = np.repeat(np.arange(stream.num_segments, dtype=np.int64), np.diff(stream.seg_offsets))
+    keys = np.unique(seg * stream.num_items + stream.item)
+    return np.bincount(keys // stream.num_items, minlength=stream.num_segments)
+
+
+def _time_fields(stream: AccessStream, step_end, stall, c, per_step: bool) -> dict[str, Any]:
+    if step_end is None:  # count mode: no time
+        return {k: math.nan for k in ("stall_s", "total_s", "tpot_s", "ttft_s")}
     step_start = np.r_[0.0, step_end[:-1]]
     step_time = step_end - step_start
     valid = stream.request_first_step < stream.num_steps  # request ids with no rows are gaps
@@ -174,10 +215,15 @@ def _time_fields(stream: AccessStream, step_end: np.ndarray, stall: np.ndarray) 
     later = emitting.copy()
     later[first_out] = False
     tpot_steps = later if later.any() else emitting
-    return {
+    fields = {
         "total_s": float(step_end[-1]) if len(step_end) else 0.0,
         "stall_s": float(stall.sum()),
         "ttft_s": float(np.mean(ttft)) if len(ttft) else math.nan,
         "tpot_s": float(step_time[tpot_steps].mean()) if tpot_steps.any() else math.nan,
         "output_tokens": int(stream.step_outputs.sum()),
+        "gpu_compute_s": float(c[GPU_S]), "host_compute_s": float(c[HOST_S]), "overhead_s": float(c[OVERHEAD_S]),
+        "host_computed": int(c[HOST_COMPUTED]),
     }
+    if per_step:
+        fields["step_s"] = step_time.tolist()
+    return fields

@@ -19,7 +19,7 @@ def make_trace(routes, *, num_experts, top_k, requests=None, phase=1, bytes_per_
                      dense_bytes_per_layer=dense_bytes, dtype=dtype)
     ids = np.array([routes[t][l] for t in range(n_tok) for l in range(n_layers)]).reshape(-1, top_k)
     return Trace.from_arrays(
-        meta, request_id=np.repeat(req, n_layers), phase=np.full(n_tok * n_layers, phase),
+        meta, request_id=np.repeat(req, n_layers), phase=np.repeat(np.broadcast_to(phase, n_tok), n_layers),
         step=np.repeat(step, n_layers), token_pos=np.repeat(pos, n_layers), layer=np.tile(np.arange(n_layers), n_tok),
         expert_ids=ids)
 

@@ -1,6 +1,8 @@
 """moesim grid: spec expansion, rows equal to direct replays, resume after kill -9, changed specs, Dask."""
+import fcntl
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -13,7 +15,7 @@ from click.testing import CliRunner
 
 import moesim
 from moesim.cli import main
-from moesim.grid import expand, read_results, run_grid
+from moesim.grid import OutputLock, expand, read_results, run_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 TRACES = ROOT / "traces"
@@ -131,15 +133,158 @@ seed = [0, 1, 2]
         assert row.hits == moesim.replay(SWITCH, policy=row.policy, capacity=12, mode="count", seed=row.seed)["hits"]
 
 
-def test_bad_run_becomes_an_error_row_and_the_rest_finish(tmp_path):
-    spec = write_spec(tmp_path / "g.toml", f'trace = "{SWITCH}"\npolicy = ["lru", "static"]\nmode = "count"\n')
+def one_line_error(result) -> str:
+    """The CLI's answer to bad input: a non-zero exit and one `Error:` line, no traceback."""
+    assert result.exit_code not in (0, None), result.output
+    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), result.exception
+    lines = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(lines) == 1 and "Traceback" not in result.output, result.output
+    return lines[0]
+
+
+@pytest.mark.parametrize("lines, words", [
+    ('policy = 5\n', ["policy = 5", "unknown policy"]),
+    ('horizon = "abc"\n', ["horizon", "'abc'", "whole number"]),
+    ('policy = ["lru", "lur"]\n', ["'lur'", "did you mean 'lru'"]),
+    ('capacity = ["10%", true]\n', ["capacity", "True"]),
+    ('predictor = ["none", "learned:missing.npz"]\n', ["missing.npz", "no such predictor model", "fit-predictor"]),
+    ('train = "missing.parquet"\n', ["train", "missing.parquet", "no such trace"]),
+    ('predictor = ["none", "frequency"]\n', ["predictor 'frequency'", "needs a training trace", "train ="]),
+    ('policy = ["lru", "static"]\n', ["policy 'static'", "needs a training trace"]),
+])
+def test_a_bad_value_stops_the_grid_before_any_run_in_one_line(tmp_path, lines, words):
+    spec = write_spec(tmp_path / "g.toml", f'trace = "{SWITCH}"\nmode = "count"\n' + lines)
     out = tmp_path / "r.parquet"
     result = CliRunner().invoke(main, ["grid", str(spec), "--out", str(out), "--jobs", "1"])
-    assert result.exit_code == 0, result.output
-    assert "1 failed" in result.output
-    df = read_results(out).set_index("policy")
-    assert pd.isna(df.loc["lru", "error"]) and df.loc["lru", "hits"] >= 0
-    assert "train=" in df.loc["static", "error"]
+    line = one_line_error(result)
+    assert str(spec) in line
+    for w in words:
+        assert w in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.toml"]  # not a row run, not a file written
+
+
+def test_a_run_failing_at_run_time_writes_the_rest_and_exits_non_zero(tmp_path):
+    # a garbled predictor model passes the spec's checks (the file is there) and fails when a run loads it
+    model = tmp_path / "coact.npz"
+    model.write_bytes(b"not a model")
+    spec = write_spec(tmp_path / "g.toml", f'''trace = "{SWITCH}"
+policy = ["lru", "fifo"]
+predictor = ["none", "learned:coact.npz", "recorded"]
+capacity = 4
+mode = "count"
+''')
+    out = tmp_path / "r.parquet"
+    cmd = ["grid", str(spec), "--out", str(out), "--jobs", "1"]
+    result = CliRunner().invoke(main, cmd)
+    line = one_line_error(result)
+    # the switch trace has no recorded predictions: those runs fail too, whatever the model
+    assert "4 of 6 runs failed" in line and "First: policy=lru predictor=learned:" in line, line
+    assert "wrote" in result.output and "(6 run now, 4 failed)" in result.output
+    df = read_results(out).set_index(["policy", "predictor"])
+    assert len(df) == 6 and df["error"].notna().sum() == 4
+    for policy in ("lru", "fifo"):
+        row = df.loc[(policy, "none")]
+        assert pd.isna(row["error"])
+        assert row["hits"] == moesim.replay(SWITCH, policy=policy, capacity=4, mode="count")["hits"]
+    assert "pred_h" in df.loc[("lru", "recorded"), "error"]
+
+    # run again: nothing to run, and still not a success, since the file holds failed runs
+    again = CliRunner().invoke(main, cmd)
+    assert "6 already in" in again.output and "(4 failed)" in again.output and "(0 run now)" in again.output
+    assert "4 of 6 runs failed (4 in an earlier call)" in one_line_error(again)
+
+    # fix the model: --retry-failed runs the four again, and only those; the learned ones now pass
+    from moesim.predict import learned
+    learned.fit(moesim.read_trace(SWITCH)).save(model)
+    kept = df.loc[[("lru", "none"), ("fifo", "none")], "run_s"].tolist()
+    retried = CliRunner().invoke(main, cmd + ["--retry-failed"])
+    assert "4 failed, run again" in retried.output and "(4 run now, 2 failed)" in retried.output
+    assert "2 of 6 runs failed" in one_line_error(retried)
+    df = read_results(out).set_index(["policy", "predictor"])
+    assert len(df) == 6 and df["run_key"].is_unique
+    assert df.loc[[("lru", "none"), ("fifo", "none")], "run_s"].tolist() == kept  # not run again
+    learned_rows = df.xs(f"learned:{model}", level="predictor")
+    assert learned_rows["error"].isna().all() and (learned_rows["prefetch_issued"] > 0).all()
+
+
+def test_a_second_grid_on_the_same_output_fails_at_once(tmp_path):
+    spec = write_spec(tmp_path / "g.toml", f'trace = "{SWITCH}"\npolicy = ["lru", "fifo"]\nmode = "count"\n')
+    other = write_spec(tmp_path / "h.toml", f'trace = "{SWITCH}"\npolicy = ["lfu"]\nmode = "count"\n')
+    out = tmp_path / "r.parquet"
+    run_grid(spec, out, jobs=1)
+    before = out.read_bytes()
+    assert not (tmp_path / "r.parquet.lock").exists()  # a finished grid leaves no lock file
+    # another grid writing r.parquet: it holds the lock and its next checkpoint is half written
+    half = tmp_path / ".r.parquet.4242.tmp"
+    half.write_bytes(b"a checkpoint being written")
+    with open(tmp_path / "r.parquet.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("4242\n")
+        held.flush()
+        for s in (other, spec):
+            line = one_line_error(CliRunner().invoke(main, ["grid", str(s), "--out", str(out), "--jobs", "1"]))
+            assert str(out) in line and "another `moesim grid` (pid 4242) is writing it" in line
+        with pytest.raises(ValueError, match="another `moesim grid`"):
+            run_grid(other, out, jobs=1, restart=True)
+        # a dry run still answers, and touches nothing: not the temporary file, not the lock, not the output
+        dry = CliRunner().invoke(main, ["grid", str(spec), "--out", str(out), "--dry-run"])
+        assert dry.exit_code == 0 and "2 runs, 2 already in" in dry.output
+        assert half.read_bytes() == b"a checkpoint being written"
+    assert out.read_bytes() == before
+    assert (tmp_path / "r.parquet.lock").read_text() == "4242\n"
+    # once the other grid is gone, its lock file (a kill -9 leaves it) is taken over
+    report = run_grid(other, out, jobs=1, restart=True)
+    assert report.ran == 1 and list(read_results(out)["policy"]) == ["lfu"]
+    assert not (tmp_path / "r.parquet.lock").exists() and not half.exists()
+
+
+def test_a_dry_run_writes_nothing(tmp_path):
+    spec = write_spec(tmp_path / "g.toml", f'trace = "{SWITCH}"\npolicy = ["lru", "fifo"]\nmode = "count"\n')
+    out = tmp_path / "new" / "r.parquet"
+    for flags in ([], ["--restart"], ["--retry-failed"]):
+        result = CliRunner().invoke(main, ["grid", str(spec), "--out", str(out), "--dry-run", *flags])
+        assert result.exit_code == 0 and "2 runs, 0 already in" in result.output, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.toml"]  # not even the folder
+
+
+def test_a_forked_worker_does_not_keep_the_lock_of_a_killed_grid(tmp_path):
+    out = tmp_path / "r.parquet"
+    holder = subprocess.Popen([sys.executable, "-c", f"""
+import multiprocessing, sys, time
+from moesim.grid import OutputLock
+OutputLock({str(out)!r}).acquire()
+worker = multiprocessing.get_context("fork").Process(target=time.sleep, args=(120,))
+worker.start()
+print(worker.pid, flush=True)
+time.sleep(120)
+"""], stdout=subprocess.PIPE, text=True)
+    worker = int(holder.stdout.readline())
+    try:
+        with pytest.raises(ValueError, match="is writing it"):
+            OutputLock(out).acquire()
+        holder.kill()
+        holder.wait()
+        assert Path(f"/proc/{worker}").exists()  # the grid's worker outlives it for a moment
+        lock = OutputLock(out).acquire()  # but does not hold the grid's lock
+        lock.release()
+    finally:
+        holder.kill()
+        os.kill(worker, signal.SIGKILL)
+
+
+def test_an_unreachable_dask_scheduler_is_one_line_soon(tmp_path):
+    pytest.importorskip("distributed")
+    spec = write_spec(tmp_path / "g.toml", f'trace = "{SWITCH}"\npolicy = ["lru", "fifo"]\nmode = "count"\n')
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        address = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    t0 = time.monotonic()
+    result = CliRunner().invoke(main, ["grid", str(spec), "--out", str(tmp_path / "r.parquet"),
+                                       "--executor", "dask", "--address", address])
+    line = one_line_error(result)
+    assert time.monotonic() - t0 < 20  # distributed alone would try for 30 s
+    assert address in line and "no Dask scheduler answered" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.toml"]
 
 
 def test_changed_spec_is_reported_not_mixed(tmp_path):
@@ -220,7 +365,9 @@ def test_grid_resumes_after_kill(tmp_path):
     kills = 0
     for wanted in (1, total // 2):
         # kill -9 once the checkpoint holds at least `wanted` rows, mid-grid
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        log = tmp_path / f"grid-{wanted}.log"
+        with open(log, "w") as err:
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
         deadline = time.monotonic() + 120
         while _rows(out) < wanted and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -234,7 +381,7 @@ def test_grid_resumes_after_kill(tmp_path):
                 time.sleep(0.05)
             assert not [w for w in workers if Path(f"/proc/{w}").exists()], "orphaned grid workers"
         proc.wait()
-        assert 0 < _rows(out) <= total
+        assert 0 < _rows(out) <= total, log.read_text()
     assert kills >= 1, "the grid finished before it could be killed; make it bigger"
     assert _rows(out) < total or kills == 2
     finish = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
@@ -245,7 +392,46 @@ def test_grid_resumes_after_kill(tmp_path):
     assert len(df) == total and df["run_key"].is_unique
     pd.testing.assert_frame_equal(comparable(df), comparable(read_results(reference)))
     # nothing of the killed runs is left behind in the folder
-    assert not list(tmp_path.glob(".r.parquet.*.tmp"))
+    assert not list(tmp_path.glob(".r.parquet.*.tmp")) and not (tmp_path / "r.parquet.lock").exists()
+
+
+def test_a_running_grid_keeps_its_output_against_a_second_grid_and_dry_runs(tmp_path):
+    spec = write_spec(tmp_path / "g.toml", f"""
+trace = "{MIXTRAL}"
+policy = ["lru", "fifo", "lfu", "belady", "random"]
+capacity = ["5%", "10%", "20%", "30%", "40%", "50%", "60%", "75%"]
+bandwidth = ["8GB/s", "32GB/s"]
+mode = "timed"
+""")
+    other = write_spec(tmp_path / "h.toml", f'trace = "{SWITCH}"\npolicy = "lru"\nmode = "count"\n')
+    out = tmp_path / "r.parquet"
+    log = tmp_path / "grid.log"
+    with open(log, "w") as err:
+        first = subprocess.Popen([sys.executable, "-m", "moesim.cli", "grid", str(spec), "--out", str(out),
+                                  "--jobs", "2", "--checkpoint-every", "0.02"], stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "r.parquet.lock").exists() and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        # --restart: without the lock, it would replace the first grid's rows with its own
+        second = subprocess.run([sys.executable, "-m", "moesim.cli", "grid", str(other), "--out", str(out),
+                                 "--restart"], capture_output=True, text=True, timeout=120)
+        assert second.returncode == 1
+        assert second.stderr.strip().splitlines() == [
+            f"Error: {out}: another `moesim grid` (pid {first.pid}) is writing it; wait for it to finish, "
+            f"or choose another --out"]
+        dry_runs = 0
+        while first.poll() is None:  # dry runs, as fast as they come, while it rewrites its checkpoint
+            result = CliRunner().invoke(main, ["grid", str(spec), "--out", str(out), "--dry-run"])
+            assert result.exit_code == 0, result.output
+            dry_runs += 1
+        assert dry_runs > 0, "the grid finished before the second one started; make it bigger"
+    finally:
+        first.kill()
+    assert first.wait() == 0, log.read_text()
+    df = read_results(out)
+    assert sorted(df["run_key"]) == sorted(r.key for r in expand(spec).runs)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.toml", "grid.log", "h.toml", "r.parquet"]
 
 
 def test_trace_read_through_fsspec_url_gives_the_same_rows(tmp_path):

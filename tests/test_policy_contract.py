@@ -132,15 +132,28 @@ def test_count_mode_matches_libcachesim_hit_for_hit(policy, tmp_path):
         assert ours == _libcachesim_hits(stream.item, cls_name, capacity, tmp_path), capacity
 
 
-def test_a_victim_that_gives_up_is_an_error_naming_the_policy():
+def test_a_victim_that_gives_up_is_an_error_naming_the_policy(tmp_path):
     # a draft CLOCK whose victim search stops after one pass reported 5 hits where Belady's optimum is 2;
-    # the engine now refuses a victim() that returns no expert while one could be evicted
-    import broken_policy
-    from moesim.engine import ERR_VICTIM, ERROR, Cache, PrefetchPlan, Stream, count_replay
-    items = np.array([0, 1, 2, 0, 1, 2], np.int32)
-    cache = Cache(np.zeros(3, np.int32), np.array([2], np.int64), np.zeros(3, np.uint8), np.zeros(0, np.int32))
-    plan = PrefetchPlan(np.zeros(2, np.int64), np.zeros(0, np.int32), np.zeros(0, np.int64), -1)
-    stream = Stream(items, np.array([0, 6], np.int64), np.zeros(1, np.int64), np.zeros(1, np.int64))
-    state = broken_policy.init(3, cache.part_of, cache.part_capacity, None, {})
-    _, _, c = count_replay(stream, cache, plan, state, 1)
-    assert c[ERROR] == ERR_VICTIM
+    # the engine now refuses a victim() that returns no expert while one could be evicted. The broken
+    # policy lives in tests/, so it runs in a process with a numba cache of its own: a loop compiled for its
+    # state type must not land in the shared cache, whose index every later process unpickles.
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = """
+import numpy as np
+import broken_policy
+from moesim.engine import ERR_VICTIM, ERROR, Cache, PrefetchPlan, Stream, count_replay
+items = np.array([0, 1, 2, 0, 1, 2], np.int32)
+cache = Cache(np.zeros(3, np.int32), np.array([2], np.int64), np.zeros(3, np.uint8), np.zeros(0, np.int32))
+plan = PrefetchPlan(np.zeros(2, np.int64), np.zeros(0, np.int32), np.zeros(0, np.int64), -1)
+stream = Stream(items, np.array([0, 6], np.int64), np.zeros(1, np.int64), np.zeros(1, np.int64))
+state = broken_policy.init(3, cache.part_of, cache.part_capacity, None, {})
+c = count_replay(stream, cache, plan, state, 1, accounting="access")[2]
+print(c[ERROR] == ERR_VICTIM)
+"""
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path),
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip() == "True"

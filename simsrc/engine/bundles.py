@@ -26,6 +26,14 @@ class Link(NamedTuple):
     transfer_s: float        # one expert's bytes / bandwidth
     latency_s: float         # per transfer, before its bytes flow
     copy_engines: int        # transfers under way at once; their bytes share one pipe
+    overlap: float           # fraction of a transfer the GPU computes through (1: asynchronous)
+
+
+class Host(NamedTuple):
+    """The host CPU: its bookkeeping per miss, and its time to compute one expert (the host action)."""
+    miss_overhead_s: float   # per miss, one after another, before the miss's action starts
+    per_token_s: float       # s of host math per routed token
+    floor_s: float           # s to read the expert's weights once from host memory
 
 
 class Compute(NamedTuple):

@@ -25,12 +25,13 @@ class CountWork(NamedTuple):
     free: np.ndarray       # int64 per partition: slots not yet taken
     hits_of: np.ndarray    # int64 per item
     misses_of: np.ndarray  # int64 per item
+    seg_hits: np.ndarray   # int32 per segment (segment accounting; access accounting derives it from `record`)
     c: np.ndarray          # float64 counters (experts.py)
 
 
 def count_replay(stream: Stream, cache: Cache, plan: PrefetchPlan, state, num_layers: int, record=None,
                  accounting: str = "access"):
-    """Returns (hits per layer, misses per layer, counters); see experts.py for the counter indices.
+    """Returns (hits per layer, misses per layer, counters, hits per segment); experts.py has the counters.
 
     accounting 'access': every access looked up in stream order (a plain cache simulator, = libCacheSim);
     'segment': each (step, layer)'s distinct experts looked up together, as the layer runs (_segment_loop).
@@ -41,16 +42,22 @@ def count_replay(stream: Stream, cache: Cache, plan: PrefetchPlan, state, num_la
     # segments that prefetch, and the access after which their plan goes in
     pf_segs = np.flatnonzero(np.diff(plan.offsets)) if len(plan.item) else np.zeros(0, np.int64)
     cache = cache._replace(part_of=partition_map(cache.part_of, cache.part_capacity))
+    n_segs = len(stream.seg_layer)
     work = CountWork(np.zeros(n, np.uint8), np.full(n, -1, np.int32), cache.part_capacity.copy(),
-                     np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(NUM_COUNTERS, np.float64))
+                     np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n_segs, np.int32),
+                     np.zeros(NUM_COUNTERS, np.float64))
     if accounting == "segment":
         _segment_loop(stream, cache, plan, state, work, np.full(n, -1, np.int64), np.empty(n, np.int32),
                       np.empty(n, np.int64))
     else:
+        if record is None:
+            record = np.zeros(len(stream.item), np.uint8)
         _count_loop(stream.item, stream.seg_offsets[pf_segs + 1] - 1, pf_segs, cache, plan, state, work, record)
+        if n_segs:
+            work.seg_hits[:] = np.add.reduceat(record, stream.seg_offsets[:-1], dtype=np.int32)
     # items are numbered layer-major (layer * experts + expert)
     return (work.hits_of.reshape(num_layers, -1).sum(axis=1), work.misses_of.reshape(num_layers, -1).sum(axis=1),
-            work.c)
+            work.c, work.seg_hits)
 
 
 def mark_hit(record, i):
@@ -72,7 +79,7 @@ def mark_hit_store(record, i):
 @compiled_loop
 def _count_loop(item, pf_at, pf_segs, cache, plan, state, work, record):
     part_of, part_capacity, pinned, warm = cache
-    flags, evictor, free, hits_of, misses_of, c = work
+    flags, evictor, free, hits_of, misses_of, seg_hits, c = work
     num_items = flags.shape[0]
     for x in range(num_items):
         if pinned[x]:
@@ -148,7 +155,7 @@ def _segment_loop(stream, cache, plan, state, work, in_seg, seg_items, seg_last)
     plan goes in, as in _count_loop. The timed loop follows the same rule."""
     item, seg_offsets, seg_layer, seg_step = stream
     part_of, part_capacity, pinned, warm = cache
-    flags, evictor, free, hits_of, misses_of, c = work
+    flags, evictor, free, hits_of, misses_of, seg_hits, c = work
     num_items = flags.shape[0]
     for x in range(num_items):
         if pinned[x]:
@@ -173,6 +180,7 @@ def _segment_loop(stream, cache, plan, state, work, in_seg, seg_items, seg_last)
             f = flags[x]
             if f & RESIDENT:
                 hits_of[x] += 1
+                seg_hits[s] += 1
                 if f & PF_UNUSED:
                     f ^= PF_UNUSED
                     c[PF_USED] += 1

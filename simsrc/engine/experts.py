@@ -15,7 +15,10 @@ BUSY, RESIDENT, PINNED, PF_UNUSED, PF_VICTIM = 1, 2, 4, 8, 16
 
 # indices of the counters array both modes return
 PF_ISSUED, PF_USED, PF_LATE, PF_WASTED, PF_HARMFUL, PF_CANCELLED, ERROR, BAD_VICTIM = range(8)
-NUM_COUNTERS = 8
+# timed mode's time split and actions: GPU kernel seconds, host seconds, miss bookkeeping seconds, experts
+# computed on the host
+GPU_S, HOST_S, OVERHEAD_S, HOST_COMPUTED = range(8, 12)
+NUM_COUNTERS = 12
 ERR_VICTIM = 2.0    # the policy's victim() broke its contract; BAD_VICTIM holds what it returned
 
 

@@ -30,9 +30,10 @@ def _policy_module(state_type):
 
 @functools.cache
 def sources_digest() -> str:
-    """A digest of the engine's and the policies' sources (see compiled_loop)."""
-    from .. import policies
-    files = sorted([*Path(__file__).parent.glob("*.py"), *Path(policies.__file__).parent.glob("*.py")])
+    """A digest of the engine's, the policies' and the action rules' sources (see compiled_loop)."""
+    from .. import actions, policies
+    files = sorted([*Path(__file__).parent.glob("*.py"), *Path(policies.__file__).parent.glob("*.py"),
+                    *Path(actions.__file__).parent.glob("*.py")])
     digest = hashlib.sha256()
     for f in files:
         digest.update(f.name.encode() + b"\0" + f.read_bytes())
@@ -51,6 +52,25 @@ def compiled_loop(loop):
     """
     loop.__qualname__ = f"{loop.__qualname__}_{sources_digest()}"
     return njit(cache=True, _nrt=False)(loop)
+
+
+def _rule_module(state_type):
+    cls = getattr(state_type, "instance_class", None)
+    mod = sys.modules.get(getattr(cls, "__module__", ""), None)
+    if mod is None or not hasattr(mod, "decide"):
+        raise TypingError(f"{state_type} is not an action rule's state: a rule keeps its state in a namedtuple "
+                          f"defined in its own module, next to decide()")
+    return mod
+
+
+def decide(rule, x, tokens, fetch_done, host_done):
+    return sys.modules[type(rule).__module__].decide(rule, x, tokens, fetch_done, host_done)
+
+
+@overload(decide)
+def _decide(rule, x, tokens, fetch_done, host_done):
+    fn = _rule_module(rule).decide
+    return lambda rule, x, tokens, fetch_done, host_done: fn(rule, x, tokens, fetch_done, host_done)
 
 
 def _module_of(state):

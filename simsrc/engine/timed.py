@@ -1,16 +1,21 @@
-"""Timed mode: a discrete-event replay of one GPU stream and a host link.
+"""Timed mode: a discrete-event replay of one GPU stream, a host link and a host lane.
 
 Per step, per layer (a *segment*):
-  1. the layer's dense part (attention, router) runs; routing is known when it ends;
-  2. experts not resident are fetched on demand; demand fetches go before any
-     queued prefetch, but never interrupt a transfer already under way;
-  3. the layer's experts compute one after another as they become resident
-     (resident first); the GPU waits -- a *stall* -- for the ones still in flight;
-  4. the segment's prefetch plan joins the link queue behind its demand fetches.
-The link: `copy_engines` transfers may be under way at once; each pays
-`latency` before its bytes flow, and bytes share one pipe of `bandwidth`, so
-with two or more engines one transfer's latency hides behind another's bytes.
-An expert in use by the current layer or still in flight is never evicted.
+  1. the layer's dense part runs; routing is known when it ends;
+  2. queued prefetches that start before then go first, each decided at its own start time; transfers
+     landed by routing free their experts;
+  3. the segment's distinct experts are looked up together: the resident ones are hits and in use; each
+     missing one pays the host's bookkeeping (`miss_overhead`, one miss after another), then the action
+     rule decides: fetch it (demand fetches go before queued prefetches, never interrupting a transfer
+     under way; a miss evicts an expert the layer does not use, or streams through when the layer fills
+     its partition) or compute it on the host lane;
+  4. the GPU waits out the part of its copies it cannot compute through (1 - `overlap`), then computes
+     the layer's experts one after another as they become resident (resident first); it waits -- a
+     *stall* -- for the ones still in flight, and at the end for the host's;
+  5. the segment's prefetch plan joins the link queue behind its demand fetches.
+The link: `copy_engines` transfers may be under way at once; each pays `latency` before its bytes flow,
+and bytes share one pipe of `bandwidth`, so with two or more engines one transfer's latency hides behind
+another's bytes. An expert in use by the current layer or still in flight is never evicted.
 Times are float64 seconds.
 """
 from typing import NamedTuple
@@ -18,11 +23,14 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit
 
-from .bundles import Cache, Compute, Link, PrefetchPlan, Stream
-from .experts import (BUSY, ERROR, NUM_COUNTERS, PF_CANCELLED, PF_ISSUED, PF_LATE, PF_UNUSED, PF_USED,
+from .bundles import Cache, Compute, Host, Link, PrefetchPlan, Stream
+from .experts import (BUSY, ERROR, GPU_S, HOST_COMPUTED, HOST_S, NUM_COUNTERS, OVERHEAD_S, PF_CANCELLED, PF_ISSUED,
+                      PF_LATE, PF_UNUSED, PF_USED,
                       PINNED, RESIDENT, count_harmful, count_unused, evict, evict_for_prefetch, evictable,
                       none_evictable)
-from .ops import compiled_loop, on_hit, on_insert, partition, partition_map, victim
+from .ops import compiled_loop, decide, on_hit, on_insert, partition, partition_map, victim
+
+HOST = 1  # moesim.actions.HOST (the engine imports nothing above it)
 
 
 @njit(cache=True, _nrt=False)
@@ -52,6 +60,8 @@ class TimedWork(NamedTuple):
     waiting: np.ndarray     # int32: the segment's experts still in flight, by arrival
     route_t: np.ndarray     # float64 per segment: when its routing was known
     hold: np.ndarray        # float64 [1]: the earliest the prefetch at the queue's head may start
+    seg_host: np.ndarray    # uint8: the segment's expert is computed on the host
+    cpu: np.ndarray         # float64 [2]: when the host's bookkeeping thread, and its compute lane, are free
     c: np.ndarray           # float64 counters (experts.py)
 
 
@@ -60,6 +70,8 @@ class TimedOut(NamedTuple):
     misses: np.ndarray      # int64 per MoE layer
     stall: np.ndarray       # float64 s per MoE layer
     step_end: np.ndarray    # float64 s: when each step ends
+    seg_hits: np.ndarray    # int32 per segment
+    seg_misses: np.ndarray  # int32 per segment
 
 
 @njit(cache=True, _nrt=False)
@@ -71,6 +83,14 @@ def _transfer(issue_t, eng_free, pipe, link):
     pipe[0] = done
     eng_free[e] = done
     return done
+
+
+@njit(cache=True, _nrt=False)
+def _arrival(issue_t, eng_free, pipe, link):
+    """When a transfer issued at issue_t would land, without scheduling it (what an action rule weighs)."""
+    e = _first_free_engine(eng_free)
+    start = max(issue_t, eng_free[e])
+    return max(start + link.latency_s, pipe[0]) + link.transfer_s
 
 
 @njit(cache=True, _nrt=False)
@@ -138,29 +158,32 @@ def _start_prefetches(until_t, min_target, clock, q, q_end, n_inflight, plan, ca
     return q, n_inflight
 
 
-def timed_replay(stream: Stream, cache: Cache, link: Link, compute: Compute, plan: PrefetchPlan, state,
-                 num_layers: int, num_steps: int):
-    """Returns (hits, misses, stall seconds per layer, end time of each step, counters)."""
+def timed_replay(stream: Stream, cache: Cache, link: Link, compute: Compute, host: Host, plan: PrefetchPlan,
+                 state, rule, num_layers: int, num_steps: int):
+    """Returns (TimedOut, counters). host: bookkeeping per miss and the host's compute; rule: an action
+    rule's state (moesim.actions), which decides what each miss does."""
     n = len(cache.pinned)
     cache = cache._replace(part_of=partition_map(cache.part_of, cache.part_capacity))
+    n_segs = len(stream.seg_layer)
     out = TimedOut(np.zeros(num_layers, np.int64), np.zeros(num_layers, np.int64), np.zeros(num_layers, np.float64),
-                   np.zeros(num_steps, np.float64))
+                   np.zeros(num_steps, np.float64), np.zeros(n_segs, np.int32), np.zeros(n_segs, np.int32))
     work = TimedWork(np.zeros(n, np.uint8), np.zeros(n, np.float64), np.full(n, -1, np.int64),
                      np.full(n, -1, np.int32), plan.target_seg.copy(), cache.part_capacity.copy(),
                      np.zeros(max(link.copy_engines, 1), np.float64), np.zeros(1, np.float64), np.empty(n, np.int32),
                      np.empty(n, np.int32), np.empty(n, np.int64), np.empty(n, np.float64), np.empty(n, np.int64),
                      np.empty(n, np.int32), np.zeros(len(stream.seg_layer), np.float64), np.zeros(1, np.float64),
-                     np.zeros(NUM_COUNTERS, np.float64))
-    _timed_loop(stream, cache, link, compute, plan, state, out, work)
-    return out.hits, out.misses, out.stall, out.step_end, work.c
+                     np.zeros(n, np.uint8), np.zeros(2, np.float64), np.zeros(NUM_COUNTERS, np.float64))
+    _timed_loop(stream, cache, link, compute, host, plan, state, rule, out, work)
+    return out, work.c
 
 
 @compiled_loop
-def _timed_loop(stream, cache, link, compute, plan, state, out, w):
+def _timed_loop(stream, cache, link, compute, host, plan, state, rule, out, w):
     item, seg_offsets, seg_layer, seg_step = stream
     part_of, part_capacity, pinned, warm = cache
     seg_dense_s, token_s, weights_s, launch_s = compute
-    hits, misses, stall, step_end = out
+    hits, misses, stall, step_end, seg_hits, seg_misses = out
+    seg_host, cpu = w.seg_host, w.cpu
     flags, ready, in_seg, c = w.flags, w.ready, w.in_seg, w.c
     seg_items, seg_tok, seg_ready, waiting, inflight = w.seg_items, w.seg_tok, w.seg_ready, w.waiting, w.inflight
     seg_last = w.seg_last
@@ -185,6 +208,7 @@ def _timed_loop(stream, cache, link, compute, plan, state, out, w):
         if s > 0 and seg_step[s] != seg_step[s - 1]:
             step_pf = 0
         gpu_t += seg_dense_s[s]
+        c[GPU_S] += seg_dense_s[s]
         now = gpu_t
         w.route_t[s] = now
         # queued prefetches that start before routing (each decided at its own start time), then the
@@ -227,6 +251,7 @@ def _timed_loop(stream, cache, link, compute, plan, state, out, w):
                     on_hit(state, x, partition(part_of, x), seg_last[a])
                 flags[x] = f | BUSY
                 seg_ready[a] = ready[x]
+        sync_s = 0.0
         for a in range(n_seg):
             x = np.uint32(seg_items[a])
             if flags[x] & RESIDENT:
@@ -234,8 +259,21 @@ def _timed_loop(stream, cache, link, compute, plan, state, out, w):
             i = seg_last[a]
             m += 1
             count_harmful(x, flags, w.evictor, c)
+            # the host's bookkeeping takes the misses one after another; each action starts after its own
+            issue = max(cpu[0], now) + host.miss_overhead_s
+            cpu[0] = issue
+            c[OVERHEAD_S] += host.miss_overhead_s
+            host_s = max(seg_tok[a] * host.per_token_s, host.floor_s)
+            host_done = max(cpu[1], issue) + host_s
+            if decide(rule, x, seg_tok[a], _arrival(issue, w.eng_free, w.pipe, link), host_done) == HOST:
+                cpu[1] = host_done
+                c[HOST_S] += host_s
+                c[HOST_COMPUTED] += 1
+                seg_host[a] = 1
+                seg_ready[a] = host_done
+                continue
+            sync_s += (1.0 - link.overlap) * link.transfer_s
             p = partition(part_of, x)
-            issue = now
             f = BUSY  # with no room in its partition, x streams through for this layer and is not kept
             if part_capacity[p] > 0:
                 keep = True
@@ -273,14 +311,27 @@ def _timed_loop(stream, cache, link, compute, plan, state, out, w):
             seg_ready[a] = ready[x]
         hits[layer] += h
         misses[layer] += m
+        seg_hits[s] = h
+        seg_misses[s] = m
+        # the part of each transfer the GPU cannot compute through (a synchronous read) holds it up
+        if sync_s > 0.0:
+            stall[layer] += sync_s
+            gpu_t += sync_s
 
         # compute: the experts already here first (in any order: none waits), then the others in order of
         # arrival (insertion sort: a layer has few)
         here_t = gpu_t
         n_wait = 0
+        host_end = 0.0
         for a in range(n_seg):
+            if seg_host[a]:
+                host_end = max(host_end, seg_ready[a])
+                seg_host[a] = 0
+                continue
             if seg_ready[a] <= here_t:
-                gpu_t += max(seg_tok[a] * token_s, weights_s) + launch_s
+                k_s = max(seg_tok[a] * token_s, weights_s) + launch_s
+                gpu_t += k_s
+                c[GPU_S] += k_s
                 continue
             b = n_wait
             while b > 0 and seg_ready[waiting[b - 1]] > seg_ready[a]:
@@ -293,7 +344,13 @@ def _timed_loop(stream, cache, link, compute, plan, state, out, w):
             if seg_ready[a] > gpu_t:
                 stall[layer] += seg_ready[a] - gpu_t
                 gpu_t = seg_ready[a]
-            gpu_t += max(seg_tok[a] * token_s, weights_s) + launch_s
+            k_s = max(seg_tok[a] * token_s, weights_s) + launch_s
+            gpu_t += k_s
+            c[GPU_S] += k_s
+        # the layer ends when the host's experts are done too
+        if host_end > gpu_t:
+            stall[layer] += host_end - gpu_t
+            gpu_t = host_end
 
         # this segment's prefetch plan joins the queue behind its demand, within the per-step cap
         for j in range(plan.offsets[s], plan.offsets[s + 1]):

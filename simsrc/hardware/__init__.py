@@ -14,6 +14,12 @@ Fields (a file writes them with units, e.g. "25GB/s", "10us", "312T", "80GiB"):
     hbm           GPU memory bandwidth, bytes/s
     launch        per kernel (a layer's dense part, one expert's GEMMs), s; default 5 us
     gpu_memory    bytes of GPU memory
+    miss_overhead CPU bookkeeping per miss on the critical path (look-up, slot management, issuing the
+                  copy), s, paid one miss after another; default 0
+    overlap       fraction of a transfer's time the GPU can compute through (1: asynchronous copy engines;
+                  0: a synchronous read the GPU waits out); default 1
+    host_flops    the host's FLOP/s for experts computed there (the host action); default 1 TFLOP/s
+    host_bandwidth  the host's memory bandwidth for reading an expert's weights, bytes/s; default 100 GB/s
     source        where each figure comes from
 """
 from __future__ import annotations
@@ -40,13 +46,20 @@ class Hardware:
     hbm: float                # bytes/s
     launch: float = 5.0 * US  # s
     gpu_memory: float = 80.0 * 2**30  # bytes
+    miss_overhead: float = 0.0  # s
+    overlap: float = 1.0
+    # a server CPU: AVX-512/AMX bf16 reaches 1-3 TFLOP/s, 8-12 DDR5 channels 100-400 GB/s (vendor sheets)
+    host_flops: float = 1e12    # FLOP/s
+    host_bandwidth: float = 100e9  # bytes/s
     source: str = ""
 
     def __post_init__(self):
-        for f in ("bandwidth", "gpu_flops", "hbm"):
+        for f in ("bandwidth", "gpu_flops", "hbm", "host_flops", "host_bandwidth"):
             if not getattr(self, f) > 0:
                 raise ValueError(f"hardware {self.name!r}: {f} must be more than zero, got {getattr(self, f)!r}")
-        for f in ("latency", "launch", "gpu_memory"):
+        if not 0 <= self.overlap <= 1:
+            raise ValueError(f"hardware {self.name!r}: overlap is a fraction in [0, 1], got {self.overlap!r}")
+        for f in ("latency", "launch", "gpu_memory", "miss_overhead"):
             if not getattr(self, f) >= 0:
                 raise ValueError(f"hardware {self.name!r}: {f} must be zero or more, got {getattr(self, f)!r}")
         if int(self.copy_engines) < 1:
@@ -81,6 +94,10 @@ _FIELDS = {
     "hbm": lambda v, o: parse_rate(v, o) if isinstance(v, str) else _si(v, o, low=0, strict=True),
     "launch": lambda v, o: parse_seconds(v, o) if isinstance(v, str) else _si(v, o),
     "gpu_memory": lambda v, o: parse_bytes(v, o),
+    "miss_overhead": lambda v, o: parse_seconds(v, o) if isinstance(v, str) else _si(v, o),
+    "overlap": lambda v, o: _fraction(v, o),
+    "host_flops": lambda v, o: parse_flops(v, o) if isinstance(v, str) else _si(v, o, low=0, strict=True),
+    "host_bandwidth": lambda v, o: parse_rate(v, o) if isinstance(v, str) else _si(v, o, low=0, strict=True),
     "source": lambda v, o: str(v),
 }
 
@@ -91,6 +108,13 @@ def _si(v, option: str, low: float = 0.0, strict: bool = False) -> float:
     v = float(v)
     if not (v > low if strict else v >= low) or v != v:
         raise ValueError(f"{option}: {v!r} must be {'more than' if strict else 'at least'} {low}")
+    return v
+
+
+def _fraction(v, option: str) -> float:
+    v = _si(v, option)
+    if v > 1:
+        raise ValueError(f"{option}: {v!r} is a fraction in [0, 1]")
     return v
 
 
