@@ -166,7 +166,7 @@ def run(data: Path, out: Path) -> dict:
 
 
 def _summary(cal) -> dict:
-    return {"fitted": cal.fitted, "at_bound": list(cal.at_bound), "options": cal.options,
+    return {"fitted": cal.fitted, "at_bound": list(cal.at_bound), "unpinned": list(cal.unpinned), "options": cal.options,
             "evaluations": cal.evaluations, "fit": cal.splits["fit"]["moesim"],
             "held_out": cal.splits["held_out"]["moesim"], "held_out_parts_s": cal.splits["held_out"]["moesim_parts_s"]}
 
@@ -224,7 +224,8 @@ def markdown(res: dict) -> str:
         out.append(f"| {names[k]} | {PARAMS['miss_overhead'].show(f['miss_overhead'])} | "
                    f"{rt['overhead_per_miss_s'] * 1e6:.4g} us | {PARAMS['bandwidth'].show(f['bandwidth'])} | "
                    f"{rt['read_rate_lane'] / 1e9:.3g} GB/s, {rt['read_rate'] / 1e9:.3g} GB/s | "
-                   f"{f['overlap']:.3g} | {PARAMS['hbm'].show(f['hbm'])} | "
+                   f"{f['overlap']:.3g}{' (not pinned)' if 'overlap' in c['unpinned'] else ''} | "
+                   f"{PARAMS['hbm'].show(f['hbm'])} | "
                    f"{_pct(h.get('stall_error'))} | {_pct(h.get('waiting_error'))} | {_pct(h.get('compute_error'))} |")
     out += ["", "Misses per step, moesim's count mode against the runtime's `residency` column:", ""]
     for k, r in m.items():

@@ -253,6 +253,7 @@ class Calibration:
     line: dict[str, float]          # the straight line: a_s, b_s (per miss)
     runtime: dict[str, float]       # what the measured file says the runtime's figures are
     at_bound: tuple[str, ...]       # fitted parameters that ended on a bound
+    unpinned: tuple[str, ...]       # fitted parameters the steps do not depend on at the optimum
     evaluations: int                # of the fit's objective (finite-difference Jacobians not counted)
     replays: int                    # timed and count replays run, all told
     message: str
@@ -285,7 +286,7 @@ class Calibration:
 
     def to_dict(self) -> dict[str, Any]:
         return {"trace": self.trace, "measured": self.measured, "layout": self.layout, "options": self.options,
-                "fitted": self.fitted, "at_bound": list(self.at_bound), "evaluations": self.evaluations, "replays": self.replays,
+                "fitted": self.fitted, "at_bound": list(self.at_bound), "unpinned": list(self.unpinned), "evaluations": self.evaluations, "replays": self.replays,
                 "message": self.message, "hardware": dataclasses.asdict(self.hardware),
                 "knobs": {k: _knob_text(k, v) for k, v in self.knobs.items()},
                 "splits": self.splits, "line": self.line, "runtime": self.runtime,
@@ -301,7 +302,9 @@ class Calibration:
                  f"{self.message}", "",
                  "fitted"]
         for k, v in self.fitted.items():
-            lines.append(f"  {k:<20} {PARAMS[k].show(v):>14}" + ("   (at its bound)" if k in self.at_bound else ""))
+            note = ("   (not pinned: the steps do not depend on it here)" if k in self.unpinned else
+                    "   (at its bound)" if k in self.at_bound else "")
+            lines.append(f"  {k:<20} {PARAMS[k].show(v):>14}" + note)
         rt = self.runtime
         if rt:
             lines += ["", "the measured run says"]
@@ -419,6 +422,10 @@ def calibrate(trace: Trace | str, measured: MeasuredSteps | str, *, fit: str | I
                                f"was written: allow more with --max-evals, fit fewer parameters (--fit), or check "
                                f"that {Path(meas.path).name} is a run of this trace")
     fitted = {k: float(v) for k, v in zip(names, res.x * scale)}
+    # a figure the residuals do not move at the optimum is not pinned by this run (e.g. an overlap above
+    # what the reads need: the GPU waits on them either way), whatever value it ended at
+    slope = np.linalg.norm(res.jac, axis=0)
+    unpinned = tuple(k for k, g in zip(names, slope) if g <= 1e-6 * max(slope.max(), 1e-300))
     at_bound = tuple(k for k in names if min(fitted[k] - PARAMS[k].low, PARAMS[k].high - fitted[k])
                      <= 1e-6 * max(PARAMS[k].typical, abs(fitted[k])))
 
@@ -458,7 +465,7 @@ def calibrate(trace: Trace | str, measured: MeasuredSteps | str, *, fit: str | I
     cal = Calibration(trace=str(tr.path) if tr.path else tr.meta.model, measured=meas.path, layout=meas.layout,
                       fitted=fitted, hardware=hw, knobs=knobs_used, steps=steps, splits=splits,
                       line={"a_s": float(line_ab[0]), "b_s": float(line_ab[1])}, runtime=runtime,
-                      at_bound=at_bound, evaluations=int(res.nfev), replays=model.evaluations, message=res.message,
+                      at_bound=at_bound, unpinned=unpinned, evaluations=int(res.nfev), replays=model.evaluations, message=res.message,
                       options={"fit": list(names), "fit_fraction": fit_fraction, "loss": loss,
                                "use_parts": use_parts, "base": base.name})
     if out is not None:
