@@ -266,6 +266,53 @@ def format_row(row: dict) -> str:
     return "\n".join(lines)
 
 
+# ---- calibrate
+def _calibrate_defaults():
+    from .calibrate import DEFAULT_FIT, LOSSES, PARAMS
+    return ",".join(DEFAULT_FIT), LOSSES, ", ".join(PARAMS)
+
+
+@main.command()
+@click.argument("trace", type=click.Path(dir_okay=False))
+@click.option("--measured", required=True, type=click.Path(dir_okay=False),
+              help="The real run's decode steps: a BigMoeOnEdge *.metrics.csv, or a CSV step,wall_ms "
+                   "[,compute_ms,stall_ms,overhead_ms,io_ms,read_bytes] (_s and _us work too).")
+@click.option("--fit", default=_calibrate_defaults()[0], show_default=True,
+              help=f"Figures to fit, comma-separated, from: {_calibrate_defaults()[2]}.")
+@click.option("--fit-fraction", default=0.5, show_default=True, type=float,
+              help="Share of the decode steps, from the first, the fit sees; the rest are held out.")
+@click.option("--loss", type=click.Choice(_calibrate_defaults()[1]), default="soft_l1", show_default=True,
+              help="Robust loss on each step's relative error (linear: plain least squares).")
+@click.option("--wall-only", is_flag=True, help="Fit the steps' wall times alone, not the measured parts' totals.")
+@click.option("--max-evals", default=400, show_default=True, type=int, help="Most evaluations of the fit's objective.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="Hardware file (TOML) to write, only if the fit converges; use it with --hardware FILE.toml.")
+@click.option("--name", default=None, help="The hardware's name in the file (default: MEASURED's stem-calibrated).")
+@click.option("--steps-csv", type=click.Path(dir_okay=False), default=None,
+              help="Also write each step's measured, moesim and straight-line seconds.")
+@config_options
+@click.option("--json", "as_json", is_flag=True, help="print the calibration as JSON (NaN as null)")
+@friendly_errors
+def calibrate(trace, measured, fit, fit_fraction, loss, wall_only, max_evals, out, name, steps_csv, as_json,
+              **knobs) -> None:
+    """Fit the timed model's figures to a real run's measured step times (--measured) on the first steps,
+    report how well they predict the rest beside a straight line, and write a hardware file (--out)."""
+    from .calibrate import calibrate as run_calibrate
+    cal = run_calibrate(trace, measured, fit=fit, fit_fraction=fit_fraction, loss=loss, use_parts=not wall_only,
+                        max_evals=max_evals, name=name, out=out,
+                        **{k: v for k, v in knobs.items() if v not in (None, ())})
+    if steps_csv:
+        cal.steps.to_csv(steps_csv, index=False)
+    if as_json:
+        echo_json(cal.to_dict())
+    else:
+        click.echo(cal.report())
+    if out:
+        options = cal.replay_options()
+        click.echo(f"wrote {out}: moesim replay {trace} --hardware {out}{' ' + options if options else ''}",
+                   err=as_json)
+
+
 # ---- fit-predictor
 @main.command("fit-predictor")
 @click.argument("train", nargs=-1, required=True, type=click.Path(dir_okay=False))
