@@ -230,13 +230,18 @@ def iter_batches(path: str | os.PathLike, *, columns: list[str] | None = None,
     meta = _meta(pf, where)
     check_columns(pf.schema_arrow, meta, where)
     want = None if columns is None else list(dict.fromkeys([*KEY_COLUMNS, "expert_ids", *columns]))
+    # the columns whose values check_rows checks are read even when not asked for
+    checked = [c for c in pf.schema_arrow.names if c == "expert_weights" or PRED_COLUMN.match(c)]
+    read = None if want is None else list(dict.fromkeys([*want, *checked]))
     order = OrderCheck(where)
     offset = 0
     try:
-        for batch in pf.iter_batches(batch_size=batch_rows, columns=want):
+        for batch in pf.iter_batches(batch_size=batch_rows, columns=read):
             table = pa.Table.from_batches([batch])
             check_rows(table, meta, where, row_offset=offset)
             order.feed(table, offset)
+            if read != want:
+                table = table.select(want)
             yield meta, table, offset
             offset += table.num_rows
     except (OSError, pa.ArrowException) as e:

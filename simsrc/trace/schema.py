@@ -120,15 +120,16 @@ class TraceMeta:
                              f"integer layer ids")
         if not all(isinstance(x, str) for x in self.lacks):
             raise TraceError(f"{where}: metadata field lacks is {self.lacks!r}; expected a list of words")
+        if not self.moe_layers or sorted(set(self.moe_layers)) != list(self.moe_layers) or self.moe_layers[0] < 0 \
+                or self.moe_layers[-1] >= MAX_LAYERS:
+            raise TraceError(f"{where}: moe_layers must be a non-empty increasing list of layer ids in "
+                             f"0..{MAX_LAYERS - 1}, got {_short(self.moe_layers)}")
         if not 1 <= self.num_layers <= MAX_LAYERS:
             raise TraceError(f"{where}: num_layers={self.num_layers} must be in 1..{MAX_LAYERS} (layer ids are uint16)")
         if self.num_experts < 1 or self.num_experts > MAX_EXPERTS:
             raise TraceError(f"{where}: num_experts={self.num_experts} must be in 1..{MAX_EXPERTS}")
         if self.top_k < 1 or self.top_k > self.num_experts:
             raise TraceError(f"{where}: top_k={self.top_k} must be in 1..num_experts ({self.num_experts})")
-        if not self.moe_layers or sorted(set(self.moe_layers)) != list(self.moe_layers) or self.moe_layers[0] < 0:
-            raise TraceError(f"{where}: moe_layers must be a non-empty increasing list of layer ids >= 0, "
-                             f"got {_short(self.moe_layers)}")
         if self.moe_layers[-1] >= self.num_layers:
             raise TraceError(
                 f"{where}: moe_layers mention layer {self.moe_layers[-1]} but num_layers={self.num_layers}"
@@ -178,15 +179,16 @@ def checked_cast(values, dtype, where: str, field: str, *, lo: int | None = None
     lo = int(info.min) if lo is None else max(int(lo), int(info.min))
     hi = int(info.max) if hi is None else min(int(hi), int(info.max))
     flat = a.reshape(-1)
-    per_row = flat.size // len(a) if a.ndim > 1 and len(a) else 1
+    per_row = flat.size // len(a) if a.ndim > 1 and len(a) else 1  # row = first axis
 
     def fail(i: int, v) -> TraceError:
-        row = f"line {first_line + i // per_row}" if first_line is not None else f"row {i // per_row}"
+        row = f"line {first_line + i // per_row}: " if first_line is not None else \
+            "" if a.ndim == 0 else f"row {i // per_row}: "
         if isinstance(v, float) and v.is_integer():
             v = int(v)
         what = "is not a whole number" if isinstance(v, bool) or not isinstance(v, (int, float)) or \
             isinstance(v, float) else f"is out of range {lo}..{hi}"
-        return TraceError(f"{where}: {row}: {field} {_short(v)} {what}" + (
+        return TraceError(f"{where}: {row}{field} {_short(v)} {what}" + (
             f" (expected a whole number in {lo}..{hi})" if "whole" in what else "; it cannot be stored as given"))
 
     if a.dtype.kind in "iu":
