@@ -320,14 +320,18 @@ def calibrate(trace, measured, fit, fit_fraction, loss, wall_only, max_evals, ou
               help="model file: .npz (coactivation) or .pt (gru)")
 @click.option("--kind", type=click.Choice(["coactivation", "gru"]), default="coactivation", show_default=True,
               help="coactivation: numpy, seconds; gru: a small PyTorch sequence model (needs torch)")
-@click.option("--horizon", type=int, default=1, show_default=True, help="coactivation: fit horizons 1..H")
-@click.option("--epochs", type=int, default=4, show_default=True, help="gru: passes over the training steps")
-@click.option("--hidden", type=int, default=128, show_default=True, help="gru: hidden size")
+@click.option("--horizon", type=click.IntRange(min=1), default=1, show_default=True,
+              help="coactivation: fit horizons 1..H")
+@click.option("--epochs", type=click.IntRange(min=1), default=4, show_default=True,
+              help="gru: passes over the training steps")
+@click.option("--hidden", type=click.IntRange(1, 65536), default=128, show_default=True, help="gru: hidden size")
 @friendly_errors
 def fit_predictor_cmd(train, out, kind, horizon, epochs, hidden) -> None:
     """Fit a learned prefetch predictor on TRAIN traces (never the ones you evaluate on)."""
     import time
+    from .files import refuse_inputs
     from .predict import fit_predictor
+    refuse_inputs(out, train)
     t0 = time.perf_counter()
     options = {"epochs": epochs, "hidden": hidden} if kind == "gru" else {}
     fit_predictor(list(train), out, kind=kind, horizon=horizon, **options)
@@ -410,24 +414,32 @@ def hardware_cmd(as_json) -> None:
 @click.argument("src", nargs=-1, required=True)
 @click.option("--format", "fmt", default="auto", show_default=True,
               type=click.Choice(["auto", "moe-beyond", "vllm", "megatron", "csv", "npz", "speculative-moe",
-                                 "bigmoeonedge", "stratamoe"]), help="Source format (auto: from names and content).")
+                                 "bigmoeonedge", "stratamoe", "onnx-genai"]),
+              help="Source format (auto: from names and content).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Trace file to write (.parquet).")
 @click.option("--model", default=None, help="Model id or alias (fills experts, layers, bytes for formats without them).")
-@click.option("--num-experts", type=int, default=None, help="Routed experts per layer (vllm, megatron, csv, npz).")
+@click.option("--num-experts", type=click.IntRange(1, 65536), default=None,
+              help="Routed experts per layer (vllm, megatron, csv, npz).")
 @click.option("--moe-layers", default=None, help="MoE layer ids, e.g. '1-26' or '0,2,4' (vllm, megatron, csv, npz).")
-@click.option("--num-layers", type=int, default=None, help="Decoder layers in the model, dense ones included.")
-@click.option("--prompt-len", type=int, multiple=True, help="vllm: tokens before it are prefill; once, or once per request.")
-@click.option("--rank", type=int, default=None, help="megatron: the data-parallel rank to keep (default 0).")
-@click.option("--batch-size", type=int, default=None, help="megatron: requests per step (tokens split evenly).")
+@click.option("--num-layers", type=click.IntRange(1, 65536), default=None,
+              help="Decoder layers in the model, dense ones included.")
+@click.option("--prompt-len", type=click.IntRange(min=0), multiple=True,
+              help="vllm: tokens before it are prefill; once, or once per request.")
+@click.option("--rank", type=click.IntRange(min=0), default=None, help="megatron: the data-parallel rank to keep (default 0).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="megatron: requests per step (tokens split evenly).")
 @friendly_errors
 def convert(src, fmt, out, model, num_experts, moe_layers, num_layers, prompt_len, rank, batch_size) -> None:
-    """Import traces other tools wrote (SRC: files, folders or globs) into one moesim trace."""
+    """Import traces other tools wrote (SRC: files, folders or globs; documentation such as SOURCE.md is
+    skipped) into one moesim trace; several files become one trace, file after file."""
     import time
     import numpy as np
+    from .files import refuse_inputs
     from .trace import write_trace
     from .trace.importers import convert as convert_trace, input_files
     t0 = time.perf_counter()
     files = input_files(src, fmt)
+    refuse_inputs(out, files)
     options = dict(model=model, num_experts=num_experts, moe_layers=moe_layers, num_layers=num_layers,
                    prompt_len=(prompt_len[0] if len(prompt_len) == 1 else list(prompt_len)) or None,
                    rank=rank, batch_size=batch_size)
@@ -449,7 +461,8 @@ def convert(src, fmt, out, model, num_experts, moe_layers, num_layers, prompt_le
 @main.command()
 @click.argument("trace", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON (for machines).")
-@click.option("--batch-rows", default=1 << 20, show_default=True, help="Rows streamed per batch.")
+@click.option("--batch-rows", type=click.IntRange(min=1), default=1 << 20, show_default=True,
+              help="Rows streamed per batch.")
 @friendly_errors
 def inspect(trace: str, as_json: bool, batch_rows: int) -> None:
     """What TRACE holds: model card, sizes, expert popularity, reuse, LRU curve, layer coupling."""
@@ -466,29 +479,37 @@ def inspect(trace: str, as_json: bool, batch_rows: int) -> None:
 @click.option("--like", "like", type=click.Path(dir_okay=False), help="Fit the generator to this real trace.")
 @click.option("--model", "model_path", type=click.Path(dir_okay=False), help="Sample a saved synth model (.npz/.json).")
 @click.option("--save-model", type=click.Path(dir_okay=False), help="Also save the fitted/parametric model (.npz/.json).")
-@click.option("--layers", type=int, help="Parametric: MoE layers.")
-@click.option("--experts", type=int, help="Parametric: experts per layer.")
-@click.option("--top-k", type=int, help="Parametric: experts per token and layer.")
+@click.option("--layers", type=click.IntRange(1, 65536), help="Parametric: MoE layers.")
+@click.option("--experts", type=click.IntRange(1, 65536), help="Parametric: experts per layer.")
+@click.option("--top-k", type=click.IntRange(min=1), help="Parametric: experts per token and layer.")
 @click.option("--zipf", type=float, default=1.0, show_default=True, help="Parametric: popularity Zipf exponent.")
 @click.option("--reuse", type=float, default=0.0, show_default=True,
               help="Parametric: keep probability of each previous-token expert.")
 @click.option("--coupling", type=float, default=0.0, show_default=True,
               help="Parametric: pull of the previous layer's experts (0 = none).")
-@click.option("--prompt-tokens", type=int, default=64, show_default=True, help="Parametric: prompt length.")
-@click.option("--decode-tokens", type=int, default=64, show_default=True, help="Parametric: generated tokens.")
-@click.option("--bytes-per-expert", type=int, default=0, show_default=True, help="Parametric: model card field.")
-@click.option("--tokens", type=int, required=True, help="Tokens to generate.")
-@click.option("--requests", type=int, default=None, help="Requests (default: tokens / mean request length).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--prompt-tokens", type=click.IntRange(min=0), default=64, show_default=True,
+              help="Parametric: prompt length.")
+@click.option("--decode-tokens", type=click.IntRange(min=0), default=64, show_default=True,
+              help="Parametric: generated tokens.")
+@click.option("--bytes-per-expert", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Parametric: model card field.")
+@click.option("--tokens", type=click.IntRange(1, 2 ** 32 - 1), required=True, help="Tokens to generate.")
+@click.option("--requests", type=click.IntRange(min=1), default=None,
+              help="Requests (default: tokens / mean request length).")
+@click.option("--seed", type=click.IntRange(0, 2 ** 63 - 1), default=0, show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="Output trace (.parquet).")
 @friendly_errors
 def synth(like, model_path, save_model, layers, experts, top_k, zipf, reuse, coupling, prompt_tokens,
           decode_tokens, bytes_per_expert, tokens, requests, seed, out) -> None:
     """Write a synthetic trace: fitted to a real one (--like), from a saved model, or parametric."""
+    from .files import refuse_inputs
     from .trace import write_trace
     from .trace.synth import SynthModel, fit, parametric, sample
     if sum(x is not None for x in (like, model_path, layers)) != 1:
         raise click.UsageError("give exactly one of --like TRACE, --model FILE, or --layers/--experts/--top-k")
+    refuse_inputs(out, [like, model_path])
+    if save_model:
+        refuse_inputs(save_model, [like, model_path, out], option="--save-model")
     if like:
         model = fit(like, seed=seed)
     elif model_path:

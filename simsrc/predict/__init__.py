@@ -14,6 +14,7 @@ import os
 from collections import OrderedDict
 from pathlib import Path
 
+from ..files import regular_file
 from ..hardware import Hardware
 from ..registry import Registry
 from ..trace import AccessStream, Trace, access_stream, read_trace
@@ -48,6 +49,7 @@ def load_model(path: str | os.PathLike):
     path = Path(path)
     if not path.exists():
         raise ValueError(f"{path}: no such predictor model; fit one with `moesim fit-predictor TRAIN --out {path}`")
+    regular_file(path, "predictor model")  # a named pipe would block the read below
     with open(path, "rb") as f:
         zip_magic = f.read(4) == b"PK\x03\x04"
     if path.suffix == ".npz" or (zip_magic and path.suffix != ".pt"):

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..files import atomic_write, load_npz
 from ..trace import AccessStream, Trace, access_stream
 from .base import Predictions, from_dense, same_model, seg_at, seg_counts, seg_position
 
@@ -51,23 +52,41 @@ class CoactivationModel:
         return self.log_base.shape[0]
 
     def save(self, path: str | os.PathLike) -> Path:
-        path = Path(path)
-        with open(path, "wb") as f:  # np.savez would append .npz to a name without it
-            np.savez_compressed(f, log_base=self.log_base, evidence=self.evidence,
-                                meta=np.array(json.dumps({"kind": KIND, **self.meta})))
-        return path
+        """Write the model as .npz, atomically (a failed write leaves any earlier file as it was)."""
+        def write(tmp):
+            with open(tmp, "wb") as f:  # np.savez would append .npz to a name without it
+                np.savez_compressed(f, log_base=self.log_base, evidence=self.evidence,
+                                    meta=np.array(json.dumps({"kind": KIND, **self.meta})))
+        return atomic_write(path, write)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "CoactivationModel":
+        """A fitted model, checked: its arrays' stored sizes before they are read, then their shapes against
+        its own layers x experts, so a damaged file is one clear error, never a huge allocation or a
+        broadcast error in the middle of a replay."""
+        hint = "fit one with `moesim fit-predictor TRAIN --out MODEL.npz`"
+        z = load_npz(path, f"moesim co-activation model ({hint})", ["meta", "log_base", "evidence"])
         try:
-            with np.load(path, allow_pickle=False) as z:
-                meta = json.loads(str(z["meta"]))
-                if meta.get("kind") != KIND:
-                    raise ValueError(f"{path}: kind {meta.get('kind')!r} is not a {KIND} model")
-                return cls(z["log_base"], z["evidence"], meta)
-        except (OSError, KeyError, json.JSONDecodeError) as e:
-            raise ValueError(f"{path}: not a moesim co-activation model ({e}); fit one with "
-                             f"`moesim fit-predictor TRAIN --out MODEL.npz`") from None
+            meta = json.loads(str(z["meta"]))
+        except (KeyError, json.JSONDecodeError, TypeError) as e:
+            raise ValueError(f"{path}: not a moesim co-activation model (meta: {e}); {hint}") from None
+        if not isinstance(meta, dict) or meta.get("kind") != KIND:
+            kind = meta.get("kind") if isinstance(meta, dict) else meta
+            raise ValueError(f"{path}: kind {kind!r} is not a {KIND} model; {hint}")
+        L, E = meta.get("num_layers"), meta.get("num_experts")
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in (L, E)):
+            raise ValueError(f"{path}: meta num_layers={L!r}, num_experts={E!r} must be whole numbers >= 1; {hint}")
+        for name in ("log_base", "evidence"):
+            if name not in z:
+                raise ValueError(f"{path}: lacks array '{name}'; {hint}")
+        log_base, evidence = z["log_base"], z["evidence"]
+        H = log_base.shape[0] if log_base.ndim == 3 else -1
+        for name, a, shape in (("log_base", log_base, (H, L, E)), ("evidence", evidence, (H, L, GROUPS * E, E))):
+            if a.shape != shape or H < 1 or a.dtype.kind != "f" or not np.isfinite(a).all():
+                raise ValueError(f"{path}: '{name}' is {a.dtype} {a.shape}, expected finite floats of shape "
+                                 f"(horizons, layers, ...) = {shape} for {L} layers x {E} experts; the file is "
+                                 f"damaged: {hint}")
+        return cls(log_base, evidence, meta)
 
     def scores(self, stream: AccessStream, counts: np.ndarray, targets: np.ndarray, h: int) -> np.ndarray:
         x = history(stream, counts, targets, h)
@@ -87,6 +106,14 @@ def _logit(p):
 def fit(train: Trace | list[Trace], *, horizon: int = 1, smoothing: float = 1.0) -> CoactivationModel:
     """Count co-activations in training traces (replayed as decoded, one token per step)."""
     traces = train if isinstance(train, list) else [train]
+    if isinstance(horizon, bool) or not isinstance(horizon, (int, np.integer)) or horizon < 1:
+        raise ValueError(f"horizon must be a whole number >= 1 (layers ahead), got {horizon!r}")
+    if not smoothing > 0:
+        raise ValueError(f"smoothing must be > 0, got {smoothing!r}")
+    empty = [str(t.path or "<in memory>") for t in traces if t.num_rows == 0]
+    if empty:
+        raise ValueError(f"{empty[0]}: the training trace holds no rows; a predictor fitted on nothing predicts "
+                         f"nothing: train on traces with routing")
     L, E = same_model(traces)
     F = GROUPS * E
     xty = np.zeros((horizon, L, F, E))

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..files import atomic_write, regular_file
 from ..trace import AccessStream, Trace, access_stream
 from .base import Predictions, from_dense, same_model, seg_at, seg_counts
 
@@ -44,6 +45,17 @@ def _inputs(stream: AccessStream, counts: np.ndarray) -> tuple[np.ndarray, np.nd
     return x.reshape(steps, L, 2 * E), seg.reshape(steps, L)
 
 
+# Hidden sizes a model file may declare; the CLI's --hidden stays within it.
+MAX_HIDDEN = 65536
+
+
+def _shapes(L: int, E: int, hidden: int) -> dict[str, tuple[int, ...]]:
+    """The state_dict shapes of _net(L, E, hidden), by arithmetic (nothing is allocated)."""
+    g = 3 * hidden  # a GRU stacks its reset, update and new gates
+    return {"gru.weight_ih_l0": (g, 2 * E), "gru.weight_hh_l0": (g, hidden), "gru.bias_ih_l0": (g,),
+            "gru.bias_hh_l0": (g,), "layer.weight": (L, hidden), "out.weight": (E, hidden), "out.bias": (E,)}
+
+
 def _net(torch, L, E, hidden):
     class GruPredictor(torch.nn.Module):
         def __init__(self):
@@ -65,21 +77,46 @@ class GruModel:
         self.horizon = 1
 
     def save(self, path: str | os.PathLike) -> Path:
+        """Write the state_dict (plus its configuration tensor) atomically."""
         torch = _torch()
         state = dict(self.net.state_dict())
         state[CONFIG_KEY] = torch.tensor([self.meta["num_layers"], self.meta["num_experts"], self.hidden, 1])
-        torch.save(state, path)
-        return Path(path)
+
+        def write(tmp):
+            with open(tmp, "wb") as f:
+                torch.save(state, f)
+        return atomic_write(path, write)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "GruModel":
+        """A fitted GRU, checked before the network is built: every tensor's name and shape must be what its
+        stored (layers, experts, hidden) imply, so a damaged or foreign file is one clear error (never a
+        network sized by a corrupted hidden field)."""
         torch = _torch()
+        hint = "fit one with `moesim fit-predictor TRAIN --kind gru --out MODEL.pt`"
+        regular_file(path, "GRU predictor model")
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-            L, E, hidden, _ = (int(v) for v in state.pop(CONFIG_KEY))
         except Exception as e:  # torch raises many kinds for a file that is not a state_dict
-            raise ValueError(f"{path}: not a moesim GRU predictor ({type(e).__name__}: {e}); fit one with "
-                             f"`moesim fit-predictor TRAIN --kind gru --out MODEL.pt`") from None
+            raise ValueError(f"{path}: not a moesim GRU predictor ({type(e).__name__}: {e}); {hint}") from None
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise ValueError(f"{path}: not a moesim GRU predictor (not a state_dict of tensors); {hint}")
+        config = state.pop(CONFIG_KEY, None)
+        if config is None or config.shape != (4,) or config.is_floating_point():
+            raise ValueError(f"{path}: not a moesim GRU predictor (no '{CONFIG_KEY}' [layers, experts, hidden, version] "
+                             f"tensor); {hint}")
+        L, E, hidden, version = (int(v) for v in config)
+        if version != 1 or not (1 <= L <= 65536 and 1 <= E <= 65536 and 1 <= hidden <= MAX_HIDDEN):
+            raise ValueError(f"{path}: not a moesim GRU predictor (configuration layers={L}, experts={E}, "
+                             f"hidden={hidden}, version={version} is out of range: hidden at most {MAX_HIDDEN}, "
+                             f"version 1; the file is damaged); {hint}")
+        want = _shapes(L, E, hidden)
+        got = {k: tuple(v.shape) for k, v in state.items()}
+        if got != want:
+            diff = sorted(set(want) ^ set(got)) or sorted(k for k in want if want[k] != got[k])
+            raise ValueError(f"{path}: not a moesim GRU predictor (its tensors do not match a GRU of {L} layers x "
+                             f"{E} experts, hidden {hidden}; first difference: {diff[0]}: {got.get(diff[0])} vs "
+                             f"{want.get(diff[0])}); {hint}")
         net = _net(torch, L, E, hidden)
         net.load_state_dict(state)
         net.eval()
@@ -100,8 +137,15 @@ class GruModel:
 def fit_gru(train: Trace | list[Trace], *, hidden: int = 128, epochs: int = 4, batch: int = 128,
             lr: float = 3e-3, seed: int = 0, progress=None) -> GruModel:
     torch = _torch()
+    for name, v, lo, hi in (("hidden", hidden, 1, MAX_HIDDEN), ("epochs", epochs, 1, None), ("batch", batch, 1, None)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo or (hi and v > hi):
+            raise ValueError(f"{name} must be a whole number in {lo}..{hi or 'up'}, got {v!r}")
     torch.manual_seed(seed)
     traces = train if isinstance(train, list) else [train]
+    empty = [str(t.path or "<in memory>") for t in traces if t.num_rows == 0]
+    if empty:
+        raise ValueError(f"{empty[0]}: the training trace holds no rows; a predictor fitted on nothing predicts "
+                         f"nothing: train on traces with routing")
     L, E = same_model(traces)
     xs, ys, ms = [], [], []
     for tr in traces:

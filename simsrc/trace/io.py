@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping
@@ -11,10 +10,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..files import AtomicFile, regular_file
 from .schema import (
     KEY_COLUMNS,
     META_KEY,
     PRED_COLUMN,
+    OrderCheck,
     TraceError,
     TraceMeta,
     arrow_schema,
@@ -22,6 +23,7 @@ from .schema import (
     check_columns,
     check_order,
     check_rows,
+    checked_cast,
 )
 
 ROW_GROUP_ROWS = 1 << 20
@@ -63,52 +65,64 @@ class Trace:
         token_id: np.ndarray | None = None,
         router_logits: np.ndarray | None = None,
         validate: bool = True,
+        where: str = "<in memory>",
     ) -> "Trace":
         """Build a trace from per-row arrays (any order; sorted here).
 
         expert_ids: (rows, top_k). predictions: {h: (rows, m)} with -1 where a
-        row has no prediction for that horizon.
+        row has no prediction for that horizon. Every value is stored as given or
+        refused (checked_cast): nothing wraps around or loses a fraction.
+        where: the source, for error messages (an importer passes its file).
         """
+        meta.validate(where)
         n = len(layer)
         expert_ids = np.asarray(expert_ids)
         if expert_ids.shape != (n, meta.top_k):
-            raise TraceError(f"expert_ids has shape {expert_ids.shape}, expected ({n}, {meta.top_k})")
-        if n and (expert_ids.min() < 0 or expert_ids.max() >= meta.num_experts):
-            raise TraceError(f"expert id out of range 0..{meta.num_experts - 1} "
-                             f"(min {expert_ids.min()}, max {expert_ids.max()})")
-        order = canonical_order(np.asarray(step), np.asarray(request_id), np.asarray(token_pos), np.asarray(layer))
-        ids = meta.id_type
-        np_ids = np.uint8 if ids == pa.uint8() else np.uint16
-        cols: dict[str, pa.Array] = {}
+            raise TraceError(f"{where}: expert_ids has shape {expert_ids.shape}, expected ({n}, {meta.top_k})")
+        keys = {}
         for name, src in (("request_id", request_id), ("phase", phase), ("step", step),
                           ("token_pos", token_pos), ("layer", layer)):
-            cols[name] = pa.array(np.asarray(src)[order].astype(KEY_COLUMNS[name].to_pandas_dtype()),
-                                  type=KEY_COLUMNS[name])
-        cols["expert_ids"] = _fixed_list(expert_ids[order].astype(np_ids), ids, meta.top_k)
+            src = np.asarray(src)
+            if src.shape != (n,):
+                raise TraceError(f"{where}: {name} has shape {src.shape}, expected ({n},) like layer")
+            keys[name] = checked_cast(src, KEY_COLUMNS[name].to_pandas_dtype(), where, name,
+                                      hi=1 if name == "phase" else None)
+        ids = meta.id_type
+        np_ids = np.uint8 if ids == pa.uint8() else np.uint16
+        expert_ids = checked_cast(expert_ids, np_ids, where, "expert_ids", hi=meta.num_experts - 1)
+        order = canonical_order(keys["step"], keys["request_id"], keys["token_pos"], keys["layer"])
+        cols: dict[str, pa.Array] = {name: pa.array(v[order], type=KEY_COLUMNS[name]) for name, v in keys.items()}
+        cols["expert_ids"] = _fixed_list(expert_ids[order], ids, meta.top_k)
         if expert_weights is not None:
-            w = np.asarray(expert_weights, dtype=np.float32)[order]
+            w = np.asarray(expert_weights, dtype=np.float32)
+            if w.shape != (n, meta.top_k):
+                raise TraceError(f"{where}: expert_weights has shape {w.shape}, expected ({n}, {meta.top_k})")
+            w = w[order]
             cols["expert_weights"] = _fixed_list(w, pa.float32(), meta.top_k)
         horizons = {}
         for h, pred in sorted((predictions or {}).items()):
-            pred = np.asarray(pred)[order]
-            if pred.ndim != 2 or pred.shape[0] != n:
-                raise TraceError(f"prediction for horizon {h} has shape {pred.shape}, expected ({n}, m)")
+            pred = np.asarray(pred)
+            if pred.ndim != 2 or pred.shape[0] != n or not 1 <= pred.shape[1] <= meta.num_experts:
+                raise TraceError(f"{where}: prediction for horizon {h} has shape {pred.shape}, expected ({n}, m) "
+                                 f"with 1 <= m <= num_experts")
+            pred = checked_cast(pred, np.int32, where, f"pred_h{h}", lo=-1, hi=meta.num_experts - 1)[order]
             valid = (pred >= 0).all(axis=1)
-            if (pred >= meta.num_experts).any():
-                raise TraceError(f"prediction for horizon {h} names an expert >= num_experts={meta.num_experts}")
             cols[f"pred_h{h}"] = _fixed_list(np.where(pred < 0, 0, pred).astype(np_ids), ids, pred.shape[1], valid)
             horizons[h] = pred.shape[1]
         if token_id is not None:
-            cols["token_id"] = pa.array(np.asarray(token_id)[order].astype(np.uint32), type=pa.uint32())
+            cols["token_id"] = pa.array(checked_cast(token_id, np.uint32, where, "token_id")[order], type=pa.uint32())
         if router_logits is not None:
-            lg = np.asarray(router_logits, dtype=np.float16)[order]
+            lg = np.asarray(router_logits, dtype=np.float16)
+            if lg.shape != (n, meta.num_experts):
+                raise TraceError(f"{where}: router_logits has shape {lg.shape}, expected ({n}, {meta.num_experts})")
+            lg = lg[order]
             cols["router_logits"] = _fixed_list(lg, pa.float16(), lg.shape[1])
         schema = arrow_schema(meta, weights=expert_weights is not None, pred_horizons=horizons,
                               token_id=token_id is not None, logits=router_logits is not None)
         table = pa.Table.from_arrays([cols[f.name] for f in schema], schema=schema)
         trace = cls(table, meta)
         if validate:
-            trace.validate("<in memory>")
+            trace.validate(where)
         return trace
 
     # ----- access ---------------------------------------------------------
@@ -181,8 +195,8 @@ class Trace:
 
 
 def read_trace(path: str | os.PathLike, *, columns: list[str] | None = None, validate: bool = True) -> Trace:
-    """Read and check a trace file. Errors name the file, the column or row, and the fix."""
-    path = Path(path)
+    """Read and check a trace file (a path, or an fsspec URL such as s3://bucket/t.parquet with the package
+    for it installed). Errors name the file, the column or row, and the fix."""
     where = str(path)
     pf = _open(path)
     meta = _meta(pf, where)
@@ -192,35 +206,42 @@ def read_trace(path: str | os.PathLike, *, columns: list[str] | None = None, val
         table = pf.read(columns=want)
     except (OSError, pa.ArrowException) as e:
         raise TraceError(f"{where}: the file is damaged or truncated ({e}); write it again") from None
-    trace = Trace(table, meta, path)
+    trace = Trace(table, meta, None if _is_url(where) else Path(path))
     if validate:
-        meta.validate(where)
         check_rows(table, meta, where)
         check_order(table, where)
     return trace
 
 
 def read_meta(path: str | os.PathLike) -> TraceMeta:
-    where = str(path)
-    return _meta(_open(Path(path)), where)
+    """The checked model card of a trace file, without reading its rows."""
+    return _meta(_open(path), str(path))
 
 
 def iter_batches(path: str | os.PathLike, *, columns: list[str] | None = None,
                  batch_rows: int = ROW_GROUP_ROWS) -> Iterator[tuple[TraceMeta, pa.Table, int]]:
-    """Stream a trace in row batches: yields (meta, table, first_row). Row checks run per batch;
-    the cross-row order check needs the whole file and is left to read_trace."""
-    path = Path(path)
+    """Stream a trace in row batches: yields (meta, table, first_row). Each batch is checked as it arrives --
+    rows, and the order across batches (OrderCheck) -- so a stream sees only what read_trace accepts, up to
+    the first bad row."""
+    if batch_rows < 1:
+        raise ValueError(f"batch_rows must be at least 1, got {batch_rows}")
     where = str(path)
     pf = _open(path)
     meta = _meta(pf, where)
-    meta.validate(where)
     check_columns(pf.schema_arrow, meta, where)
     want = None if columns is None else list(dict.fromkeys([*KEY_COLUMNS, "expert_ids", *columns]))
+    # the columns whose values check_rows checks are read even when not asked for
+    checked = [c for c in pf.schema_arrow.names if c == "expert_weights" or PRED_COLUMN.match(c)]
+    read = None if want is None else list(dict.fromkeys([*want, *checked]))
+    order = OrderCheck(where)
     offset = 0
     try:
-        for batch in pf.iter_batches(batch_size=batch_rows, columns=want):
+        for batch in pf.iter_batches(batch_size=batch_rows, columns=read):
             table = pa.Table.from_batches([batch])
             check_rows(table, meta, where, row_offset=offset)
+            order.feed(table, offset)
+            if read != want:
+                table = table.select(want)
             yield meta, table, offset
             offset += table.num_rows
     except (OSError, pa.ArrowException) as e:
@@ -230,41 +251,60 @@ def iter_batches(path: str | os.PathLike, *, columns: list[str] | None = None,
 def write_trace(trace: Trace, path: str | os.PathLike, *, row_group_rows: int = ROW_GROUP_ROWS) -> Path:
     """Write atomically: a temporary file in the same folder, renamed when complete."""
     path = Path(path)
+    trace.meta.validate(str(path))
     table = trace.table.replace_schema_metadata({META_KEY: trace.meta.to_json()})
+    check_columns(table.schema, trace.meta, str(path))
     with TraceWriter(path, table.schema) as w:
         w.write(table, row_group_rows=row_group_rows)
     return path
 
 
 class TraceWriter:
-    """Write a trace in row groups; the final name appears only after close().
+    """Write a trace in row groups; the final name appears only after close() (moesim.files.AtomicFile).
 
     Row groups must arrive in canonical order (the recorder writes request
-    batches in step order).
+    batches in step order). abort(), or an exception in a with-block, removes the temporary.
     """
 
     def __init__(self, path: str | os.PathLike, schema: pa.Schema):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".part", dir=self.path.parent)
-        os.close(fd)
-        self._tmp = Path(tmp)
-        self._writer = pq.ParquetWriter(self._tmp, schema, compression="zstd")
+        self._file = AtomicFile(self.path)
+        self._tmp = self._file.tmp
+        try:
+            self._writer = pq.ParquetWriter(self._tmp, schema, compression="zstd")
+        except BaseException as e:
+            self._fail(e)
+
+    def _fail(self, e: BaseException):
+        self._file.discard()
+        if isinstance(e, OSError):
+            from ..files import output_error
+            raise output_error(self.path, e) from e
+        raise e
 
     def write(self, table: pa.Table, row_group_rows: int = ROW_GROUP_ROWS) -> None:
-        self._writer.write_table(table, row_group_size=row_group_rows)
+        try:
+            self._writer.write_table(table, row_group_size=row_group_rows)
+        except BaseException as e:
+            self._close_quietly()
+            self._fail(e)
 
     def close(self) -> None:
-        self._writer.close()
-        # mkstemp makes the file private (0600); a finished trace is as readable as any file the user writes
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(self._tmp, 0o666 & ~umask)
-        os.replace(self._tmp, self.path)
+        try:
+            self._writer.close()
+        except BaseException as e:
+            self._fail(e)
+        self._file.commit()
+
+    def _close_quietly(self) -> None:
+        try:
+            self._writer.close()
+        except BaseException:
+            pass
 
     def abort(self) -> None:
-        self._writer.close()
-        self._tmp.unlink(missing_ok=True)
+        self._close_quietly()
+        self._file.discard()
 
     def __enter__(self) -> "TraceWriter":
         return self
@@ -276,14 +316,46 @@ class TraceWriter:
             self.abort()
 
 
-def _open(path: Path) -> pq.ParquetFile:
-    if not path.exists():
-        raise TraceError(f"{path}: no such file")
+# Optional packages that read traces from object stores and web servers (pyproject extras).
+REMOTE_EXTRAS = {"s3": "s3", "s3a": "s3", "http": "http", "https": "http"}
+
+
+def _is_url(where: str) -> bool:
+    return "://" in where
+
+
+def _open(path: str | os.PathLike) -> pq.ParquetFile:
+    where = str(path)
+    if _is_url(where):
+        return _open_url(where)
+    try:
+        regular_file(path, "trace")
+    except ValueError as e:
+        raise TraceError(str(e)) from None
     try:
         return pq.ParquetFile(path)
     except (OSError, pa.ArrowException) as e:
-        raise TraceError(f"{path}: not a readable Parquet trace ({e}); if it comes from another tool, "
+        raise TraceError(f"{where}: not a readable Parquet trace ({e}); if it comes from another tool, "
                          f"import it with `moesim convert`") from None
+
+
+def _open_url(url: str) -> pq.ParquetFile:
+    scheme = url.split("://", 1)[0].lower()
+    extra = REMOTE_EXTRAS.get(scheme)
+    install = f"pip install 'moesim[{extra}]'" if extra else f"pip install fsspec and its package for {scheme}://"
+    try:
+        import fsspec
+        f = fsspec.open(url, "rb").open()
+    except ImportError as e:
+        raise TraceError(f"{url}: reading {scheme}:// traces needs an optional package ({e}); {install}") from None
+    except FileNotFoundError:
+        raise TraceError(f"{url}: no such file") from None
+    except (OSError, ValueError) as e:
+        raise TraceError(f"{url}: cannot open it ({type(e).__name__}: {e})") from None
+    try:
+        return pq.ParquetFile(f)
+    except (OSError, pa.ArrowException) as e:
+        raise TraceError(f"{url}: not a readable Parquet trace ({e})") from None
 
 
 def _meta(pf: pq.ParquetFile, where: str) -> TraceMeta:

@@ -81,12 +81,16 @@ class TraceMeta:
 
     @classmethod
     def from_json(cls, raw: bytes, where: str) -> "TraceMeta":
+        """Parse and check the stored model card: every field's type and range, before anything is sized by it."""
         try:
             d = json.loads(raw)
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise TraceError(f"{where}: the 'moesim' metadata is not valid JSON ({e})") from None
+        if not isinstance(d, dict):
+            raise TraceError(f"{where}: the 'moesim' metadata is {type(d).__name__} JSON, not an object of "
+                             f"fields (model, num_experts, ...); the file is damaged: write it again")
         version = d.get("schema_version")
-        if version != SCHEMA_VERSION:
+        if version != SCHEMA_VERSION or isinstance(version, bool):
             raise TraceError(
                 f"{where}: schema_version {version!r} is not one this moesim reads "
                 f"(it reads {SCHEMA_VERSION}); convert the file with a matching moesim version"
@@ -98,19 +102,116 @@ class TraceMeta:
         unknown = sorted(set(d) - known)
         if unknown:
             raise TraceError(f"{where}: metadata has unknown fields {unknown}")
-        return cls(**d)
+        meta = cls(**d)
+        meta.validate(where)
+        return meta
 
     def validate(self, where: str) -> None:
-        if self.num_experts < 1 or self.num_experts > 65536:
-            raise TraceError(f"{where}: num_experts={self.num_experts} must be in 1..65536")
+        """Types and ranges of every field. Layer ids are stored as uint16 and expert ids as uint8/uint16, and
+        readers size arrays by layers x experts, so the bounds are checked here, before any such array exists."""
+        for name, kinds in _FIELD_TYPES.items():
+            v = getattr(self, name)
+            if isinstance(v, bool) and bool not in kinds or not isinstance(v, kinds):
+                want = " or ".join("null" if k is type(None) else _TYPE_WORDS[k] for k in kinds)
+                raise TraceError(f"{where}: metadata field {name} is {v!r} ({type(v).__name__}); expected {want}")
+        if not isinstance(self.moe_layers, list) or not all(
+                isinstance(x, int) and not isinstance(x, bool) for x in self.moe_layers):
+            raise TraceError(f"{where}: metadata field moe_layers is {self.moe_layers!r}; expected a list of "
+                             f"integer layer ids")
+        if not all(isinstance(x, str) for x in self.lacks):
+            raise TraceError(f"{where}: metadata field lacks is {self.lacks!r}; expected a list of words")
+        if not self.moe_layers or sorted(set(self.moe_layers)) != list(self.moe_layers) or self.moe_layers[0] < 0 \
+                or self.moe_layers[-1] >= MAX_LAYERS:
+            raise TraceError(f"{where}: moe_layers must be a non-empty increasing list of layer ids in "
+                             f"0..{MAX_LAYERS - 1}, got {_short(self.moe_layers)}")
+        if not 1 <= self.num_layers <= MAX_LAYERS:
+            raise TraceError(f"{where}: num_layers={self.num_layers} must be in 1..{MAX_LAYERS} (layer ids are uint16)")
+        if self.num_experts < 1 or self.num_experts > MAX_EXPERTS:
+            raise TraceError(f"{where}: num_experts={self.num_experts} must be in 1..{MAX_EXPERTS}")
         if self.top_k < 1 or self.top_k > self.num_experts:
             raise TraceError(f"{where}: top_k={self.top_k} must be in 1..num_experts ({self.num_experts})")
-        if not self.moe_layers or sorted(set(self.moe_layers)) != list(self.moe_layers):
-            raise TraceError(f"{where}: moe_layers must be a non-empty increasing list, got {self.moe_layers}")
         if self.moe_layers[-1] >= self.num_layers:
             raise TraceError(
                 f"{where}: moe_layers mention layer {self.moe_layers[-1]} but num_layers={self.num_layers}"
             )
+        if len(self.moe_layers) * self.num_experts > MAX_ITEMS:
+            raise TraceError(f"{where}: {len(self.moe_layers)} MoE layers x {self.num_experts} experts = "
+                             f"{len(self.moe_layers) * self.num_experts:,} (layer, expert) pairs, more than the "
+                             f"{MAX_ITEMS:,} moe_layers x num_experts moesim sizes its arrays for; the metadata "
+                             f"is damaged or the model is beyond reach")
+        for name in ("shared_experts", "bytes_per_expert", "dense_bytes_per_layer"):
+            if getattr(self, name) < 0:
+                raise TraceError(f"{where}: {name}={getattr(self, name)} is negative; it counts "
+                                 f"{'experts' if name == 'shared_experts' else 'bytes'} (0 when unknown)")
+
+
+_FIELD_TYPES = {
+    "model": (str,), "num_layers": (int,), "num_experts": (int,), "top_k": (int,), "shared_experts": (int,),
+    "bytes_per_expert": (int,), "dense_bytes_per_layer": (int,), "dtype": (str,), "quantization": (str, type(None)),
+    "revision": (str, type(None)), "source": (dict,), "lacks": (list,), "notes": (str,), "extra": (dict,),
+    "schema_version": (int,), "moe_layers": (list,),
+}
+_TYPE_WORDS = {str: "text", int: "a whole number", dict: "an object", list: "a list", bool: "true/false"}
+# Layer ids are stored as uint16, expert ids as uint16 at most.
+MAX_LAYERS = 1 << 16
+MAX_EXPERTS = 1 << 16
+# (layer, expert) pairs a trace may name: the engine numbers them in int32 and inspect keeps a few int64
+# counters per pair, so 2^24 (~100x today's largest models) bounds those arrays to a few hundred MB.
+MAX_ITEMS = 1 << 24
+
+
+def _short(v) -> str:
+    text = repr(v)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def checked_cast(values, dtype, where: str, field: str, *, lo: int | None = None, hi: int | None = None,
+                 first_line: int | None = None) -> np.ndarray:
+    """values as integer `dtype`, or a TraceError naming the field, the first bad value and its row.
+
+    The one narrowing cast of the trace package: a value that does not fit (300 into uint8, 65537 into
+    uint16, -1 into anything unsigned), a fraction (1.7), NaN, true/false or text is refused instead of
+    being wrapped, truncated or turned into 0. lo/hi narrow the range (e.g. expert ids below num_experts).
+    first_line: the file line of row 0, so the error names lines instead of rows.
+    """
+    a = np.asarray(values)
+    info = np.iinfo(dtype)
+    lo = int(info.min) if lo is None else max(int(lo), int(info.min))
+    hi = int(info.max) if hi is None else min(int(hi), int(info.max))
+    flat = a.reshape(-1)
+    per_row = flat.size // len(a) if a.ndim > 1 and len(a) else 1  # row = first axis
+
+    def fail(i: int, v) -> TraceError:
+        row = f"line {first_line + i // per_row}: " if first_line is not None else \
+            "" if a.ndim == 0 else f"row {i // per_row}: "
+        if isinstance(v, float) and v.is_integer():
+            v = int(v)
+        what = "is not a whole number" if isinstance(v, bool) or not isinstance(v, (int, float)) or \
+            isinstance(v, float) else f"is out of range {lo}..{hi}"
+        return TraceError(f"{where}: {row}{field} {_short(v)} {what}" + (
+            f" (expected a whole number in {lo}..{hi})" if "whole" in what else "; it cannot be stored as given"))
+
+    if a.dtype.kind in "iu":
+        if a.dtype.kind == "u" and int(info.min) >= 0 and a.dtype.itemsize <= np.dtype(dtype).itemsize and lo == 0 \
+                and hi == int(info.max):
+            return a.astype(dtype, copy=False)  # widening: nothing to check
+        bad = (flat > hi) if a.dtype.kind == "u" else (flat < lo) | (flat > hi)
+        if a.dtype.kind == "u" and lo > 0:
+            bad |= flat < lo
+    elif a.dtype.kind == "f":
+        with np.errstate(invalid="ignore"):
+            bad = ~np.isfinite(flat) | (flat != np.trunc(flat)) | (flat < lo) | (flat > hi)
+    else:  # booleans, text, or Python objects (JSON numbers beyond int64 land here)
+        items = flat.tolist()
+        for i, v in enumerate(items):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or \
+                    (isinstance(v, float) and not v.is_integer()) or not lo <= v <= hi:
+                raise fail(i, v)
+        return np.array(items, dtype=dtype).reshape(a.shape)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise fail(i, flat[i].item())
+    return a.astype(dtype, copy=False)
 
 
 def arrow_schema(meta: TraceMeta, *, weights: bool, pred_horizons: dict[int, int] | None = None,
@@ -150,10 +251,19 @@ def check_columns(schema: pa.Schema, meta: TraceMeta, where: str) -> None:
                     f"{where}: column '{name}' has type {typ}, expected a fixed-size list of uint8/uint16 "
                     f"(a top-k that varies from row to row is not a valid trace)"
                 )
+            if typ.value_type != meta.id_type:
+                raise TraceError(
+                    f"{where}: column '{name}' holds {typ.value_type} ids but num_experts={meta.num_experts} "
+                    f"means {meta.id_type} (uint8 up to 256 experts, uint16 above); the metadata or the column "
+                    f"is wrong: write the file again"
+                )
             if name == "expert_ids" and typ.list_size != meta.top_k:
                 raise TraceError(
                     f"{where}: expert_ids holds {typ.list_size} experts per row but the metadata says top_k={meta.top_k}"
                 )
+            if name != "expert_ids" and not 1 <= typ.list_size <= meta.num_experts:
+                raise TraceError(f"{where}: column '{name}' predicts {typ.list_size} experts per row; expected "
+                                 f"1..num_experts ({meta.num_experts})")
         elif name == "expert_weights":
             if not pa.types.is_fixed_size_list(typ) or not pa.types.is_floating(typ.value_type) \
                     or typ.list_size != meta.top_k:
@@ -163,8 +273,10 @@ def check_columns(schema: pa.Schema, meta: TraceMeta, where: str) -> None:
             if not pa.types.is_integer(typ):
                 raise TraceError(f"{where}: column 'token_id' has type {typ}, expected uint32")
         elif name == "router_logits":
-            if not pa.types.is_fixed_size_list(typ) or not pa.types.is_floating(typ.value_type):
-                raise TraceError(f"{where}: column 'router_logits' has type {typ}, expected a fixed-size float list")
+            if not pa.types.is_fixed_size_list(typ) or not pa.types.is_floating(typ.value_type) \
+                    or typ.list_size != meta.num_experts:
+                raise TraceError(f"{where}: column 'router_logits' has type {typ}, expected a fixed-size float "
+                                 f"list of num_experts ({meta.num_experts}) logits")
         else:
             raise TraceError(
                 f"{where}: column '{name}' is not part of the moesim schema (allowed besides the keys: "
@@ -221,23 +333,42 @@ def check_rows(table: pa.Table, meta: TraceMeta, where: str, row_offset: int = 0
                                  f"{vals[bad[0]]}, out of range for num_experts={meta.num_experts}")
     if "expert_weights" in table.column_names:
         col = table.column("expert_weights")
-        if col.null_count == 0:
-            w = _flat_ids(col).astype(np.float64)
-            bad = np.flatnonzero(~(w >= 0))  # catches NaN too
-            if bad.size:
-                raise TraceError(f"{where}: row {row_offset + bad[0] // k}: expert weight {w[bad[0]]} "
-                                 f"is NaN or negative; routing weights are non-negative numbers")
+        if col.null_count:
+            # a null row has no values, so the flat weights would shift against the experts
+            r = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
+            raise TraceError(f"{where}: row {row_offset + r}: expert_weights is null; give every row its "
+                             f"{k} weights, or leave the column out")
+        w = _flat_ids(col).astype(np.float64)
+        bad = np.flatnonzero(~((w >= 0) & (w < np.inf)))  # catches NaN too
+        if bad.size:
+            raise TraceError(f"{where}: row {row_offset + bad[0] // k}: expert weight {w[bad[0]]} "
+                             f"is NaN, infinite or negative; routing weights are non-negative numbers")
 
 
-def check_order(table: pa.Table, where: str) -> None:
+def _order_columns(table: pa.Table):
+    return tuple(table.column(c).to_numpy().astype(np.int64) for c in ("step", "request_id", "token_pos", "layer"))
+
+
+def _out_of_order(where, r, prev, req, pos, layer, prev_pos, prev_layer, same: bool) -> TraceError:
+    what = "appears twice" if same else "comes after a later one"
+    return TraceError(
+        f"{where}: row {r}: (request {req}, token_pos {pos}, layer {layer}) {what} "
+        f"(row {prev}: token_pos {prev_pos}, layer {prev_layer}); token positions must increase "
+        f"within a request and each (token, layer) appear once"
+    )
+
+
+def _steps_back(where, r, step, req, prev_step, prev_req) -> TraceError:
+    return TraceError(f"{where}: row {r}: (step {step}, request {req}) follows (step {prev_step}, "
+                      f"request {prev_req}); rows must be sorted by step, then request_id, token_pos, layer")
+
+
+def check_order(table: pa.Table, where: str, row_offset: int = 0) -> None:
     """Canonical row order, and no (request, token, layer) twice."""
     n = table.num_rows
     if n < 2:
         return
-    step = table.column("step").to_numpy().astype(np.int64)
-    req = table.column("request_id").to_numpy().astype(np.int64)
-    pos = table.column("token_pos").to_numpy().astype(np.int64)
-    layer = table.column("layer").to_numpy().astype(np.int64)
+    step, req, pos, layer = _order_columns(table)
     # Within a request, (token_pos, layer) must strictly increase in file order:
     # that catches duplicates, positions going backwards and shuffled layers.
     by_req = np.argsort(req, kind="stable")
@@ -247,20 +378,48 @@ def check_order(table: pa.Table, where: str) -> None:
     if bad.size:
         r = by_req[bad[0] + 1]
         prev = by_req[bad[0]]
-        what = "appears twice" if key[bad[0] + 1] == key[bad[0]] else "comes after a later one"
-        raise TraceError(
-            f"{where}: row {r}: (request {req[r]}, token_pos {pos[r]}, layer {layer[r]}) {what} "
-            f"(row {prev}: token_pos {pos[prev]}, layer {layer[prev]}); token positions must increase "
-            f"within a request and each (token, layer) appear once"
-        )
+        raise _out_of_order(where, row_offset + r, row_offset + prev, req[r], pos[r], layer[r], pos[prev], layer[prev],
+                            key[bad[0] + 1] == key[bad[0]])
     # Across requests: steps never go back, and a step's rows are grouped by request.
     k2 = np.stack([step, req], axis=1)
     d = np.diff(k2, axis=0)
     bad = np.flatnonzero((d[:, 0] < 0) | ((d[:, 0] == 0) & (d[:, 1] < 0)))
     if bad.size:
         r = bad[0] + 1
-        raise TraceError(f"{where}: row {r}: (step {step[r]}, request {req[r]}) follows (step {step[r-1]}, "
-                         f"request {req[r-1]}); rows must be sorted by step, then request_id, token_pos, layer")
+        raise _steps_back(where, row_offset + r, step[r], req[r], step[r - 1], req[r - 1])
+
+
+class OrderCheck:
+    """check_order for a file read in row batches: each batch is checked alone, and its first rows against
+    what earlier batches left -- the last (step, request) and each request's last (token_pos, layer) -- so a
+    stream refuses exactly the files read_trace refuses, wherever the batch boundaries fall."""
+
+    def __init__(self, where: str):
+        self.where = where
+        self.last: tuple[int, int, int] | None = None     # (step, request, row) of the previous batch's last row
+        self.request_last: dict[int, tuple[int, int, int, int]] = {}  # request -> (key, token_pos, layer, row)
+
+    def feed(self, table: pa.Table, row_offset: int) -> None:
+        n = table.num_rows
+        if n == 0:
+            return
+        check_order(table, self.where, row_offset)
+        step, req, pos, layer = _order_columns(table)
+        if self.last is not None:
+            s0, q0, _ = self.last
+            if step[0] < s0 or (step[0] == s0 and req[0] < q0):
+                raise _steps_back(self.where, row_offset, step[0], req[0], s0, q0)
+        key = pos * 65536 + layer
+        uniq, first = np.unique(req, return_index=True)
+        for r, i in zip(uniq.tolist(), first.tolist()):
+            seen = self.request_last.get(r)
+            if seen is not None and key[i] <= seen[0]:
+                raise _out_of_order(self.where, row_offset + i, seen[3], r, pos[i], layer[i], seen[1], seen[2],
+                                    key[i] == seen[0])
+        _, last_rev = np.unique(req[::-1], return_index=True)
+        for r, i in zip(uniq.tolist(), (n - 1 - last_rev).tolist()):
+            self.request_last[r] = (int(key[i]), int(pos[i]), int(layer[i]), row_offset + i)
+        self.last = (int(step[-1]), int(req[-1]), row_offset + n - 1)
 
 
 def canonical_order(step: np.ndarray, request_id: np.ndarray, token_pos: np.ndarray, layer: np.ndarray) -> np.ndarray:

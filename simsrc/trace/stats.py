@@ -452,7 +452,8 @@ def _reuse_distance(hist: np.ndarray, split: dict, num_items: int) -> dict[str, 
             lo *= 2
         hist_rows = [{"from": a, "to": b - 1, "accesses": int(reuse[a:b].sum())} for a, b in buckets]
         curve = []
-        for c in sorted({max(1, round(f * num_items)) for f in LRU_FRACTIONS}):
+        # floored like replay's capacity ('20%' of 1,664 experts is 332), so the two name the same cache
+        for c in sorted({max(1, math.floor(f * num_items + 1e-9)) for f in LRU_FRACTIONS}):
             curve.append({"capacity": c, "fraction": c / num_items,
                           "hit_rate": float(hits_by_capacity[c] / total) if total else None})
         out[name] = {
@@ -508,6 +509,9 @@ def format_report(r: dict[str, Any]) -> str:
         f"{r['bytes_per_expert']:,} bytes each",
         "",
     ]
+    if not r["rows"]:
+        out.append("The trace holds no rows: no statistics to show.")
+        return "\n".join(out)
     pop, reuse, coup = r["popularity"]["all"], r["next_token_reuse"]["all"], r["coupling"]
     has_coup = "all" in coup
     header = ["layer", "top10% share", "experts 90%", "entropy", "next-token reuse"]

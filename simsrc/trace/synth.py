@@ -36,8 +36,9 @@ import numba
 import numpy as np
 import pyarrow as pa
 
+from ..files import atomic_write, load_npz, regular_file
 from .io import Trace, read_meta
-from .schema import DECODE, KEY_COLUMNS, PREFILL, TraceMeta, arrow_schema
+from .schema import DECODE, KEY_COLUMNS, MAX_ITEMS, PREFILL, TraceError, TraceMeta, arrow_schema
 from .stats import inspect_trace
 
 GENERATOR = "moesim.trace.synth"
@@ -48,6 +49,12 @@ CARD_FIELDS = ("model", "num_layers", "moe_layers", "num_experts", "top_k", "sha
 CALIBRATION_TOKENS = 20_000
 CALIBRATION_ROUNDS = 4
 MAX_COUPLING = 8.0
+# Successor-table cells (layers-1 x experts x experts, float64) a model may hold: 512 MB.
+MAX_TRANSITION_CELLS = 64_000_000
+# Seeds feed a 64-bit counter-based generator and numba's int64.
+MAX_SEED = 2 ** 63 - 1
+# Step and token positions are stored as uint32.
+MAX_TOKENS = 2 ** 32 - 1
 
 
 @dataclass
@@ -75,7 +82,17 @@ class SynthModel:
         return int(self.card["top_k"])
 
     def check(self, where: str = "synth model") -> None:
+        if self.popularity.ndim != 2 or 0 in self.popularity.shape:
+            raise ValueError(f"{where}: 'popularity' has shape {self.popularity.shape}, expected [layers, experts]")
         L, E = self.popularity.shape
+        if max(L - 1, 0) * E * E > MAX_TRANSITION_CELLS:
+            raise ValueError(f"{where}: {L} layers x {E} experts need a {L - 1} x {E} x {E} successor table, more "
+                             f"than {MAX_TRANSITION_CELLS:,} cells; use fewer layers or experts")
+        try:
+            # the card becomes the generated traces' metadata: check it as read_trace will
+            TraceMeta(**{k: v for k, v in self.card.items() if k in CARD_FIELDS}).validate(where)
+        except TypeError as e:
+            raise ValueError(f"{where}: the card is incomplete or has unknown fields ({e})") from None
         want = {"reuse": (L,), "coupling": (L,), "transition": (max(L - 1, 0), E, E)}
         for name, shape in want.items():
             if getattr(self, name).shape != shape:
@@ -94,9 +111,10 @@ class SynthModel:
             if v.size and not (np.all(v >= 0) and np.all(np.isfinite(v))):
                 raise ValueError(f"{where}: '{name}' must be finite and non-negative")
         if len(self.prompt_tokens) != len(self.decode_tokens) or len(self.prompt_tokens) == 0 \
+                or min(self.prompt_tokens.min(), self.decode_tokens.min()) < 0 \
                 or (self.prompt_tokens + self.decode_tokens).min() < 1:
             raise ValueError(f"{where}: prompt_tokens/decode_tokens must be equally long, non-empty, "
-                             f"and every request needs at least one token")
+                             f"not negative, and every request needs at least one token")
 
     # ---------------------------------------------------------- files (never pickle)
     def _arrays(self) -> dict[str, np.ndarray]:
@@ -108,44 +126,65 @@ class SynthModel:
                 "lacks": self.lacks}
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write as .npz (arrays + a JSON header) or .json (everything as lists)."""
+        """Write as .npz (arrays + a JSON header) or .json (everything as lists), atomically."""
         path = Path(path)
         if path.suffix == ".npz":
             head = np.frombuffer(json.dumps(self._header(), sort_keys=True).encode(), dtype=np.uint8)
-            np.savez_compressed(path, header=head, **self._arrays())
+
+            def write(tmp):
+                with open(tmp, "wb") as f:  # a file object: np.savez would add .npz to the temporary's name
+                    np.savez_compressed(f, header=head, **self._arrays())
         elif path.suffix == ".json":
             doc = self._header() | {k: v.tolist() for k, v in self._arrays().items()}
-            path.write_text(json.dumps(doc, sort_keys=True))
+            text = json.dumps(doc, sort_keys=True)
+
+            def write(tmp):
+                Path(tmp).write_text(text)
         else:
             raise ValueError(f"{path}: a synth model is saved as .npz or .json, not '{path.suffix}'")
-        return path
+        return atomic_write(path, write)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "SynthModel":
         path = Path(path)
-        if not path.exists():
-            raise ValueError(f"{path}: no such file")
+        regular_file(path, "synth model")
         names = [f.name for f in dataclasses.fields(cls) if f.name not in ("card", "source", "lacks")]
+        what = f"{FORMAT} file (moesim synth --save-model)"
         try:
             if path.suffix == ".npz":
-                with np.load(path, allow_pickle=False) as z:
-                    head = json.loads(bytes(z["header"]).decode())
-                    arrays = {n: z[n] for n in names}
+                z = load_npz(path, what, ["header", *names])
+                head = json.loads(bytes(z["header"]).decode())
+                arrays = {n: z[n] for n in names}
             elif path.suffix == ".json":
                 doc = json.loads(path.read_text())
                 head = doc
-                arrays = {n: np.asarray(doc[n]) for n in names}
+                arrays = {n: doc[n] for n in names}
             else:
                 raise ValueError(f"{path}: a synth model is a .npz or .json file, not '{path.suffix}'")
         except KeyError as e:
             raise ValueError(f"{path}: synth model lacks field {e}") from None
-        except (json.JSONDecodeError, OSError) as e:
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
             raise ValueError(f"{path}: not a readable synth model ({e})") from None
-        if head.get("format") != FORMAT or head.get("version") != FORMAT_VERSION:
+        if not isinstance(head, dict) or head.get("format") != FORMAT or head.get("version") != FORMAT_VERSION:
             raise ValueError(f"{path}: not a {FORMAT} v{FORMAT_VERSION} file "
-                             f"(format={head.get('format')!r}, version={head.get('version')!r})")
-        model = cls(card=head["card"], source=head["source"], lacks=head["lacks"],
-                    **{n: arrays[n].astype(np.int64 if n.endswith("tokens") else np.float64) for n in names})
+                             f"(format={head.get('format') if isinstance(head, dict) else head!r}, "
+                             f"version={head.get('version') if isinstance(head, dict) else None!r})")
+        for key, kind in (("card", dict), ("source", dict), ("lacks", list)):
+            if not isinstance(head.get(key), kind):
+                raise ValueError(f"{path}: '{key}' must be a JSON {kind.__name__}, got {head.get(key)!r:.60}")
+        typed = {}
+        for n in names:
+            want = np.int64 if n.endswith("tokens") else np.float64
+            try:
+                a = np.asarray(arrays[n])
+                if a.dtype.kind not in "iuf" or (want is np.int64 and a.dtype.kind == "f" and not
+                                                  np.all(np.isfinite(a) & (a == np.trunc(a)))):
+                    raise ValueError
+                typed[n] = a.astype(want)
+            except (ValueError, TypeError):
+                raise ValueError(f"{path}: '{n}' must hold {'whole numbers' if want is np.int64 else 'numbers'} "
+                                 f"in a (nested) list") from None
+        model = cls(card=head["card"], source=head["source"], lacks=head["lacks"], **typed)
         model.check(str(path))
         return model
 
@@ -266,12 +305,29 @@ def _lengths(model: SynthModel, tokens: int, requests: int | None, rng: np.rando
     return prompt, n - prompt
 
 
+def _check_memory(rows: int, k: int, experts: int) -> None:
+    """Refuse a trace that cannot fit in this machine's memory before allocating it (it is built whole)."""
+    per_row = k * (1 if experts <= 256 else 2) + 15 + 48  # ids, key columns, and the int64 intermediates
+    need = rows * per_row
+    try:
+        have = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return
+    if need > have:
+        raise ValueError(f"tokens: {rows:,} rows (tokens x layers) would need ~{need / 2**30:,.0f} GiB to build, "
+                         f"more than this machine's {have / 2**30:,.0f} GiB; generate fewer --tokens")
+
+
 def sample(model: SynthModel, *, tokens: int, requests: int | None = None, seed: int = 0) -> Trace:
     """A trace of `tokens` tokens in `requests` requests (default: the source's mean length)."""
     model.check()
-    if seed < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed must be a whole number in 0..{MAX_SEED}, got {seed!r}")
+    if isinstance(tokens, bool) or not isinstance(tokens, (int, np.integer)) or not 1 <= tokens <= MAX_TOKENS:
+        raise ValueError(f"tokens must be a whole number in 1..{MAX_TOKENS} (steps and positions are uint32), "
+                         f"got {tokens!r}")
     L, E, k = model.num_layers, model.num_experts, model.top_k
+    _check_memory(int(tokens) * L, k, E)
     rng = np.random.default_rng(seed)
     prompt, decode = _lengths(model, int(tokens), requests, rng)
     per_req = prompt + decode
@@ -326,6 +382,9 @@ def fit(trace: Trace | str | os.PathLike, *, calibration_tokens: int = CALIBRATI
     """Fit the generator to a trace (a path is streamed)."""
     meta = trace.meta if isinstance(trace, Trace) else read_meta(trace)
     report = inspect_trace(trace, successors=True)
+    if not report["rows"]:
+        raise TraceError(f"{report['file'] or '<in memory>'}: the trace holds no rows; the generator needs "
+                         f"routing to fit")
     L, E, k = meta.num_moe_layers, meta.num_experts, meta.top_k
     counts = report["popularity"]["all"]["counts"].astype(np.float64)
     target_pop = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
@@ -386,6 +445,15 @@ def parametric(*, layers: int, experts: int, top_k: int, zipf_s: float = 1.0, re
     if layers < 1 or experts < 1 or not 1 <= top_k <= experts:
         raise ValueError(f"need layers >= 1, experts >= 1 and 1 <= top_k <= experts "
                          f"(got layers={layers}, experts={experts}, top_k={top_k})")
+    if experts > 65536 or layers > 65536 or layers * experts > MAX_ITEMS:
+        raise ValueError(f"experts={experts}, layers={layers}: a trace holds at most 65,536 experts per layer "
+                         f"and {MAX_ITEMS:,} (layer, expert) pairs")
+    if (layers - 1) * experts * experts > MAX_TRANSITION_CELLS:
+        raise ValueError(f"experts={experts}, layers={layers}: the successor table would hold "
+                         f"{(layers - 1) * experts ** 2:,} cells, more than {MAX_TRANSITION_CELLS:,}; use fewer "
+                         f"experts or layers")
+    if bytes_per_expert < 0:
+        raise ValueError(f"bytes_per_expert={bytes_per_expert} is negative")
     if not 0 <= reuse_p <= 1:
         raise ValueError(f"reuse_p={reuse_p} must be a probability in [0, 1]")
     if not 0 <= coupling <= MAX_COUPLING:

@@ -17,29 +17,46 @@ import pyarrow as pa
 import pyarrow.csv as pcsv
 
 from ..io import Trace
-from ..schema import DECODE, TraceError, TraceMeta
+from ..schema import DECODE, TraceError, TraceMeta, checked_cast
 
 HEADER = ["turn", "phase", "step", "layer", "slot", "expert", "weight", "residency", "expert_bytes"]
+
+
+def _int_field(path: Path, line: int, kv: dict, key: str, lo: int = 0, hi: int | None = None) -> int:
+    if key not in kv:
+        raise TraceError(f"{path}: line {line}: the preamble lacks {key}=; a BigMoeOnEdge route_trace v1 file "
+                         f"names it (model=... n_layer= n_expert= n_expert_used=)")
+    v = kv[key]
+    if not v.isdigit() or not lo <= int(v) <= (hi if hi is not None else int(v)):
+        raise TraceError(f"{path}: line {line}: {key}={v} is not a whole number in {lo}.."
+                         f"{hi if hi is not None else 'up'}")
+    return int(v)
 
 
 def _preamble(path: Path) -> tuple[dict, list[tuple[int, int, int]], int]:
     head: dict = {}
     layers = []
     n = 0
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8", errors="replace") as f:
         for line in f:
             if not line.startswith("#"):
                 break
             n += 1
             kv = dict(re.findall(r"(\w+)=(\S+)", line))
-            if "n_layer" in kv:
-                head = kv
+            if "n_layer" in kv or "n_expert" in kv or "n_expert_used" in kv:
+                head = {**kv, "line": n}
+                for key, lo, hi in (("n_layer", 1, 65536), ("n_expert", 1, 65536), ("n_expert_used", 1, 65536)):
+                    head[key] = _int_field(path, n, kv, key, lo, hi)
             elif "expert_bytes" in kv:
-                layers.append((int(kv["layer"]), int(kv["expert_bytes"]), int(kv["dense_bytes"])))
+                layers.append(tuple(_int_field(path, n, kv, key) for key in ("layer", "expert_bytes", "dense_bytes")))
     if not head:
         raise TraceError(f"{path}: the '#' preamble lacks the 'model=... n_layer= n_expert= n_expert_used=' "
                          f"line of a BigMoeOnEdge route_trace v1 file")
     return head, layers, n
+
+
+NUMERIC = {"turn": "integer", "phase": "integer", "step": "integer", "layer": "integer", "slot": "integer",
+           "expert": "integer", "weight": "number", "residency": "integer", "expert_bytes": "integer"}
 
 
 def read_bigmoeonedge(path: str | os.PathLike, *, progress=None) -> Trace:
@@ -49,12 +66,22 @@ def read_bigmoeonedge(path: str | os.PathLike, *, progress=None) -> Trace:
     head, layer_bytes, skip = _preamble(path)
     try:
         t = pcsv.read_csv(path, read_options=pcsv.ReadOptions(skip_rows=skip))
-    except pa.ArrowInvalid as e:
+    except (pa.ArrowInvalid, OSError) as e:
         raise TraceError(f"{where}: rows after the preamble are not a readable CSV ({e})") from None
     if t.column_names != HEADER:
         raise TraceError(f"{where}: line {skip + 1}: header {t.column_names} is not {','.join(HEADER)}")
+    for name, kind in NUMERIC.items():
+        typ = t.schema.field(name).type
+        ok = pa.types.is_integer(typ) if kind == "integer" else (pa.types.is_floating(typ) or pa.types.is_integer(typ))
+        if not ok or t.column(name).null_count:
+            raise TraceError(f"{where}: column {name} must hold {'whole numbers' if kind == 'integer' else 'numbers'} "
+                             f"in every row (found {typ}{', with empty cells' if t.column(name).null_count else ''})")
     c = {n: t.column(n).to_numpy() for n in HEADER}
-    k, E, L = int(head["n_expert_used"]), int(head["n_expert"]), int(head["n_layer"])
+    k, E, L = head["n_expert_used"], head["n_expert"], head["n_layer"]
+    if k > E:
+        raise TraceError(f"{where}: line {head['line']}: n_expert_used={k} is more than n_expert={E}")
+    for name, hi in (("phase", DECODE), ("layer", L - 1), ("slot", k - 1)):
+        checked_cast(c[name], np.int64, where, name, lo=0, hi=hi, first_line=skip + 2)
     order = np.lexsort((c["slot"], c["layer"], c["step"], c["phase"], c["turn"]))
     if len(order) % k:
         raise TraceError(f"{where}: {len(order)} rows is not a multiple of n_expert_used={k}")
@@ -96,7 +123,7 @@ def read_bigmoeonedge(path: str | os.PathLike, *, progress=None) -> Trace:
         progress(1)
     return Trace.from_arrays(meta, request_id=np.zeros(len(first), np.int64), phase=phase, step=step,
                              token_pos=pos, layer=layer, expert_ids=cell["expert"].reshape(-1, k),
-                             expert_weights=cell["weight"].reshape(-1, k).astype(np.float32))
+                             expert_weights=cell["weight"].reshape(-1, k).astype(np.float32), where=where)
 
 
 def read_bigmoeonedge_metrics(path: str | os.PathLike) -> pd.DataFrame:

@@ -11,34 +11,78 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import pyarrow as pa
 
-from ..schema import DECODE, TraceError
+from ...files import regular_file
+from ..schema import DECODE, TraceError, checked_cast
 
 Progress = Callable[[int], None]  # called with how many more input files are done
 
 
 
+# Files that travel with traces but are not traces: skipped when a folder or a pattern names them.
+DOC_SUFFIXES = {".md", ".txt", ".rst", ".html", ".pdf", ".png", ".svg", ".yaml", ".yml", ".toml", ".cff"}
+DOC_STEMS = {"license", "licence", "copying", "notice", "readme", "source", "authors", "changelog", "citation"}
+
+
+def is_documentation(path: Path) -> bool:
+    """SOURCE.md, README, LICENSE and the like, and hidden files: what a trace folder holds besides traces."""
+    return path.name.startswith(".") or path.suffix.lower() in DOC_SUFFIXES or path.stem.lower() in DOC_STEMS
+
+
 def expand_paths(paths: str | os.PathLike | Iterable[str | os.PathLike], suffixes: Sequence[str] = ()) -> list[Path]:
-    """Files named by paths, folders (their files with these suffixes) and glob patterns, de-duplicated."""
+    """Files named by paths, folders (their files with these suffixes) and glob patterns, de-duplicated.
+
+    Folders and patterns skip documentation (SOURCE.md, LICENSE, ...); a file named on its own is taken as
+    given, and must be a regular file (a named pipe would block the reader forever)."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     out: list[Path] = []
     for p in paths:
         p = Path(p)
         if p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.is_file() and (not suffixes or f.suffix in suffixes))
+            found = sorted(f for f in p.iterdir() if f.is_file() and not is_documentation(f)
+                           and (not suffixes or f.suffix in suffixes))
             if not found:
-                raise TraceError(f"{p}: folder holds no {'/'.join(suffixes) or ''} files to import")
+                subs = sorted(f.name for f in p.iterdir() if f.is_dir() and not f.name.startswith("."))
+                if subs:
+                    raise TraceError(f"{p}: folder holds subfolders ({', '.join(subs)}) and no trace files; "
+                                     f"convert one subfolder at a time, e.g. {p / subs[0]}")
+                raise TraceError(f"{p}: folder holds no {'/'.join(suffixes) or 'trace'} files to import")
             out.extend(found)
-        elif p.exists():
-            out.append(p)
+        elif p.exists() or p.is_symlink():
+            try:
+                out.append(regular_file(p, "trace file"))
+            except ValueError as e:
+                raise TraceError(str(e)) from None
         elif any(c in str(p) for c in "*?["):
-            found = sorted(Path(f) for f in glob.glob(str(p)) if Path(f).is_file())
+            found = sorted(Path(f) for f in glob.glob(str(p)) if Path(f).is_file() and not is_documentation(Path(f)))
             if not found:
                 raise TraceError(f"{p}: the pattern matches no files")
             out.extend(found)
         else:
             raise TraceError(f"{p}: no such file or folder")
     return list(dict.fromkeys(out))
+
+
+def read_json(path: Path, what: str):
+    """A JSON document, or one line naming the file and what it should be."""
+    try:
+        return json.loads(regular_file(path, what).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise TraceError(f"{path}: not JSON ({e}); expected {what}") from None
+    except ValueError as e:  # not a regular file
+        raise TraceError(str(e)) from None
+
+
+def json_ints(value, where: str, field: str, dtype=np.int64, **bounds) -> np.ndarray:
+    """A JSON list (of lists) of whole numbers as an array: ragged lists, text, fractions or values out of
+    range are one error naming the field (never a truncated 1.7 -> 1)."""
+    try:
+        a = np.asarray(value)
+    except ValueError:
+        raise TraceError(f"{where}: {field} is ragged (lists of different lengths)") from None
+    if a.dtype == object and a.ndim == 1 and a.size and isinstance(a.flat[0], list):
+        raise TraceError(f"{where}: {field} is ragged (lists of different lengths)")
+    return checked_cast(a, dtype, where, field, **bounds)
 
 
 _ALLOWED = np.zeros(256, dtype=bool)
@@ -145,11 +189,11 @@ def prompt_number(path: Path) -> tuple[int, str]:
 
 
 def parse_layers(spec: str | Sequence[int] | None) -> list[int] | None:
-    """'1-26', '0,2,4' or a list -> sorted layer ids."""
+    """'1-26', '0,2,4' or a list -> sorted layer ids (each 0..65535: layer ids are stored as uint16)."""
     if spec is None:
         return None
     if not isinstance(spec, str):
-        return sorted(int(x) for x in spec)
+        return sorted(set(json_ints(list(spec), "--moe-layers", "layer id", np.uint16).tolist()))
     out: list[int] = []
     for part in spec.split(","):
         part = part.strip()
@@ -157,26 +201,34 @@ def parse_layers(spec: str | Sequence[int] | None) -> list[int] | None:
             continue
         m = re.fullmatch(r"(\d+)\s*-\s*(\d+)", part)
         if m:
-            out.extend(range(int(m.group(1)), int(m.group(2)) + 1))
+            lo, hi = int(m.group(1)), int(m.group(2))
+            if hi > MAX_LAYER_ID or lo > hi:
+                raise ValueError(f"moe layers {spec!r}: range {part} must run upwards within 0..{MAX_LAYER_ID}")
+            out.extend(range(lo, hi + 1))
         elif part.isdigit():
+            if int(part) > MAX_LAYER_ID:
+                raise ValueError(f"moe layers {spec!r}: layer {part} is above {MAX_LAYER_ID} (layer ids are uint16)")
             out.append(int(part))
         else:
             raise ValueError(f"moe layers {spec!r}: write them as '1-26' or '0,2,4'")
     return sorted(set(out))
 
 
+MAX_LAYER_ID = 65535
+
+
 def json_int_table(path: Path, key: str, what: str, layout: str) -> tuple[dict, np.ndarray]:
-    """A JSON file and the integer table under `key`; one clear error for bad JSON, a missing key, ragged lists.
+    """A JSON file and the integer table under `key`; one clear error for bad JSON, a missing key, ragged lists,
+    fractions or text.
 
     what: the kind of file expected (for the message); layout: the table's expected nesting.
     """
-    try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise TraceError(f"{path}: not JSON ({e})") from None
+    d = read_json(path, what)
+    if not isinstance(d, dict):
+        raise TraceError(f"{path}: holds a JSON {type(d).__name__}, not an object; not {what}")
     if key not in d:
         raise TraceError(f"{path}: no '{key}' key; not {what}")
     try:
-        return d, np.asarray(d[key], dtype=np.int64)
-    except ValueError:
-        raise TraceError(f"{path}: '{key}' is ragged; expected {layout}") from None
+        return d, json_ints(d[key], str(path), f"'{key}'")
+    except TraceError as e:
+        raise TraceError(f"{e}; expected {layout}") from None

@@ -15,9 +15,9 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from ..io import Trace
-from ..schema import DECODE, PREFILL, TraceError
+from ..schema import DECODE, PREFILL, TraceError, checked_cast
 from ._meta import meta_for
-from .common import Progress, expand_paths, parse_layers
+from .common import Progress, expand_paths, json_ints, parse_layers
 
 REQUIRED = ("step", "layer", "num_tokens", "topk", "top_indices")
 
@@ -28,33 +28,43 @@ def read_megatron(paths: str | os.PathLike | Iterable[str | os.PathLike], *, ran
                   progress: Progress | None = None) -> Trace:
     """RouterTracer JSONL -> trace. Keeps block 'decoder' of one data-parallel rank; a step whose
     tokens per request exceed one is prefill, a later step with one token per request is decode."""
+    if batch_size < 1 or rank < 0:
+        raise ValueError(f"batch_size must be >= 1 and rank >= 0 (got batch_size={batch_size}, rank={rank})")
     files = expand_paths(paths, (".jsonl",))
     recs = []  # (step, layer, ids[num_tokens, topk])
     skipped_mtp = 0
     for f in files:
-        with open(f, encoding="utf-8") as fh:
+        with open(f, encoding="utf-8", errors="replace") as fh:
             for line_no, line in enumerate(fh, 1):
                 if not line.strip():
                     continue
+                where = f"{f}: line {line_no}"
                 try:
                     rec = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise TraceError(f"{f}: line {line_no}: not JSON ({e.msg}); a RouterTracer file has one "
+                    raise TraceError(f"{where}: not JSON ({e.msg}); a RouterTracer file has one "
                                      f"JSON object per line") from None
+                if not isinstance(rec, dict):
+                    raise TraceError(f"{where}: a JSON {type(rec).__name__}, not an object; a RouterTracer file "
+                                     f"has one record object per line")
                 missing = [k for k in REQUIRED if k not in rec]
                 if missing:
-                    raise TraceError(f"{f}: line {line_no}: record lacks {', '.join(missing)}; expected "
+                    raise TraceError(f"{where}: record lacks {', '.join(missing)}; expected "
                                      f"RouterTracer fields {', '.join(REQUIRED)}")
                 if rec.get("rank", 0) != rank:
                     continue
                 if rec.get("block", "decoder") != "decoder":
                     skipped_mtp += 1
                     continue
-                ids = np.asarray(rec["top_indices"], dtype=np.int64)
-                if ids.shape != (rec["num_tokens"], rec["topk"]):
-                    raise TraceError(f"{f}: line {line_no}: top_indices has shape {ids.shape} but num_tokens="
-                                     f"{rec['num_tokens']}, topk={rec['topk']}")
-                recs.append((int(rec["step"]), int(rec["layer"]), ids))
+                step, layer, num_tokens, topk = (
+                    int(checked_cast(rec[k], np.int64, where, k, lo=lo, hi=hi))
+                    for k, lo, hi in (("step", 0, None), ("layer", 0, 65535), ("num_tokens", 0, None),
+                                      ("topk", 1, 65536)))
+                ids = json_ints(rec["top_indices"], where, "top_indices", np.uint16)
+                if ids.shape != (num_tokens, topk) and not (num_tokens == 0 and ids.size == 0):
+                    raise TraceError(f"{where}: top_indices has shape {ids.shape} but num_tokens="
+                                     f"{num_tokens}, topk={topk}")
+                recs.append((step, layer, ids.reshape(num_tokens, topk)))
         if progress:
             progress(1)
     if not recs:
@@ -94,4 +104,4 @@ def read_megatron(paths: str | os.PathLike | Iterable[str | os.PathLike], *, ran
                           f"1-based layer_number). {skipped_mtp} MTP-block records skipped.",
                     params={"files": [f.name for f in files], "rank": rank, "batch_size": batch_size})
     return Trace.from_arrays(meta, request_id=req, phase=phase, step=step, token_pos=pos, layer=layer,
-                             expert_ids=ids)
+                             expert_ids=ids, where=str(files[0]))

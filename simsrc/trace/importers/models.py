@@ -81,8 +81,18 @@ QWEN3_30B_A3B = ModelDims(
     dense_params_per_layer=19_140_864, dtype="bfloat16", aliases=("qwen3-30b-a3b",),
 )
 
+# ibm-granite/granite-3.0-1b-a400m-instruct config.json: hidden 1024, intermediate_size 512 (per expert),
+# 32 local experts, top-8, 24 layers (all MoE), 16 heads / 8 KV heads of 64. Dense: q,o 1024*1024 each,
+# k,v 1024*512 each -> 3,145,728; router 32*1024 = 32,768; norms 2*1024 = 2,048; total 3,180,544.
+GRANITE_3_1B_A400M = ModelDims(
+    model="ibm-granite/granite-3.0-1b-a400m-instruct", num_layers=24, moe_layers=tuple(range(24)),
+    num_experts=32, top_k=8, shared_experts=0, hidden=1024, expert_intermediate=512, projections=3,
+    dense_params_per_layer=3_180_544, dtype="bfloat16",
+    aliases=("granite-3.0-1b-a400m", "ibm-granite/granite-3.0-1b-a400m-base", "granite-3.0-1b-a400m-instruct"),
+)
+
 KNOWN_MODELS: dict[str, ModelDims] = {}
-for _m in (DSV2_LITE, MIXTRAL_8X7B, SWITCH_BASE_8, QWEN3_30B_A3B):
+for _m in (DSV2_LITE, MIXTRAL_8X7B, SWITCH_BASE_8, QWEN3_30B_A3B, GRANITE_3_1B_A400M):
     for _name in (_m.model, *_m.aliases):
         KNOWN_MODELS[_name.lower()] = _m
 

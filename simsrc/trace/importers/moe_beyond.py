@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.csv as pcsv
 
 from ..io import Trace
-from ..schema import PREFILL, TraceError, TraceMeta
+from ..schema import PREFILL, TraceError, TraceMeta, checked_cast
 from .common import Progress, expand_paths, parse_id_lists, prompt_number
 from .models import DSV2_LITE
 
@@ -54,11 +54,17 @@ def _read_one(path: Path, k: int) -> tuple[str, np.ndarray, np.ndarray, np.ndarr
     except pa.ArrowInvalid as e:
         raise TraceError(f"{where}: not a well-formed MoE-Beyond CSV ({e}); each row needs "
                          f"{len(header)} fields with the expert lists quoted") from None
-    layer = table.column("Layer ID").to_numpy().astype(np.int16)
-    experts = parse_id_lists(table.column("Activated Expert IDs"), k, where, "Activated Expert IDs")
+    layer = table.column("Layer ID").to_numpy()
+    if table.column("Layer ID").null_count:
+        raise TraceError(f"{where}: Layer ID is empty in some rows")
+    # ids are parsed as numbers up to 65535; DeepSeek-V2-Lite has 64 experts, so check before narrowing
+    last = DSV2_LITE.num_experts - 1
+    experts = checked_cast(parse_id_lists(table.column("Activated Expert IDs"), k, where, "Activated Expert IDs"),
+                           np.uint8, where, "Activated Expert IDs", hi=last, first_line=2)
     pred = None
     if layout == "test_predicted":
-        pred = parse_id_lists(table.column("Predicted Expert IDs"), None, where, "Predicted Expert IDs")
+        pred = checked_cast(parse_id_lists(table.column("Predicted Expert IDs"), None, where, "Predicted Expert IDs"),
+                            np.uint8, where, "Predicted Expert IDs", hi=last, first_line=2)
     return layout, layer, experts, pred
 
 
@@ -103,7 +109,7 @@ def read_moe_beyond(paths: str | os.PathLike | Iterable[str | os.PathLike], *,
     request_id = np.repeat(np.arange(len(parts), dtype=np.int32), n_rows)
     layer = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
     pos = np.concatenate([p[2] for p in parts]) if parts else np.zeros(0, np.int64)
-    experts = np.concatenate([p[3].astype(np.uint8) for p in parts]) if parts else np.zeros((0, k), np.int64)
+    experts = np.concatenate([p[3] for p in parts]) if parts else np.zeros((0, k), np.uint8)
     predictions = None
     if parts and parts[0][4] is not None:
         sizes = {p[4].shape[1] for p in parts}
@@ -132,4 +138,5 @@ def read_moe_beyond(paths: str | os.PathLike | Iterable[str | os.PathLike], *,
     )
     phase = np.full(len(layer), PREFILL, dtype=np.uint8)
     return Trace.from_arrays(meta, request_id=request_id, phase=phase, step=request_id, token_pos=pos,
-                             layer=layer, expert_ids=experts, predictions=predictions)
+                             layer=layer, expert_ids=experts, predictions=predictions,
+                             where=str(files[0]) if len(files) == 1 else str(paths))

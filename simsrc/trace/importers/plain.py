@@ -5,43 +5,73 @@ optional phase (prefill/decode or 0/1), step, weights w0..w{k-1}.
 NPZ: arrays request_id, token_pos, layer [rows], expert_ids [rows, k]; optional phase, step [rows],
 expert_weights [rows, k]; optional scalars num_experts, num_layers, moe_layers [L], model (string).
 Without a step column, requests run one after another: a prompt is one step, each decode token one.
+Several files become one trace: each file's requests follow the previous file's (ids and steps shifted).
 """
 from __future__ import annotations
 
 import os
 import re
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pcsv
 
+from ...files import load_npz
 from ..io import Trace
-from ..schema import DECODE, PHASES, PREFILL, TraceError
+from ..schema import DECODE, PHASES, PREFILL, TraceError, checked_cast
 from ._meta import meta_for
-from .common import parse_layers, sequential_steps
+from .common import Progress, expand_paths, parse_layers, sequential_steps
 
 KEYS = ("request_id", "token_pos", "layer")
+# What each key column is stored as; checked here so the error names the file's line.
+KEY_TYPES = {"request_id": np.uint32, "token_pos": np.uint32, "layer": np.uint16, "step": np.uint32}
 
 
-def _build(where: str, name: str, cols: dict[str, np.ndarray], ids: np.ndarray, weights: np.ndarray | None,
-           *, model, num_experts, moe_layers, num_layers, params) -> Trace:
-    n = len(ids)
-    req, pos, layer = (np.asarray(cols[k]).astype(np.int64) for k in KEYS)
-    for k, v in (("request_id", req), ("token_pos", pos), ("layer", layer)):
-        if n and v.min() < 0:
-            raise TraceError(f"{where}: {k} {v.min()} is negative (row {int(np.argmin(v))})")
-    phase = cols.get("phase")
-    phase = np.zeros(n, dtype=np.uint8) if phase is None else phase.astype(np.uint8)
-    step = cols.get("step")
-    step = sequential_steps(req, pos, phase) if step is None else np.asarray(step).astype(np.int64)
+class _Part:
+    """One file's rows: key columns, experts, weights, as read and checked."""
+
+    def __init__(self, where: str, cols: dict[str, np.ndarray], ids: np.ndarray, weights: np.ndarray | None,
+                 first_line: int | None):
+        n = len(ids)
+        self.where = where
+        for k in (*KEYS, "step"):
+            if k in cols:
+                cols[k] = checked_cast(cols[k], KEY_TYPES[k], where, k, first_line=first_line).astype(np.int64)
+        self.req, self.pos, self.layer = (cols[k] for k in KEYS)
+        self.phase = cols["phase"] if "phase" in cols else np.zeros(n, dtype=np.uint8)
+        self.step = cols["step"] if "step" in cols else sequential_steps(self.req, self.pos, self.phase)
+        self.ids = checked_cast(ids, np.uint16, where, "expert id", first_line=first_line).astype(np.int64)
+        self.weights = weights
+
+
+def _build(where: str, name: str, parts: list[_Part], *, model, num_experts, moe_layers, num_layers,
+           params) -> Trace:
+    if len({p.weights is None for p in parts}) > 1:
+        raise TraceError(f"{where}: some files have weights and some not; convert them apart or give all weights")
+    # each file's requests and steps follow the previous file's
+    req_off = step_off = 0
+    reqs, steps = [], []
+    for p in parts:
+        reqs.append(p.req + req_off)
+        steps.append(p.step + step_off)
+        if len(p.req):
+            req_off += int(p.req.max()) + 1
+            step_off += int(p.step.max()) + 1
+    req, step = np.concatenate(reqs), np.concatenate(steps)
+    pos, layer, phase = (np.concatenate([getattr(p, a) for p in parts]) for a in ("pos", "layer", "phase"))
+    ids = np.concatenate([p.ids for p in parts])
+    weights = None if parts[0].weights is None else np.concatenate([p.weights for p in parts])
+    if req_off > 1 << 32 or step_off > 1 << 32:
+        raise TraceError(f"{where}: the files hold more than 2^32 requests or steps together; convert fewer at once")
     meta = meta_for(where, name, model=model, expert_ids=ids, layers=layer, num_experts=num_experts,
                     moe_layers=parse_layers(moe_layers), num_layers=num_layers,
                     lacks=([] if weights is not None else ["weights"]) + ([] if (phase == DECODE).any() else ["decode"]),
-                    notes=f"Plain {name} layout.", params=params)
+                    notes=f"Plain {name} layout" + (f", {len(parts)} files one after another" if len(parts) > 1
+                                                    else "") + ".", params=params)
     return Trace.from_arrays(meta, request_id=req, phase=phase, step=step, token_pos=pos, layer=layer,
-                             expert_ids=ids, expert_weights=weights)
+                             expert_ids=ids, expert_weights=weights, where=where)
 
 
 def _phase_column(col: pa.Array, where: str) -> np.ndarray:
@@ -60,14 +90,11 @@ def _phase_column(col: pa.Array, where: str) -> np.ndarray:
     return v.astype(np.uint8)
 
 
-def read_csv(path: str | os.PathLike, *, num_experts: int | None = None, moe_layers: str | Sequence[int] | None = None,
-             num_layers: int | None = None, model: str | None = None, progress=None) -> Trace:
-    """A plain CSV trace (see module docstring) -> trace."""
-    path = Path(path)
+def _csv_part(path: Path) -> _Part:
     where = str(path)
     try:
         table = pcsv.read_csv(path)
-    except pa.ArrowInvalid as e:
+    except (pa.ArrowInvalid, OSError) as e:
         raise TraceError(f"{where}: not a readable CSV ({e})") from None
     names = table.column_names
     missing = [k for k in KEYS if k not in names]
@@ -91,54 +118,91 @@ def read_csv(path: str | os.PathLike, *, num_experts: int | None = None, moe_lay
     has_w = [c in names for c in w_cols]
     if any(has_w) and not all(has_w):
         raise TraceError(f"{where}: line 1: give all weight columns {w_cols} or none")
+    for c in w_cols if all(has_w) else []:
+        col = table.column(c)
+        if not (pa.types.is_floating(col.type) or pa.types.is_integer(col.type)) or col.null_count:
+            raise TraceError(f"{where}: column {c} must hold a number in every row (found {col.type}"
+                             f"{', with empty cells' if col.null_count else ''})")
     cols = {k: table.column(k).to_numpy() for k in KEYS}
     if "phase" in names:
         cols["phase"] = _phase_column(table.column("phase").combine_chunks(), where)
     if "step" in names:
         cols["step"] = table.column("step").to_numpy()
     ids = np.stack([table.column(c).to_numpy() for c in e_cols], axis=1)
-    if ids.size and ids.min() < 0:
-        r = int(np.argmin(ids.min(axis=1)))
-        raise TraceError(f"{where}: line {r + 2}: expert id {ids.min()} is negative")
     weights = np.stack([table.column(c).to_numpy().astype(np.float32) for c in w_cols], axis=1) if all(has_w) else None
-    if progress:
-        progress(1)
-    return _build(where, "csv", cols, ids, weights, model=model, num_experts=num_experts, moe_layers=moe_layers,
-                  num_layers=num_layers, params={"file": path.name})
+    return _Part(where, cols, ids, weights, first_line=2)
 
 
-def read_npz(path: str | os.PathLike, *, num_experts: int | None = None, moe_layers: str | Sequence[int] | None = None,
-             num_layers: int | None = None, model: str | None = None, progress=None) -> Trace:
-    """A plain .npz trace (see module docstring) -> trace. Loaded without pickle."""
-    path = Path(path)
+def _npz_part(path: Path) -> tuple[_Part, dict]:
     where = str(path)
-    try:
-        z = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise TraceError(f"{where}: not a readable .npz without pickled objects ({e})") from None
-    with z:
-        missing = [k for k in (*KEYS, "expert_ids") if k not in z.files]
-        if missing:
-            raise TraceError(f"{where}: lacks array(s) {', '.join(missing)}; the plain .npz needs request_id, "
-                             f"token_pos, layer [rows] and expert_ids [rows, k]")
-        ids = z["expert_ids"]
-        if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
-            raise TraceError(f"{where}: expert_ids must be an integer array [rows, k], got {ids.dtype} {ids.shape}")
-        cols = {k: z[k] for k in (*KEYS, "phase", "step") if k in z.files}
-        for k, v in cols.items():
-            if v.shape != (len(ids),):
-                raise TraceError(f"{where}: {k} has shape {v.shape}, expected ({len(ids)},) like expert_ids' rows")
-        weights = z["expert_weights"] if "expert_weights" in z.files else None
-        if weights is not None and weights.shape != ids.shape:
-            raise TraceError(f"{where}: expert_weights has shape {weights.shape}, expected {ids.shape}")
-        stored = {k: z[k] for k in ("num_experts", "num_layers", "moe_layers", "model") if k in z.files}
-    if "phase" in cols and ((cols["phase"] != PREFILL) & (cols["phase"] != DECODE)).any():
-        raise TraceError(f"{where}: phase holds values other than 0 (prefill) and 1 (decode)")
-    if progress:
-        progress(1)
-    return _build(where, "npz", cols, ids, weights, model=model or (str(stored["model"]) if "model" in stored else None),
-                  num_experts=num_experts or (int(stored["num_experts"]) if "num_experts" in stored else None),
-                  moe_layers=moe_layers if moe_layers is not None else
-                  (stored["moe_layers"].tolist() if "moe_layers" in stored else None),
-                  num_layers=num_layers or (int(stored["num_layers"]) if "num_layers" in stored else None),
-                  params={"file": path.name})
+    z = load_npz(path, "plain .npz trace (arrays request_id, token_pos, layer, expert_ids)")
+    missing = [k for k in (*KEYS, "expert_ids") if k not in z]
+    if missing:
+        raise TraceError(f"{where}: lacks array(s) {', '.join(missing)}; the plain .npz needs request_id, "
+                         f"token_pos, layer [rows] and expert_ids [rows, k]")
+    ids = z["expert_ids"]
+    if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
+        raise TraceError(f"{where}: expert_ids must be an integer array [rows, k], got {ids.dtype} {ids.shape}")
+    cols = {k: z[k] for k in (*KEYS, "phase", "step") if k in z}
+    for k, v in cols.items():
+        if v.shape != (len(ids),):
+            raise TraceError(f"{where}: {k} has shape {v.shape}, expected ({len(ids)},) like expert_ids' rows")
+    weights = z.get("expert_weights")
+    if weights is not None and (weights.shape != ids.shape or weights.dtype.kind not in "fiu"):
+        raise TraceError(f"{where}: expert_weights has {weights.dtype} shape {weights.shape}, expected numbers "
+                         f"of shape {ids.shape}")
+    if "phase" in cols:
+        cols["phase"] = checked_cast(cols["phase"], np.uint8, where, "phase", hi=DECODE)
+    stored = {}
+    for k in ("num_experts", "num_layers"):
+        if k in z:
+            v = z[k]
+            if v.shape != () and v.shape != (1,):
+                raise TraceError(f"{where}: {k} must be one number, got shape {v.shape}")
+            stored[k] = int(checked_cast(v.reshape(-1), np.int64, where, k, lo=1)[0])
+    if "moe_layers" in z:
+        stored["moe_layers"] = checked_cast(z["moe_layers"].reshape(-1), np.uint16, where, "moe_layers").tolist()
+    if "model" in z:
+        if z["model"].dtype.kind not in "US":
+            raise TraceError(f"{where}: model must be a string, got {z['model'].dtype}")
+        stored["model"] = str(z["model"])
+    return _Part(where, cols, ids, None if weights is None else weights.astype(np.float32), first_line=None), stored
+
+
+def read_csv(paths: str | os.PathLike | Iterable[str | os.PathLike], *, num_experts: int | None = None,
+             moe_layers: str | Sequence[int] | None = None, num_layers: int | None = None, model: str | None = None,
+             progress: Progress | None = None) -> Trace:
+    """Plain CSV traces (see module docstring) -> one trace; several files run one after another."""
+    files = expand_paths(paths, (".csv",))
+    parts = []
+    for f in files:
+        parts.append(_csv_part(f))
+        if progress:
+            progress(1)
+    return _build(str(files[0]), "csv", parts, model=model, num_experts=num_experts, moe_layers=moe_layers,
+                  num_layers=num_layers, params={"file": files[0].name} if len(files) == 1 else
+                  {"files": [f.name for f in files]})
+
+
+def read_npz(paths: str | os.PathLike | Iterable[str | os.PathLike], *, num_experts: int | None = None,
+             moe_layers: str | Sequence[int] | None = None, num_layers: int | None = None, model: str | None = None,
+             progress: Progress | None = None) -> Trace:
+    """Plain .npz traces (see module docstring) -> one trace. Loaded without pickle; the model card a file
+    stores (num_experts, num_layers, moe_layers, model) fills what the options leave open."""
+    files = expand_paths(paths, (".npz",))
+    parts, stored = [], {}
+    for f in files:
+        part, card = _npz_part(f)
+        for k, v in card.items():
+            if k in stored and stored[k] != v:
+                raise TraceError(f"{f}: stores {k}={v!r} but {files[0].name} stores {stored[k]!r}; "
+                                 f"convert files of one model together")
+            stored[k] = v
+        parts.append(part)
+        if progress:
+            progress(1)
+    return _build(str(files[0]), "npz", parts, model=model or stored.get("model"),
+                  num_experts=num_experts or stored.get("num_experts"),
+                  moe_layers=moe_layers if moe_layers is not None else stored.get("moe_layers"),
+                  num_layers=num_layers or stored.get("num_layers"),
+                  params={"file": files[0].name} if len(files) == 1 else {"files": [f.name for f in files]})

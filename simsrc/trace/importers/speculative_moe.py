@@ -31,6 +31,17 @@ def _load(path: Path) -> pa.Table:
     if not need <= set(t.column_names) or not ({"token_idx", "token_pos"} & set(t.column_names)):
         raise TraceError(f"{path}: records need problem_id, layer, experts, gating_probs and token_idx "
                          f"(processed) or token_pos (raw); found {t.column_names}")
+    for name in ("layer", "token_idx", "token_pos"):
+        if name in t.column_names:
+            col = t.column(name)
+            if not pa.types.is_integer(col.type) or col.null_count:
+                raise TraceError(f"{path}: field {name} must be a whole number in every record (found {col.type}"
+                                 f"{', missing in some' if col.null_count else ''})")
+    for name, numbers in (("experts", pa.types.is_integer), ("gating_probs", pa.types.is_floating)):
+        typ = t.schema.field(name).type
+        if not (pa.types.is_list(typ) or pa.types.is_large_list(typ)) or not (
+                numbers(typ.value_type) or pa.types.is_integer(typ.value_type)) or t.column(name).null_count:
+            raise TraceError(f"{path}: field {name} must be a list of numbers in every record (found {typ})")
     return t
 
 
@@ -90,7 +101,7 @@ def _read_processed(files: list[Path], progress) -> Trace:
                  "token_pos at two layers can be off by a few positions near a sequence's end.",
                  {"tokens_per_request": lengths, "records_dropped": dropped})
     return Trace.from_arrays(meta, request_id=r, phase=np.full(len(r), DECODE, np.uint8), step=step,
-                             token_pos=pos, layer=layer, expert_ids=ids, expert_weights=w)
+                             token_pos=pos, layer=layer, expert_ids=ids, expert_weights=w, where=str(files[0]))
 
 
 def _read_raw(f: Path) -> Trace:
@@ -125,17 +136,24 @@ def _read_raw(f: Path) -> Trace:
                   "missing_decode_rows": miss_dec})
     meta.lacks = ["complete records (gaps where the capture lost them)"]
     return Trace.from_arrays(meta, request_id=np.zeros(len(layer), np.int64), phase=phase, step=step,
-                             token_pos=pos, layer=layer, expert_ids=ids, expert_weights=w)
+                             token_pos=pos, layer=layer, expert_ids=ids, expert_weights=w, where=str(f))
 
 
 def read_speculative_moe(paths: str | os.PathLike | Iterable[str | os.PathLike], *,
                          progress: Progress | None = None) -> Trace:
     """Processed *_routing.jsonl files (decode, one request per problem) or one routing_raw.jsonl."""
     files = [f for f in expand_paths(paths, (".jsonl",)) if not f.name.endswith("_outputs.jsonl")]
-    raw = [f for f in files if "token_pos" in f.open(encoding="utf-8").readline()]
+    raw = []
+    for f in files:
+        with open(f, encoding="utf-8", errors="replace") as fh:
+            if "token_pos" in fh.readline():
+                raw.append(f)
     if raw:
         if len(files) > 1:
-            raise TraceError(f"{raw[0]}: a raw capture (token_pos records) converts on its own; pass it alone")
+            processed = [f.name for f in files if f not in raw]
+            raise TraceError(f"{raw[0]}: a raw capture (token_pos records) converts on its own; pass it alone, and "
+                             f"convert the processed files ({', '.join(processed) or 'none'}) in a second call, "
+                             f"e.g. with the pattern '{raw[0].parent}/*_routing.jsonl'")
         if progress:
             progress(1)
         return _read_raw(raw[0])

@@ -12,8 +12,9 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from ...files import load_npz
 from ..io import Trace
-from ..schema import DECODE, PREFILL, TraceError
+from ..schema import DECODE, PREFILL, TraceError, checked_cast
 from ._meta import meta_for
 from .models import known_model
 from .common import Progress, expand_paths, parse_layers, sequential_steps
@@ -22,13 +23,13 @@ from .common import Progress, expand_paths, parse_layers, sequential_steps
 def _arrays(files: list[Path], progress: Progress | None) -> list[tuple[str, np.ndarray]]:
     out = []
     for f in files:
-        if f.suffix == ".npy":
-            out.append((f.name, np.load(f, allow_pickle=False)))
-        elif f.suffix == ".npz":
-            with np.load(f, allow_pickle=False) as z:
-                out.extend((f"{f.name}:{key}", z[key]) for key in z.files)
-        else:
+        if f.suffix not in (".npy", ".npz"):
             raise TraceError(f"{f}: a vLLM routed_experts file is .npy (one request) or .npz (one array per request)")
+        try:
+            arrays = load_npz(f, "vLLM routed_experts file (int arrays [tokens, layers, top_k])")
+        except ValueError as e:
+            raise TraceError(str(e)) from None
+        out.extend((f"{f.name}:{key}" if key else f.name, a) for key, a in arrays.items())
         if progress:
             progress(1)
     return out
@@ -57,14 +58,16 @@ def read_vllm(paths: str | os.PathLike | Iterable[str | os.PathLike], *, num_exp
         plens = list(prompt_len)
         if len(plens) != len(arrays):
             raise TraceError(f"{paths}: {len(plens)} prompt lengths for {len(arrays)} requests; give one per request")
+    if prompt_len is not None:
+        # a negative length would count from the end and mark prompt tokens as decoded
+        plens = checked_cast(plens, np.int64, str(files[0]), "prompt_len (--prompt-len)", lo=0).tolist()
     for r, ((name, a), plen) in enumerate(zip(arrays, plens)):
         if a.ndim != 3 or not np.issubdtype(a.dtype, np.integer):
             raise TraceError(f"{name}: routed_experts must be an integer array [num_tokens, num_layers, top_k], "
                              f"got {a.dtype} {a.shape}")
         if a.shape[1:] != (shape_l, shape_k):
             raise TraceError(f"{name}: shape {a.shape} differs from the first request's [*, {shape_l}, {shape_k}]")
-        if (a < 0).any():
-            raise TraceError(f"{name}: negative expert id {a.min()}; routed_experts holds ids 0..num_experts-1")
+        a = checked_cast(a, np.uint16, name, "expert id")
         t = a.shape[0]
         lids = np.asarray(layers_spec)
         if len(lids) != shape_l:
@@ -89,4 +92,4 @@ def read_vllm(paths: str | os.PathLike | Iterable[str | os.PathLike], *, num_exp
                     params={"files": [f.name for f in files], "requests": [n for n, _ in arrays],
                             "prompt_len": plens if decode else None})
     return Trace.from_arrays(meta, request_id=req, phase=phase, step=sequential_steps(req, pos, phase),
-                             token_pos=pos, layer=layer, expert_ids=ids)
+                             token_pos=pos, layer=layer, expert_ids=ids, where=str(files[0]))
