@@ -17,7 +17,8 @@ def friendly_errors(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (TraceError, ValueError, FileNotFoundError) as e:
+        except (TraceError, ValueError, OSError) as e:
+            # OSError: a file that cannot be read or written (permissions, a full disk) is one line too
             raise click.ClickException(str(e)) from None
     return wrapper
 

@@ -16,6 +16,7 @@ matplotlib.use("Agg")
 import moesim  # noqa: E402
 from moesim import plots  # noqa: E402
 from moesim.cli import main  # noqa: E402
+from moesim.files import OutputError  # noqa: E402
 from moesim.grid import read_results, run_grid  # noqa: E402
 from moesim.plots import PLOT_KINDS  # noqa: E402
 from reference import replay_reference  # noqa: E402
@@ -331,7 +332,7 @@ def test_save_writes_all_of_a_figure_or_nothing(tmp_path, monkeypatch):
         Path(path).write_bytes(b"\x89PNG half")
         raise OSError("disk full")
     monkeypatch.setattr(fig, "savefig", fail_halfway)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OutputError, match="disk full"):
         plots.save(fig, out)
     assert out.read_bytes() == b"the previous figure"
     assert [p.name for p in tmp_path.iterdir()] == ["fig.png"]  # no temporary file left beside it

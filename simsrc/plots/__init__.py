@@ -57,14 +57,13 @@ def save(fig, out: str | os.PathLike) -> Path:
     out = Path(out)
     if out.suffix.lower() not in FORMATS:
         raise ValueError(f"{out}: unknown figure format {out.suffix!r}; end the name in .png, .svg or .pdf")
+    from ..files import atomic_write
     from ._style import pyplot
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
-        fig.savefig(tmp, format=out.suffix.lower()[1:])
-        os.replace(tmp, out)
+        # the temporary name ends in .part, so the format is passed, not guessed from it
+        atomic_write(out, lambda tmp: fig.savefig(tmp, format=out.suffix.lower()[1:]))
     finally:
-        tmp.unlink(missing_ok=True)
         pyplot().close(fig)
     return out
 
