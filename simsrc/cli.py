@@ -221,6 +221,20 @@ def _write_step_csv(path: str, row: dict) -> None:
             os.remove(tmp)
 
 
+def _overridden(row: dict) -> str:
+    """' (bandwidth, latency overridden)' where the row's figures are not its preset's."""
+    from .hardware import get_hardware
+    from .units import GB, TFLOPS, US
+    try:
+        hw = get_hardware(row["hardware"])
+    except ValueError:
+        return ""
+    preset = {"bandwidth_gbps": hw.bandwidth / GB, "latency_us": hw.latency / US, "copy_engines": hw.copy_engines,
+              "gpu_tflops": hw.gpu_flops / TFLOPS, "hbm_gbps": hw.hbm / GB}
+    changed = [k.rsplit("_", 1)[0].replace("_", " ") for k, v in preset.items() if row.get(k) != v]
+    return f" ({', '.join(changed)} overridden)" if changed else ""
+
+
 def format_row(row: dict) -> str:
     """The result row as a short human table: inputs, then what they cost."""
     def num(v, unit=""):
@@ -234,8 +248,12 @@ def format_row(row: dict) -> str:
              f"policy {row['policy']}, predictor {row['predictor']}, capacity {row['capacity']} = "
              f"{row['capacity_experts']} experts ({row['capacity_fraction']:.1%}), scope {row['scope']}, "
              f"mode {row['mode']}"]
+    if row.get("below_token_footprint"):
+        lines.append(f"warning: a global cache of {row['capacity_experts']} experts is smaller than one token's "
+                     f"{row['token_footprint']} (MoE layers x top-k): LRU-like policies evict every expert before "
+                     f"its reuse and hit almost nothing")
     if row["mode"] == "timed":
-        lines.append(f"hardware {row['hardware']}: link {num(row['bandwidth_gbps'])} GB/s, "
+        lines.append(f"hardware {row['hardware']}{_overridden(row)}: link {num(row['bandwidth_gbps'])} GB/s, "
                      f"{num(row['latency_us'])} us/transfer, {row['copy_engines']} copy engines; "
                      f"GPU {num(row['gpu_tflops'])} TFLOP/s, {num(row['hbm_gbps'])} GB/s HBM")
     lines.append("")

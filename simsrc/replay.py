@@ -55,19 +55,22 @@ def replay(trace: Trace | str | os.PathLike, config: ReplayConfig | None = None,
     row = {"trace": str(tr.path) if tr.path else tr.meta.model, "model": tr.meta.model,
            **row_inputs(cfg, hw, resolved), "moesim_version": __version__, "accesses": len(stream),
            "tokens": int(stream.step_tokens.sum()), "steps": stream.num_steps}
+    # a global cache smaller than one token's experts over all layers thrashes under recency policies
+    row["token_footprint"] = stream.num_layers * stream.top_k
+    row["below_token_footprint"] = cfg.scope == "global" and 0 < held < row["token_footprint"]
     engine_stream = Stream(stream.item, stream.seg_offsets, stream.seg_layer, stream.seg_step)
     if cfg.mode == "count":
         # per access, which accesses hit is recorded only where a trace mixes prefill and decode steps
         mixed = cfg.accounting == "access" and len(np.unique(stream.step_phase)) > 1
-        hits, misses, c, seg_hits = count_replay(engine_stream, cache, plan, state, stream.num_layers,
+        hits, misses, c, seg_hits, seg_misses = count_replay(engine_stream, cache, plan, state, stream.num_layers,
                                                  accounting=cfg.accounting,
                                                  record=np.zeros(len(stream), np.uint8) if mixed else None)
-        seg_misses, stall, step_end = None, None, None
+        stall, step_end = None, None
     else:
         hits, misses, stall, step_end, seg_hits, seg_misses, c = _timed(tr, stream, engine_stream, cache, plan,
                                                                         state, cfg, hw, expert_bytes, params)
     _raise_engine_error(c, cfg)
-    row.update(_hit_fields(hits, misses, stream, seg_hits, seg_misses, cfg.accounting))
+    row.update(_hit_fields(hits, misses, stream, seg_hits, seg_misses))
     row.update(_time_fields(stream, step_end, stall, c, cfg.per_step))
     row.update(_transfer_fields(c, misses, expert_bytes))
     if cfg.per_layer:
@@ -184,7 +187,7 @@ def _transfer_fields(c: np.ndarray, misses: np.ndarray, expert_bytes: float) -> 
             "bytes_moved": demand + prefetch}
 
 
-def _hit_fields(hits, misses, stream, seg_hits, seg_misses, accounting: str) -> dict[str, Any]:
+def _hit_fields(hits, misses, stream, seg_hits, seg_misses) -> dict[str, Any]:
     """Hits and misses, all and by phase (a step is prefill or decode); a late prefetch (still in flight
     when its layer routed, so it stalls) counts as a hit here and in prefetch_late."""
     h, m = int(hits.sum()), int(misses.sum())
@@ -195,19 +198,10 @@ def _hit_fields(hits, misses, stream, seg_hits, seg_misses, accounting: str) -> 
         return {"hits": h, "misses": m, "hit_rate": rate(h, m), "hits_decode": hd, "misses_decode": md,
                 "hit_rate_decode": rate(hd, md), "hit_rate_prefill": rate(h - hd, m - md)}
     decode = stream.step_phase[stream.seg_step] == 1
-    if seg_misses is None:  # count mode: lookups per segment minus its hits
-        lookups = np.diff(stream.seg_offsets) if accounting == "access" else _distinct_per_segment(stream)
-        seg_misses = lookups - seg_hits
     hd, md = int(seg_hits[decode].sum()), int(seg_misses[decode].sum())
     hp, mp = h - hd, m - md
     return {"hits": h, "misses": m, "hit_rate": rate(h, m), "hits_decode": hd, "misses_decode": md,
             "hit_rate_decode": rate(hd, md), "hit_rate_prefill": rate(hp, mp)}
-
-
-def _distinct_per_segment(stream: AccessStream) -> np.ndarray:
-    seg = np.repeat(np.arange(stream.num_segments, dtype=np.int64), np.diff(stream.seg_offsets))
-    keys = np.unique(seg * stream.num_items + stream.item)
-    return np.bincount(keys // stream.num_items, minlength=stream.num_segments)
 
 
 def _time_fields(stream: AccessStream, step_end, stall, c, per_step: bool) -> dict[str, Any]:

@@ -26,13 +26,14 @@ class CountWork(NamedTuple):
     hits_of: np.ndarray    # int64 per item
     misses_of: np.ndarray  # int64 per item
     seg_hits: np.ndarray   # int32 per segment (segment accounting; access accounting derives it from `record`)
+    seg_misses: np.ndarray  # int32 per segment (segment accounting)
     c: np.ndarray          # float64 counters (experts.py)
 
 
 def count_replay(stream: Stream, cache: Cache, plan: PrefetchPlan, state, num_layers: int, record=None,
                  accounting: str = "access"):
-    """Returns (hits per layer, misses per layer, counters, hits per segment); experts.py has the counters.
-    Access accounting gives hits per segment only when asked to record them (None otherwise).
+    """Returns (hits per layer, misses per layer, counters, hits per segment, misses per segment); experts.py
+    has the counters. Access accounting gives the per-segment counts only when asked to record (None otherwise).
 
     accounting 'access': every access looked up in stream order (a plain cache simulator, = libCacheSim);
     'segment': each (step, layer)'s distinct experts looked up together, as the layer runs (_segment_loop).
@@ -46,7 +47,7 @@ def count_replay(stream: Stream, cache: Cache, plan: PrefetchPlan, state, num_la
     n_segs = len(stream.seg_layer)
     work = CountWork(np.zeros(n, np.uint8), np.full(n, -1, np.int32), cache.part_capacity.copy(),
                      np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n_segs, np.int32),
-                     np.zeros(NUM_COUNTERS, np.float64))
+                     np.zeros(n_segs if accounting == "segment" else 0, np.int32), np.zeros(NUM_COUNTERS, np.float64))
     if accounting == "segment":
         _segment_loop(stream, cache, plan, state, work, np.full(n, -1, np.int64), np.empty(n, np.int32),
                       np.empty(n, np.int64))
@@ -54,12 +55,13 @@ def count_replay(stream: Stream, cache: Cache, plan: PrefetchPlan, state, num_la
         _count_loop(stream.item, stream.seg_offsets[pf_segs + 1] - 1, pf_segs, cache, plan, state, work, record)
         if record is None:
             return (work.hits_of.reshape(num_layers, -1).sum(axis=1),
-                    work.misses_of.reshape(num_layers, -1).sum(axis=1), work.c, None)
+                    work.misses_of.reshape(num_layers, -1).sum(axis=1), work.c, None, None)
         if n_segs:
             work.seg_hits[:] = np.add.reduceat(record, stream.seg_offsets[:-1], dtype=np.int32)
     # items are numbered layer-major (layer * experts + expert)
+    seg_misses = work.seg_misses if accounting == "segment" else np.diff(stream.seg_offsets) - work.seg_hits
     return (work.hits_of.reshape(num_layers, -1).sum(axis=1), work.misses_of.reshape(num_layers, -1).sum(axis=1),
-            work.c, work.seg_hits)
+            work.c, work.seg_hits, seg_misses)
 
 
 def mark_hit(record, i):
@@ -81,7 +83,7 @@ def mark_hit_store(record, i):
 @compiled_loop
 def _count_loop(item, pf_at, pf_segs, cache, plan, state, work, record):
     part_of, part_capacity, pinned, warm = cache
-    flags, evictor, free, hits_of, misses_of, seg_hits, c = work
+    flags, evictor, free, hits_of, misses_of, seg_hits, seg_misses, c = work
     num_items = flags.shape[0]
     for x in range(num_items):
         if pinned[x]:
@@ -157,7 +159,7 @@ def _segment_loop(stream, cache, plan, state, work, in_seg, seg_items, seg_last)
     plan goes in, as in _count_loop. The timed loop follows the same rule."""
     item, seg_offsets, seg_layer, seg_step = stream
     part_of, part_capacity, pinned, warm = cache
-    flags, evictor, free, hits_of, misses_of, seg_hits, c = work
+    flags, evictor, free, hits_of, misses_of, seg_hits, seg_misses, c = work
     num_items = flags.shape[0]
     for x in range(num_items):
         if pinned[x]:
@@ -194,6 +196,7 @@ def _segment_loop(stream, cache, plan, state, work, in_seg, seg_items, seg_last)
             if flags[x] & RESIDENT:
                 continue
             misses_of[x] += 1
+            seg_misses[s] += 1
             count_harmful(x, flags, evictor, c)
             p = partition(part_of, x)
             if free[p] == 0:
