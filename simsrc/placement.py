@@ -89,6 +89,11 @@ class Placement:
     pins: tuple = ()          # (model layer, expert) kept on the GPU
     gpu_layers: tuple | None = None        # layers whose experts are all on the GPU (per-layer targets)
     layer_capacity: tuple | None = None    # (model layer, experts) cache budgets (dynamic)
+    objective: str = "tpot"   # what the search minimises: tpot_s (time per output token) or total_s
+
+    @property
+    def cost(self) -> float:
+        return float(self.row["tpot_s" if self.objective == "tpot" else "total_s"])
 
     @property
     def tpot_s(self) -> float:
@@ -127,9 +132,10 @@ class Plan:
         described = {
             "target": self.target, "trace": self.trace, "model": self.model, "search": self.search,
             "replay": {k: v for k, v in self.replay_options().items() if k != "pin_file"},
+            "objective": c.objective,
             "predicted": {"tpot_s": c.tpot_s, "hit_rate": c.hit_rate, "total_s": c.row["total_s"]},
             "baseline": {"name": self.baseline.name, "tpot_s": self.baseline.tpot_s,
-                         "hit_rate": self.baseline.hit_rate},
+                         "hit_rate": self.baseline.hit_rate, "total_s": self.baseline.row["total_s"]},
             "budget": dataclasses.asdict(self.budget), "artifacts": self.artifacts, "notes": self.notes,
         }
         if c.gpu_layers is not None:
@@ -142,18 +148,23 @@ class Plan:
         """Write the plan file beside `path` and rename it into place."""
         path = Path(path)
         tmp = path.with_name(path.name + ".part")
-        tmp.write_text(json.dumps(self.to_json(), indent=1) + "\n", encoding="utf-8")
+        data = self.to_json()
+        # the pins on one line: a plan of thousands stays a file people can scroll past
+        text = ('{\n "pins": ' + json.dumps(data["pins"]) + ',\n "plan": '
+                + json.dumps(data["plan"], indent=1).replace("\n", "\n ") + "\n}\n")
+        tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
 
 
 def plan(trace: Trace | str | os.PathLike, *, target: str, gpu_memory=None, reserve=DEFAULT_RESERVE,
-         context=None, batch=1, exhaustive_limit: int = EXHAUSTIVE_LIMIT, stream: AccessStream | None = None,
-         **knobs) -> Plan:
+         context=None, batch=1, objective: str = "tpot", exhaustive_limit: int = EXHAUSTIVE_LIMIT,
+         stream: AccessStream | None = None, **knobs) -> Plan:
     """Search the placements `target` (llama.cpp, ktransformers, dynamic) can express and replay them timed.
 
     gpu_memory: bytes or text ('24GiB'; default: the hardware's); reserve: memory kept back besides the
     non-expert weights and the KV cache (default 1 GiB); context, batch: tokens and sequences whose KV
-    cache is reserved (needs kv_bytes_per_token). Other keywords are replay knobs (hardware, host_flops,
+    cache is reserved (needs kv_bytes_per_token); objective: "tpot" (time per output token) or "total" (the
+    whole trace's time, for traces that emit no decode tokens as replayed). Other keywords are replay knobs (hardware, host_flops,
     host_bandwidth, weight_bits, policy for dynamic, train for ktransformers' expert frequencies, ...).
     """
     target = _target(target)
@@ -169,7 +180,13 @@ def plan(trace: Trace | str | os.PathLike, *, target: str, gpu_memory=None, rese
     stream = stream if stream is not None else access_stream(tr, prefill_chunk=cfg.prefill_chunk)
     budget = memory_budget(tr.meta, cfg, gpu_memory=gpu_memory, reserve=reserve, context=context, batch=batch)
     where = str(tr.path) if tr.path else tr.meta.model
-    run = _Runner(tr, stream, knobs)
+    if objective not in ("tpot", "total"):
+        raise ValueError(f"--objective: {objective!r}; choose tpot (time per output token) or total")
+    run = _Runner(tr, stream, knobs, objective)
+    if objective == "tpot" and not math.isfinite(run.layers(()).tpot_s):
+        raise ValueError(f"{where}: as replayed (--prefill-chunk {cfg.prefill_chunk}) no request emits a token "
+                         f"after its first, so there is no time per output token: pass --objective total, or "
+                         f"--prefill-chunk 1 to replay prompts as if decoded")
     if target == "llama.cpp":
         result = _llama_cpp(run, budget, exhaustive_limit)
     elif target == "ktransformers":
@@ -215,8 +232,8 @@ def memory_budget(meta, cfg: ReplayConfig, *, gpu_memory=None, reserve=DEFAULT_R
 class _Runner:
     """Timed replays of one trace under the plan's knobs, remembered by placement."""
 
-    def __init__(self, trace: Trace, stream: AccessStream, knobs: dict):
-        self.trace, self.stream, self.knobs = trace, stream, knobs
+    def __init__(self, trace: Trace, stream: AccessStream, knobs: dict, objective: str = "tpot"):
+        self.trace, self.stream, self.knobs, self.objective = trace, stream, knobs, objective
         self.meta = trace.meta
         self._rows: dict = {}
 
@@ -234,7 +251,8 @@ class _Runner:
 
     def experts(self, pins, name: str = "", gpu_layers=None) -> Placement:
         row = self.replay(action="host", capacity=0, pin=list(pins) or None)
-        return Placement(name, {"action": "host", "capacity": 0}, row, tuple(pins), gpu_layers)
+        return Placement(name, {"action": "host", "capacity": 0}, row, tuple(pins), gpu_layers,
+                         objective=self.objective)
 
 
 # ---- llama.cpp: per layer
@@ -260,11 +278,11 @@ def _llama_cpp(run: _Runner, budget: Budget, exhaustive_limit: int) -> dict:
     else:
         k = len(chosen.gpu_layers)
         suffix = run.layers(meta.moe_layers[len(meta.moe_layers) - k:])
-        first = meta.moe_layers[len(meta.moe_layers) - k]
-        suffix.name = f"--n-cpu-moe {first} (the last {k} layers)"
+        n = n_cpu_moe_for(meta, suffix.gpu_layers)
+        suffix.name = f"--n-cpu-moe {n} (the last {k} layers)"
         others.append(suffix)
         notes.append(f"no --n-cpu-moe says this set (it keeps the first N layers' experts on the CPU, so its GPU "
-                     f"layers are the last ones); --n-cpu-moe {first} is replayed beside it")
+                     f"layers are the last ones); --n-cpu-moe {n} is replayed beside it")
     if cpu_layers:
         notes.append(f"the -ot pattern was checked against the model's {len(gguf_tensor_names(meta))} GGUF tensor "
                      f"names: it matches exactly the {3 * len(cpu_layers)} expert tensors of the "
@@ -284,19 +302,22 @@ def _layer_search(run: _Runner, budget: Budget, exhaustive_limit: int) -> tuple[
     if sets <= exhaustive_limit:
         candidates = [run.layers(s) for j in range(k + 1) for s in itertools.combinations(layers, j)]
         # ties: fewer layers, then later ones (the --n-cpu-moe form)
-        best = min(candidates, key=lambda p: (p.tpot_s, len(p.gpu_layers), [-x for x in p.gpu_layers]))
+        best = min(candidates, key=lambda p: (p.cost, len(p.gpu_layers), [-x for x in p.gpu_layers]))
         return best, (f"exhaustive: all {sets} sets of at most {k} of the {L} MoE layers, each a timed "
                       f"replay"), notes
     base = run.layers(())
-    saving = {layer: base.tpot_s - run.layers((layer,)).tpot_s for layer in layers}
+    # to the picosecond: sums of the same durations in another order differ in the last bits, and a tie
+    # should fall to the later layer (the --n-cpu-moe form), not to rounding
+    saving = {layer: round(base.cost - run.layers((layer,)).cost, 12) for layer in layers}
     order = sorted(layers, key=lambda layer: (-saving[layer], -layer))  # ties toward later layers
     gpu = [layer for layer in order[:k] if saving[layer] > 0]
     chosen = run.layers(gpu)
-    expected = base.tpot_s - sum(saving[layer] for layer in gpu)
-    notes.append(f"the sum of the single-layer savings predicts {expected * 1e3:.4f} ms per token; the set's own "
-                 f"replay gives {chosen.tpot_s * 1e3:.4f} ms")
+    expected = base.cost - sum(saving[layer] for layer in gpu)
+    what = "time per token" if run.objective == "tpot" else "total time"
+    notes.append(f"the sum of the single-layer savings predicts a {what} of {expected * 1e3:.4f} ms; the set's "
+                 f"own replay gives {chosen.cost * 1e3:.4f} ms")
     return chosen, (f"per layer: each layer's experts on the GPU alone ({L} timed replays); with every other "
-                    f"expert on the host a layer waits only for its own experts, so time per token is a sum over "
+                    f"expert on the host a layer waits only for its own experts, so the {what} is a sum over "
                     f"layers and the {len(gpu)} layers that save most are the best set that fits ({k})"), notes
 
 
@@ -333,8 +354,8 @@ def _ktransformers(run: _Runner, budget: Budget, exhaustive_limit: int, cfg: Rep
     pins = tuple(sorted((meta.moe_layers[int(x) // E], int(x) % E) for x in hot))
     by_expert = run.experts(pins, name=f"kt-kernel GPU expert mask ({per_layer} per layer)")
     baseline = run.layers(())
-    baseline.name = "no GPU experts (every experts module on KExpertsCPU)"
-    chosen, other = (by_expert, by_layer) if by_expert.tpot_s <= by_layer.tpot_s else (by_layer, by_expert)
+    baseline.name = "no GPU experts"
+    chosen, other = (by_expert, by_layer) if by_expert.cost <= by_layer.cost else (by_layer, by_expert)
     artifacts = {
         "kt-kernel": (f"--kt-num-gpu-experts {per_layer} --kt-expert-placement-strategy frequency "
                       f"--init-expert-location STATS.pt"),
@@ -344,9 +365,9 @@ def _ktransformers(run: _Runner, budget: Budget, exhaustive_limit: int, cfg: Rep
               f"kt-kernel keeps {per_layer} x {L} experts on the GPU, the most used across all layers by its "
               f"recorded activation statistics (the `frequency` strategy): record them on the workload this "
               f"trace stands for; the exact set is the plan file's pins",
-              f"the optimize rules place whole layers ({layer_search}); they were checked against the model's "
-              f"module names: the GPU rule matches exactly the experts modules of layers "
-              f"{_layer_list(by_layer.gpu_layers) or 'none'}"]
+              f"the optimize rules place whole layers, found as for llama.cpp ({layer_search.split(':')[0]}); "
+              f"checked against the model's module names, their GPU rule matches exactly the experts modules of "
+              f"layers {_layer_list(by_layer.gpu_layers) or '(none)'}"]
     if budget.experts % L:
         notes.append(f"{budget.experts % L} expert slot(s) left over: kt-kernel's count is per layer")
     chosen.name = f"plan: {chosen.name}"
@@ -377,10 +398,10 @@ def _dynamic(run: _Runner, budget: Budget, cfg: ReplayConfig) -> dict:
     if cfg.predictor != "none":
         notes.append(f"the miss curves are without prefetch; the timed replays use --predictor {cfg.predictor}")
     chosen = split
-    if split.tpot_s > equal.tpot_s:
+    if split.cost > equal.cost:
         chosen = _cache_placement(run, even, "plan: equal split")
-        notes.append(f"the per-layer budgets have fewer misses but replay slower ({split.tpot_s * 1e3:.3f} ms per "
-                     f"token) than the equal split: the plan keeps the equal split")
+        notes.append("the per-layer budgets have fewer misses but replay slower than the equal split: the plan "
+                     "keeps the equal split")
     search = (f"per-layer miss curves ({min(E, B) + 1} count replays, {cfg.policy} per layer), {B} experts "
               f"allocated across the {L} layers for the fewest misses (exact), then replayed timed")
     return dict(search=search, chosen=chosen, baseline=equal, others=[], notes=notes)
@@ -395,7 +416,7 @@ def _cache_placement(run: _Runner, per_layer, name: str) -> Placement:
     layer_capacity = tuple((layer, int(n)) for layer, n in zip(run.meta.moe_layers, per_layer))
     capacity = ",".join(f"{layer}:{n}" for layer, n in layer_capacity)
     knobs = {"action": "fetch", "scope": "per-layer", "capacity": capacity}
-    return Placement(name, knobs, run.replay(**knobs), (), None, layer_capacity)
+    return Placement(name, knobs, run.replay(**knobs), (), None, layer_capacity, run.objective)
 
 
 def layer_miss_curves(trace: Trace, stream: AccessStream, knobs: dict, max_capacity: int) -> np.ndarray:
