@@ -322,7 +322,7 @@ def format_plan(p, out: str | None = None) -> str:
              f"cache - {gib(b.reserve)} reserve = {gib(b.for_experts)} for experts",
              f"          {b.experts} of {b.num_layers * b.num_experts} experts fit ({b.expert_bytes / 2**20:.1f} MiB "
              f"each); {b.layers} of {b.num_layers} layers whole",
-             f"search    {p.search}", ""]
+             *_wrapped("search    ", p.search), ""]
     rows = [p.baseline, p.chosen, *p.others]
     width = max(len(r.name) for r in rows)
     lines.append(f"  {'placement':<{width}}  GPU experts  hit rate  time/token     total  speed-up")
@@ -345,7 +345,8 @@ def format_plan(p, out: str | None = None) -> str:
             lines.append(f"{name:<11} {text}")
     if p.notes:
         lines.append("")
-        lines += [f"note: {n}" for n in p.notes]
+        for n in p.notes:
+            lines += _wrapped("note: ", n)
     options = dict(p.replay_options())
     if c.pins:
         options["pin_file"] = out or "PLAN.json"
@@ -357,6 +358,12 @@ def format_plan(p, out: str | None = None) -> str:
     if c.pins and not out:
         lines.append("        (write the pin file with --out PLAN.json)")
     return "\n".join(lines)
+
+
+def _wrapped(head: str, text: str, width: int = 110) -> list[str]:
+    import textwrap
+    return textwrap.wrap(text, width, initial_indent=head, subsequent_indent=" " * len(head),
+                         break_long_words=False, break_on_hyphens=False)
 
 
 # ---- fit-predictor
