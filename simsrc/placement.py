@@ -37,7 +37,6 @@ import re
 from dataclasses import dataclass, field
 from math import comb
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
