@@ -170,11 +170,13 @@ def plot(ctx, sources, kind, out, **given) -> None:
 
 
 # ---- replay
-def config_options(command):
+def config_options(command, only=None):
     """Add one click option per replay knob (moesim.config.KNOBS): names, defaults, help and choices come from
-    there, so a knob added to the config is an option here with no edit to this file."""
+    there, so a knob added to the config is an option here with no edit to this file. only: these knobs."""
     from .config import KNOBS
     for k in reversed(KNOBS):
+        if only is not None and k.name not in only:
+            continue
         names = [k.option, *("--" + a.replace("_", "-") for a in k.aliases)]
         choices = k.choice_names()
         extra = f" [{', '.join(choices)}]" if choices else ""
@@ -589,6 +591,104 @@ def record(model_path, prompts, out, max_new_tokens, batch_size, device, dtype, 
                          record_logits=record_logits, resume=resume, progress=progress)
     click.echo(f"wrote {s.path}: {s.rows:,} rows; this run {s.requests} requests ({s.skipped} already there), "
                f"{s.tokens:,} tokens in {s.steps} steps, {s.seconds:.1f} s")
+
+
+# ---- plan
+# the replay knobs a plan passes on to every placement it replays (it chooses capacity, scope, action and pins)
+PLAN_KNOBS = ("policy", "predictor", "horizon", "top_n", "prefill_chunk", "seed", "hardware", "bandwidth", "latency",
+              "copy_engines", "gpu_flops", "hbm", "bytes_per_expert", "train", "launch", "miss_overhead", "overlap",
+              "host_flops", "host_bandwidth", "kv_bytes_per_token", "weight_bits")
+
+
+@main.command("plan")
+@click.argument("trace", type=click.Path(dir_okay=False))
+@click.option("--target", required=True, type=click.Choice(["llama.cpp", "ktransformers", "dynamic"]),
+              help="the runtime: llama.cpp (whole layers' expert tensors, -ot / --n-cpu-moe), ktransformers "
+                   "(optimize rules per layer, kt-kernel's GPU expert mask per expert), dynamic (an expert cache per "
+                   "layer: per-layer budgets)")
+@click.option("--gpu-memory", default=None, help="GPU memory, e.g. 24GiB (default: the hardware's)")
+@click.option("--reserve", default="1GiB", show_default=True,
+              help="memory kept back besides the non-expert weights and the KV cache: embeddings, output head, CUDA "
+                   "context, compute buffers")
+@click.option("--context", default=None, type=int, help="tokens of KV cache to reserve per sequence (with "
+              "--kv-bytes-per-token)")
+@click.option("--batch", default=1, show_default=True, type=int,
+              help="sequences whose KV cache is reserved (the replay keeps the trace's own steps)")
+@click.option("--objective", type=click.Choice(["tpot", "total"]), default="tpot", show_default=True,
+              help="what the search minimises: time per output token, or the whole trace's time")
+@functools.partial(config_options, only=PLAN_KNOBS)
+@click.option("--out", default=None, type=click.Path(dir_okay=False),
+              help="write the plan file: its pins (what --pin-file reads) and what was chosen and predicted")
+@click.option("--json", "as_json", is_flag=True, help="print the plan file's content as JSON")
+@friendly_errors
+def plan_cmd(trace, target, gpu_memory, reserve, context, batch, objective, out, as_json, **knobs) -> None:
+    """Search the expert placements TARGET can express for TRACE and predict each one's time per token."""
+    from .config import KNOB
+    from .placement import plan
+    # only what was given: the plan's replay command and file repeat it, and the defaults go without saying
+    given = {k: v for k, v in knobs.items() if not (v is None or v is False or v == ()) and v != KNOB[k].default}
+    p = plan(trace, target=target, gpu_memory=gpu_memory, reserve=reserve, context=context, batch=batch,
+             objective=objective, **given)
+    if out:
+        p.write(out)
+    if as_json:
+        echo_json(p.to_json())
+    else:
+        click.echo(format_plan(p, out))
+
+
+def format_plan(p, out: str | None = None) -> str:
+    """A plan as people read it: the memory, the search, each placement's prediction, then the settings."""
+    from .config import KNOB
+    b = p.budget
+    gib = (lambda n: f"{n / 2**30:.2f} GiB")
+    lines = [f"{p.trace}  ({p.model})", f"target {p.target}", "",
+             f"memory    {gib(b.gpu_memory)} GPU - {gib(b.non_expert)} non-expert weights - {gib(b.kv_cache)} KV "
+             f"cache - {gib(b.reserve)} reserve = {gib(b.for_experts)} for experts",
+             f"          {b.experts} of {b.num_layers * b.num_experts} experts fit ({b.expert_bytes / 2**20:.1f} MiB "
+             f"each); {b.layers} of {b.num_layers} layers whole",
+             *_wrapped("search    ", p.search), ""]
+    rows = [p.baseline, p.chosen, *p.others]
+    width = max(len(r.name) for r in rows)
+    lines.append(f"  {'placement':<{width}}  GPU experts  hit rate  time/token     total  speed-up")
+    for r in rows:
+        speed = p.baseline.cost / r.cost if r.cost else float("nan")
+        tpot = f"{r.tpot_s * 1e3:7.2f} ms" if r.tpot_s == r.tpot_s else "      - ms"
+        lines.append(f"  {r.name:<{width}}  {r.gpu_experts:11,d}  {r.hit_rate:8.2%}  {tpot}  {r.row['total_s']:6.2f} s  "
+                     f"{speed:7.2f}x")
+    c = p.chosen
+    lines.append("")
+    if c.gpu_layers is not None:
+        from .placement import _layer_list
+        lines.append(f"GPU layers  {_layer_list(c.gpu_layers) or '(none)'}")
+    if c.layer_capacity is not None:
+        lines.append("budgets     " + " ".join(f"{layer}:{n}" for layer, n in c.layer_capacity))
+    for name, text in p.artifacts.items():
+        if "\n" in text:
+            lines += ["", f"{name}:", text.rstrip("\n")]
+        else:
+            lines.append(f"{name:<11} {text}")
+    if p.notes:
+        lines.append("")
+        for n in p.notes:
+            lines += _wrapped("note: ", n)
+    options = dict(p.replay_options())
+    if c.pins:
+        options["pin_file"] = out or "PLAN.json"
+    words = []
+    for k, v in options.items():
+        knob = KNOB[k]
+        words += [knob.option] if knob.flag else [knob.option, str(v)]
+    lines += ["", f"replay: moesim replay {p.trace} " + " ".join(words)]
+    if c.pins and not out:
+        lines.append("        (write the pin file with --out PLAN.json)")
+    return "\n".join(lines)
+
+
+def _wrapped(head: str, text: str, width: int = 110) -> list[str]:
+    import textwrap
+    return textwrap.wrap(text, width, initial_indent=head, subsequent_indent=" " * len(head),
+                         break_long_words=False, break_on_hyphens=False)
 
 
 if __name__ == "__main__":

@@ -23,14 +23,16 @@ SCOPES = ("global", "per-layer")
 
 @dataclass(frozen=True)
 class Capacity:
-    """A cache capacity as written ('10%', 0.25, 166, '4/layer', '12GiB'), checked for form; experts() resolves it."""
+    """A cache capacity as written ('10%', 0.25, 166, '4/layer', '12GiB', '1:3,2:5'), checked for form;
+    experts() resolves it."""
     text: str
-    kind: str     # fraction | experts | per_layer | bytes
+    kind: str     # fraction | experts | per_layer | bytes | layers
     value: float
+    layers: tuple = ()  # kind "layers": (model layer, experts) pairs, one cache budget per MoE layer
 
     @classmethod
     def parse(cls, value, option: str = "capacity") -> "Capacity":
-        example = "write 10% (of all experts), 0.25 (a fraction), 166 (experts), 4/layer or 12GiB"
+        example = "write 10% (of all experts), 0.25 (a fraction), 166 (experts), 4/layer, 12GiB or 1:3,2:5 (per layer)"
         if isinstance(value, Capacity):
             return value
         if isinstance(value, bool) or value is None:
@@ -51,6 +53,8 @@ class Capacity:
         m = re.fullmatch(r"([0-9]+)\s*/\s*layer", text)
         if m:
             return cls(text, "per_layer", float(m.group(1)))
+        if ":" in text:
+            return cls._layers(text, option)
         if re.fullmatch(r"[0-9]+", text):
             return cls(text, "experts", float(text))
         # a number with a point is a fraction, as the same float is in Python and in a grid spec
@@ -61,6 +65,21 @@ class Capacity:
         except ValueError:
             raise ValueError(f"{option}: cannot read capacity {text!r}; {example}") from None
         return cls(text, "bytes", nbytes)
+
+    @classmethod
+    def _layers(cls, text: str, option: str) -> "Capacity":
+        # one budget per MoE layer (what `moesim plan --target dynamic` chooses); layers not named get none
+        pairs = []
+        for part in text.split(","):
+            layer, _, n = part.strip().partition(":")
+            if not (layer.strip().isdigit() and n.strip().isdigit()):
+                raise ValueError(f"{option}: {part.strip()!r} in {text!r}: per-layer budgets are LAYER:EXPERTS, "
+                                 f"comma-separated, e.g. 1:3,2:5 (the model's layer numbers)")
+            pairs.append((int(layer), int(n)))
+        layers = [layer for layer, _ in pairs]
+        if len(set(layers)) != len(layers):
+            raise ValueError(f"{option}: {text!r} names a layer twice; give each layer one budget")
+        return cls(text, "layers", float(sum(n for _, n in pairs)), tuple(pairs))
 
     @classmethod
     def _fraction(cls, f: float, text: str, option: str, example: str) -> "Capacity":
@@ -75,6 +94,8 @@ class Capacity:
         """(experts the cache holds, whether the capacity was given per layer), checked against the trace."""
         if self.kind == "fraction":
             return int(math.floor(self.value * num_items + 1e-9)), False
+        if self.kind == "layers":
+            return int(self.value), True
         if self.kind == "per_layer":
             n, per_layer = int(self.value) * num_layers, True
         elif self.kind == "experts":
@@ -90,6 +111,19 @@ class Capacity:
         # more experts than the trace has is every expert (a grid sweeps one list over several models); the
         # row's capacity_experts says what was held
         return n, per_layer
+
+    def per_moe_layer(self, moe_layers, num_experts: int) -> list[int]:
+        """Kind "layers": the budget of each MoE layer, in MoE-layer order (0 for a layer not named)."""
+        budget = dict(self.layers)
+        unknown = sorted(set(budget) - set(moe_layers))
+        if unknown:
+            raise ValueError(f"capacity {self.text!r}: layer(s) {', '.join(map(str, unknown))} are not MoE layers of "
+                             f"the trace ({list(moe_layers)})")
+        over = [f"{layer}:{n}" for layer, n in self.layers if n > num_experts]
+        if over:
+            raise ValueError(f"capacity {self.text!r}: {', '.join(over)} is more than the {num_experts} experts a "
+                             f"layer has")
+        return [budget.get(layer, 0) for layer in moe_layers]
 
 
 def _choice(choices: tuple[str, ...]) -> Callable:
@@ -138,6 +172,44 @@ def _pins(value, option):
             raise ValueError(f"{option}: {p!r}: a pin is (layer, expert), two whole numbers")
         pins.append((int(p[0]), int(p[1])))
     return tuple(pins) or None
+
+
+@dataclass(frozen=True)
+class PinFile:
+    """A file of pins as `moesim plan --out` writes it, read once: {"pins": [[layer, expert], ...]}, and
+    optionally "plan" (what the planner chose and predicted; a replay reads only the pins)."""
+    path: str
+    pins: tuple
+
+    def __str__(self) -> str:
+        return self.path
+
+
+def _pin_file(value, option):
+    if isinstance(value, PinFile):
+        return value
+    import json
+    from pathlib import Path
+    path = str(value)
+    form = '{"pins": [[layer, expert], ...]}'
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"{option}: {path}: no such pin file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{option}: {path}: not a JSON pin file ({e}); write {form}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("pins"), list):
+        raise ValueError(f"{option}: {path}: no list of pins; write {form}")
+    unknown = sorted(set(data) - {"pins", "plan"})
+    if unknown:
+        raise ValueError(f"{option}: {path}: unknown key(s) {', '.join(map(repr, unknown))}; a pin file holds "
+                         f"\"pins\" (and \"plan\", which moesim plan writes)")
+    for i, p in enumerate(data["pins"]):
+        if not (isinstance(p, list) and len(p) == 2 and all(isinstance(v, int) and not isinstance(v, bool)
+                                                            and v >= 0 for v in p)):
+            raise ValueError(f"{option}: {path}: pins[{i}] = {p!r}: a pin is [layer, expert], two whole numbers "
+                             f"(the model's layer number)")
+    return PinFile(path, tuple((int(layer), int(expert)) for layer, expert in data["pins"]))
 
 
 def _float(value, option):
@@ -241,7 +313,7 @@ KNOBS: tuple[Knob, ...] = (
     Knob("adaptive", False, parse_bool, "pick the horizon so prefetches land just in time (ExpertFlow)",
          flag=True, group="prefetch"),
     Knob("capacity", "10%", Capacity.parse, "expert cache: 10% of all experts, 0.25 (a fraction), 166 experts, "
-         "4/layer, or 12GiB of expert memory", column=("capacity", "capacity_experts", "capacity_fraction"),
+         "4/layer, 12GiB of expert memory, or 1:3,2:5 (experts per MoE layer, with --scope per-layer)", column=("capacity", "capacity_experts", "capacity_fraction"),
          show=lambda cfg, hw, r: (cfg.capacity.text, r["capacity_experts"], r["capacity_fraction"])),
     Knob("scope", "global", _choice(SCOPES), "one cache for all layers, or a partition per layer", choices=SCOPES),
     Knob("mode", "timed", _choice(MODES), "timed: discrete-event, with the link and compute; count: hits only",
@@ -271,6 +343,8 @@ KNOBS: tuple[Knob, ...] = (
          "size, overriding the trace's, e.g. 17MB", unit="bytes", group="hardware", show=_same("bytes_per_expert")),
     Knob("pin", None, _pins, "LAYER:EXPERT kept resident outside the policy (repeatable; the model's layer "
          "number)", column="pinned_experts", show=lambda cfg, hw, r: r["pinned_experts"]),
+    Knob("pin_file", None, _optional(_pin_file), 'a JSON file of pins, {"pins": [[layer, expert], ...]}, kept '
+         "resident like --pin (what `moesim plan --out` writes)", column=None),
     Knob("train", None, _path, "a *different* trace whose expert counts drive the static policy and the "
          "moe-infinity and frequency predictors", group="run", column=None),
     Knob("per_layer", False, parse_bool, "also report hits, misses and stall per MoE layer", flag=True,
@@ -327,6 +401,7 @@ class ReplayConfig:
     accounting: str = "segment"
     prefill_chunk: int = 1
     pin: tuple | None = None
+    pin_file: PinFile | None = None
     train: Any = None
     seed: int = 0
     per_layer: bool = False
@@ -370,6 +445,9 @@ class ReplayConfig:
             values[name] = KNOB[name].parse(value, f"{where}{KNOB[name].option}")
             given[name] = value
         cfg = dataclasses.replace(base, given=given, **values)
+        if cfg.capacity.kind == "layers" and cfg.scope != "per-layer":
+            raise ValueError(f"{where}--capacity {cfg.capacity.text}: budgets per layer are caches per layer; add "
+                             f"--scope per-layer")
         if cfg.mode == "timed" and cfg.accounting == "access":
             raise ValueError(f"{where}--accounting access is count mode's (a plain cache simulator); timed mode "
                              f"runs a layer's experts together: use --mode count, or --accounting segment")

@@ -133,10 +133,19 @@ def cache_for(trace: Trace, stream: AccessStream, cfg: ReplayConfig, expert_byte
     n_items = L * E
     cap, _ = cfg.capacity.experts(num_items=n_items, num_layers=L, bytes_per_expert=expert_bytes,
                                   gpu_memory=gpu_memory)
-    part_of, part_cap = partitions(stream, cfg.scope, cap)
+    if cfg.capacity.kind == "layers":  # a budget per MoE layer (moesim plan --target dynamic)
+        part_of = np.repeat(np.arange(L, dtype=np.int32), E)
+        part_cap = np.array(cfg.capacity.per_moe_layer(trace.meta.moe_layers, E), np.int64)
+    else:
+        part_of, part_cap = partitions(stream, cfg.scope, cap)
     pinned = np.zeros(n_items, np.uint8)
     for layer, expert in cfg.pin or ():
         pinned[_item(trace.meta, layer, expert)] = 1
+    for layer, expert in cfg.pin_file.pins if cfg.pin_file else ():
+        try:
+            pinned[_item(trace.meta, layer, expert)] = 1
+        except ValueError as e:
+            raise ValueError(f"--pin-file {cfg.pin_file.path}: {e}") from None
     # pins use cache memory: the policy gets what is left in each partition
     np.subtract.at(part_cap, part_of[pinned.astype(bool)], 1)
     part_cap = np.maximum(part_cap, 0)
