@@ -438,7 +438,7 @@ def layer_miss_curves(trace: Trace, stream: AccessStream, knobs: dict, max_capac
         expert_bytes, _ = expert_size(trace.meta, cfg)
         cache = cache_for(trace, stream, cfg, expert_bytes)
         state, cache = policy_state(cfg, stream, cache)
-        _, misses, _, _ = count_replay(engine_stream, cache, plan, state, L, accounting="segment")
+        misses = count_replay(engine_stream, cache, plan, state, L, accounting="segment")[1]
         curves[:, c] = misses
     return curves
 
