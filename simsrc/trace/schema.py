@@ -210,6 +210,12 @@ def check_rows(table: pa.Table, meta: TraceMeta, where: str, row_offset: int = 0
         if dup.size:
             raise TraceError(f"{where}: row {row_offset + dup[0]}: expert_ids {ids.reshape(n, k)[dup[0]].tolist()} "
                              f"names an expert twice; a router picks {k} distinct experts")
+    check_optional_columns(table, meta, where, row_offset)
+
+
+def check_optional_columns(table: pa.Table, meta: TraceMeta, where: str, row_offset: int = 0) -> None:
+    """The value checks of check_rows for the optional columns: predictions in range, weights not NaN or negative."""
+    k = meta.top_k
     for name in table.column_names:
         if PRED_COLUMN.match(name):
             col = table.column(name)
