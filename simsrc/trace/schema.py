@@ -16,6 +16,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .errors import TraceError
+
 SCHEMA_VERSION = 1
 META_KEY = b"moesim"
 PREFILL, DECODE = 0, 1
@@ -35,10 +37,6 @@ KEY_COLUMNS = {
     "layer": pa.uint16(),
 }
 OPTIONAL_COLUMNS = ("expert_weights", "token_id", "router_logits")
-
-
-class TraceError(ValueError):
-    """A trace file or table that does not follow the moesim schema."""
 
 
 @dataclass
