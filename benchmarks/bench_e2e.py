@@ -18,9 +18,10 @@
    of requests) within 10 replays, the sampled error against 100 exact replays stated. Also the
    error of sampling experts instead (SHARDS-style, the capacity scaled by the rate), for LRU.
 4. **Scale** (--scale): a synthetic DeepSeek-V3-sized trace (58 MoE layers x 256 experts, top-8) at
-   1x, 4x and 16x --scale-base accesses: write it (synth), convert it from vLLM's routed-experts
-   .npz, inspect it, replay it (count-mode LRU, cache off, then cached), each step in a fresh
-   process pinned to --scale-cores cores, with its wall time and peak RSS.
+   1x, 4x and 16x --scale-base accesses: write it (synth), export it as vLLM's routed-experts .npz
+   and convert that back, inspect it, replay it (count-mode LRU: a first run that reads the file
+   and caches the stream, a cached run, a run with the cache off), each step in a fresh process
+   pinned to --scale-cores cores, with its wall and CPU time and peak RSS.
 
     python benchmarks/bench_e2e.py                   # 1-3 on the real trace (~4 min once converted)
     python benchmarks/bench_e2e.py --scale           # and 4 (31 M, 125 M, 500 M accesses: ~25 min)
@@ -270,18 +271,16 @@ elif step == "export":
     # vLLM's routed_experts layout, one array [tokens, layers, top_k] per request, read back by convert
     import numpy as np
     from moesim.trace import iter_batches
-    per_request, pending = {}, {}
     out = path + ".vllm.npz"
     arrays = {}
     for meta, t, _ in iter_batches(path, batch_rows=1 << 22):
         req = t.column("request_id").to_numpy()
         ids = t.column("expert_ids").combine_chunks().flatten().to_numpy().reshape(-1, meta.top_k)
-        L = meta.num_moe_layers
         starts = np.flatnonzero(np.r_[True, req[1:] != req[:-1]])
         for a, b in zip(starts, np.r_[starts[1:], len(req)]):
-            r = int(req[a])
-            arrays.setdefault(r, []).append(ids[a:b].reshape(-1, L, meta.top_k))
-    np.savez(out, **{f"r{r:07d}": np.concatenate(v) for r, v in sorted(arrays.items())})
+            arrays.setdefault(int(req[a]), []).append(ids[a:b])  # a batch may end inside a token
+    shape = (-1, meta.num_moe_layers, meta.top_k)
+    np.savez(out, **{f"r{r:07d}": np.concatenate(v).reshape(shape) for r, v in sorted(arrays.items())})
 elif step == "convert":
     from moesim.trace import write_trace
     from moesim.trace.importers import convert
@@ -294,13 +293,15 @@ elif step == "inspect":
     from moesim.trace.stats import inspect_trace
     inspect_trace(path)
 elif step.startswith("replay"):
-    if step == "replay-cold":
+    if step == "replay-uncached":
         os.environ["MOESIM_CACHE"] = "off"
     import moesim
     row = moesim.replay(path, policy="lru", capacity="10%", mode="count")
     assert row["accesses"] == accesses, (row["accesses"], accesses)
 wall = time.perf_counter() - t0
-print(json.dumps({"wall_s": round(wall, 2), "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+use = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({"wall_s": round(wall, 2), "cpu_s": round(use.ru_utime + use.ru_stime, 2),
+                  "peak_rss_bytes": use.ru_maxrss * 1024}))
 """
 
 
@@ -309,16 +310,20 @@ def bench_scale(args) -> dict:
     base = args.scale_base
     per_token = V3["layers"] * V3["top_k"]
     cores = sorted(os.sched_getaffinity(0) if args.scale_cores <= 0 else range(args.scale_cores))
-    env = {**os.environ, "MOESIM_CACHE_DIR": str(args.cache_dir / "scale-cache")}
     out = {"shape": "58 MoE layers x 256 experts, top-8", "cores": len(cores), "sizes": []}
-    for mult in (1, 4, 16):
+    for mult in args.scale_multiples:
         tokens = math.ceil(base * mult / per_token)
         accesses = tokens * per_token
         path = args.cache_dir / f"v3-{_digest([V3, tokens])}.parquet"
         entry = {"multiple": mult, "accesses": accesses, "tokens": tokens, "steps": {}}
-        steps = ["synth", "export", "convert", "inspect", "replay-cold", "replay-cold", "replay-cached"]
+        # replay-first reads the file, lays out the stream and caches it; replay-cached maps it;
+        # replay-uncached does what the first did but writes no cache (MOESIM_CACHE=off)
+        steps = ["synth", "export", "convert", "inspect", "replay-first", "replay-cached", "replay-uncached"]
         if path.exists():
             steps.remove("synth")
+        stream_cache = args.cache_dir / "scale-cache" / str(mult)
+        shutil.rmtree(stream_cache, ignore_errors=True)
+        env = {**os.environ, "MOESIM_CACHE_DIR": str(stream_cache)}
         for step in steps:
             cmd = ["taskset", "-c", ",".join(map(str, cores)), sys.executable, "-c", SCALE_STEP, step, str(path),
                    str(tokens), str(accesses), json.dumps(V3)]
@@ -329,11 +334,10 @@ def bench_scale(args) -> dict:
                 break
             res = json.loads(proc.stdout.strip().splitlines()[-1])
             res["maccess_per_s"] = round(accesses / res["wall_s"] / 1e6, 2)
-            # the first cold replay also writes the stream cache (when it fits): the second is the cold cost
-            entry["steps"][step if step != "replay-cold" or "replay-cold" not in entry["steps"] else
-                           "replay-cold-again"] = res
-            print(f"  {mult:>2}x {accesses / 1e6:7.1f} M accesses  {step:<14} {res['wall_s']:8.2f} s "
-                  f"{res['maccess_per_s']:8.2f} M/s  peak RSS {res['peak_rss_bytes'] / 2**30:6.2f} GiB", flush=True)
+            entry["steps"][step] = res
+            print(f"  {mult:>2}x {accesses / 1e6:7.1f} M accesses  {step:<15} {res['wall_s']:8.2f} s wall "
+                  f"{res['cpu_s']:8.2f} s CPU {res['maccess_per_s']:8.2f} M/s  peak RSS "
+                  f"{res['peak_rss_bytes'] / 2**30:6.2f} GiB", flush=True)
         entry["file_bytes"] = path.stat().st_size if path.exists() else None
         for extra in (path.with_name(path.name + ".vllm.npz"), path.with_name(path.name + ".converted.parquet")):
             extra.unlink(missing_ok=True)
@@ -349,6 +353,8 @@ def main(argv=None) -> int:
     ap.add_argument("--scale", action="store_true", help="also run the scale steps (section 4)")
     ap.add_argument("--scale-only", action="store_true", help="only the scale steps")
     ap.add_argument("--scale-base", type=int, default=31_250_000, help="accesses of the 1x synthetic trace")
+    ap.add_argument("--scale-multiples", type=lambda v: [int(x) for x in v.split(",")], default=[1, 4, 16],
+                    help="sizes of the scale traces, in --scale-base accesses")
     ap.add_argument("--scale-cores", type=int, default=2, help="cores the scale steps are pinned to (0: all)")
     ap.add_argument("--json-out", type=Path, default=None)
     ap.add_argument("--save", action="store_true", help=f"also write {BASELINE.name}")

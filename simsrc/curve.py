@@ -320,8 +320,13 @@ def format_curve(df) -> str:
                      *(f"{100 * x:.2f}%" for x in rates)])
     widths = [max(len(h), *(len(row[j]) for row in rows)) for j, h in enumerate(header)]
     line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))  # noqa: E731
-    how = ", ".join(f"{p}: {m}" for p, m in dict.fromkeys(zip(df["policy"], df["method"])))
-    out = [f"hit rate by capacity ({first['scope'].iloc[0]} scope, count mode; {how})", line(header),
+    def how(policy, method, rate):
+        if method == "sampled":
+            return f"{policy}: sampled, {rate:.0%} of requests"
+        return f"{policy}: exact, {'one pass' if policy in ONE_PASS else 'a replay per capacity'}"
+    rate = dict(zip(df["policy"], df["sample_rate"]))
+    how = "; ".join(how(p, m, rate[p]) for p, m in dict.fromkeys(zip(df["policy"], df["method"])))
+    out = [f"hit rate by capacity, {first['scope'].iloc[0]} scope, count mode ({how})", line(header),
            line(["-" * w for w in widths])]
     return "\n".join(out + [line(r) for r in rows])
 
