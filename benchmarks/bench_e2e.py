@@ -334,9 +334,10 @@ def bench_scale(args) -> dict:
                 break
             res = json.loads(proc.stdout.strip().splitlines()[-1])
             res["maccess_per_s"] = round(accesses / res["wall_s"] / 1e6, 2)
+            res["maccess_per_cpu_s"] = round(accesses / res["cpu_s"] / 1e6, 2)
             entry["steps"][step] = res
             print(f"  {mult:>2}x {accesses / 1e6:7.1f} M accesses  {step:<15} {res['wall_s']:8.2f} s wall "
-                  f"{res['cpu_s']:8.2f} s CPU {res['maccess_per_s']:8.2f} M/s  peak RSS "
+                  f"{res['cpu_s']:8.2f} s CPU ({res['maccess_per_cpu_s']:6.2f} M/s)  peak RSS "
                   f"{res['peak_rss_bytes'] / 2**30:6.2f} GiB", flush=True)
         entry["file_bytes"] = path.stat().st_size if path.exists() else None
         for extra in (path.with_name(path.name + ".vllm.npz"), path.with_name(path.name + ".converted.parquet")):
