@@ -143,3 +143,17 @@ def test_the_cli_prints_and_writes_what_python_returns(tmp_path):
     assert [r["hits"] for r in rows] == want["hits"].tolist() and rows[0]["sample_rate"] is None
     res = CliRunner().invoke(main, ["curve", str(MIXTRAL), "--capacities", "9%..1%"])
     assert res.exit_code != 0 and "capacities" in res.output and "Traceback" not in res.output
+
+
+def test_a_stack_window_past_64_words_gives_the_same_curve():
+    # 40 layers x 64 experts = 2,560 experts: the stack's window is 8,192 times, 128 words, so marks
+    # move by the long-row loop (and inspect, which shares it, agrees with the curve)
+    from moesim.trace.stats import inspect_trace
+    from moesim.trace.synth import parametric, sample
+    trace = sample(parametric(layers=40, experts=64, top_k=4, zipf_s=1.2, reuse_p=0.4), tokens=400, seed=2)
+    stream = access_stream(trace)
+    caps = [1, 100, 300, 600, 1200, 2000, 2560]
+    curve = hit_rate_curve(trace, "lru", caps, stream=stream)
+    assert curve["hits"].tolist() == replayed(trace, stream, "lru", "global", caps)
+    by_capacity = inspect_trace(trace)["reuse_distance"]["all"]["lru_hits_by_capacity"]
+    assert curve["hits"].tolist() == [int(by_capacity[c]) for c in caps]
