@@ -21,7 +21,7 @@ How a curve is computed (`method`):
   the capacity scaled by the rate) does not work on MoE traces: a token uses top_k experts of
   every layer, so the distance to the same expert one token later is nearly constant (top_k x
   layers - 1), which makes hit rates jump at one capacity; a 10 % expert sample turns that
-  constant into a binomial one and misses the jump by up to 10-19 points (benchmarks/README.md).
+  constant into a binomial one and misses the jump by 10-14 points (benchmarks/README.md).
 - "auto": the one-pass exact curve where there is one; otherwise exact replays while the
   stream is small (SAMPLE_ABOVE accesses), sampled above.
 
