@@ -14,3 +14,9 @@ def real_traces() -> Path:
     if not REAL.is_dir():
         pytest.skip(f"real traces not found at {REAL} (set MOESIM_REAL_TRACES)")
     return REAL
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _own_stream_cache(tmp_path_factory):
+    """The suite caches access streams in a folder of its own, never the user's (and starts empty)."""
+    os.environ["MOESIM_CACHE_DIR"] = str(tmp_path_factory.mktemp("moesim-cache"))

@@ -114,3 +114,64 @@ def segment_reference(items, seg_offsets, part_of, capacity, policy: str) -> int
             last[x] = inserted[x] = clock
             count[x] = 1
     return hits
+def access_stream_reference(trace, prefill_chunk: int = 1) -> dict:
+    """The access stream's arrays by whole-array numpy sorts (lexsort, unique): the layout moesim
+    built before its single compiled pass, kept as that pass's independent reference."""
+    import numpy as np
+    PREFILL, DECODE = 0, 1
+    meta = trace.meta
+    n = trace.num_rows
+    step = trace.column("step").astype(np.int64)
+    req = trace.column("request_id").astype(np.int64)
+    pos = trace.column("token_pos").astype(np.int64)
+    phase = trace.column("phase")
+    layer_idx = trace.layer_index().astype(np.int64)
+    sub = np.zeros(n, dtype=np.int64)
+    if prefill_chunk > 0 and n:
+        is_pre = phase == PREFILL
+        grp = np.flatnonzero(np.r_[True, (step[1:] != step[:-1]) | (req[1:] != req[:-1])])
+        first_pos = np.repeat(pos[grp], np.diff(np.r_[grp, n]))
+        sub = np.where(is_pre, (pos - first_pos) // prefill_chunk, 0)
+    key = step * (int(sub.max()) + 1 if n else 1) + sub
+    uniq, new_step = np.unique(key, return_inverse=True)
+    new_step = new_step.astype(np.int64).reshape(-1)
+    order = np.lexsort((pos, req, layer_idx, new_step))
+    seg_key = new_step[order] * meta.num_moe_layers + layer_idx[order]
+    seg_start = np.flatnonzero(np.r_[True, seg_key[1:] != seg_key[:-1]]) if n else np.zeros(0, np.int64)
+    seg_row_offsets = np.r_[seg_start, n].astype(np.int64)
+    k = meta.top_k
+    ids = trace.expert_ids()[order].astype(np.int32)
+    item = (layer_idx[order, None] * meta.num_experts + ids).reshape(-1).astype(np.int32)
+    n_steps = len(uniq)
+    step_tokens = np.zeros(n_steps, dtype=np.int64)
+    token_first = np.r_[True, (req[1:] != req[:-1]) | (pos[1:] != pos[:-1])] if n else np.zeros(0, bool)
+    np.add.at(step_tokens, new_step[token_first], 1)
+    step_has_decode = np.zeros(n_steps, dtype=bool)
+    step_has_decode[new_step[phase == DECODE]] = True
+    emits = (phase == DECODE) | (prefill_chunk == 1)
+    step_outputs = np.zeros(n_steps, dtype=np.int64)
+    np.add.at(step_outputs, new_step[token_first & emits], 1)
+    n_req = int(req.max()) + 1 if n else 0
+    big = np.iinfo(np.int32).max
+    first_step = np.full(n_req, big, dtype=np.int64)
+    np.minimum.at(first_step, req, new_step)
+    first_out = np.full(n_req, big, dtype=np.int64)
+    if emits.any():
+        np.minimum.at(first_out, req[emits], new_step[emits])
+    seen = np.zeros(n_req, bool)
+    seen[req] = True
+    no_emit = (first_out == big) & seen
+    if no_emit.any():
+        last = np.full(n_req, -1, dtype=np.int64)
+        np.maximum.at(last, req, new_step)
+        first_out[no_emit] = last[no_emit]
+    return {
+        "item": item, "seg_offsets": (seg_row_offsets * k).astype(np.int64),
+        "seg_layer": layer_idx[order][seg_start].astype(np.int32),
+        "seg_step": new_step[order][seg_start].astype(np.int32),
+        "seg_tokens": np.diff(seg_row_offsets).astype(np.int32), "seg_row_offsets": seg_row_offsets,
+        "row_order": order.astype(np.int64), "row_request": req[order].astype(np.int32),
+        "step_phase": np.where(step_has_decode, DECODE, PREFILL).astype(np.uint8),
+        "step_tokens": step_tokens.astype(np.int32), "step_outputs": step_outputs.astype(np.int32),
+        "request_first_step": first_step.astype(np.int32), "request_first_output_step": first_out.astype(np.int32),
+    }

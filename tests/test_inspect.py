@@ -209,8 +209,8 @@ def test_coupling_matches_brute_force(trace, report):
     assert report["coupling"]["all"]["popularity_topk"]["per_layer"] == pytest.approx(pop)
 
 
-def test_fenwick_window_compaction_keeps_distances(trace, report, monkeypatch):
-    monkeypatch.setattr(stats, "FENWICK_WINDOW", 1)  # window = 4 x items: many renumberings
+def test_renumbering_the_stack_window_keeps_distances(trace, report, monkeypatch):
+    monkeypatch.setattr(stats, "STACK_WINDOW_FACTOR", 1)  # the smallest window: many renumberings
     again = inspect_trace(trace, batch_rows=5)
     assert again["reuse_distance"]["all"]["distance_counts"].tolist() == \
         report["reuse_distance"]["all"]["distance_counts"].tolist()

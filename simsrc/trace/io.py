@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..files import AtomicFile, regular_file
+from .cache import FileState, checked_sha256, file_sha256
 from .schema import (
     KEY_COLUMNS,
     META_KEY,
@@ -38,15 +39,65 @@ def _fixed_list(values: np.ndarray, typ: pa.DataType, size: int, valid: np.ndarr
 
 
 @dataclass
+class SourceFile:
+    """The file a trace was read from, as it was then: the stream cache's key to it."""
+
+    state: FileState
+    checked: bool                  # passed read_trace's checks
+    columns: list[str] | None      # what read_trace was asked for (None: all)
+    num_rows: int
+    sha256: str | None = None      # of the file's bytes, once known
+
+    def content_sha256(self) -> str | None:
+        """The hash of the file's bytes, if the file is still the version that was read."""
+        if self.sha256 is None:
+            try:
+                sha = file_sha256(self.state.path)
+                if FileState.of(self.state.path) == self.state:
+                    self.sha256 = sha
+            except OSError:
+                return None
+        return self.sha256
+
+    def read_table(self, where: str) -> pa.Table:
+        """The table, read now (it was checked when first read: it is not checked again)."""
+        try:
+            now = FileState.of(self.state.path)
+        except OSError:
+            now = None
+        if now != self.state:
+            raise TraceError(f"{where}: the file changed or went away after it was read; read it again")
+        want = None if self.columns is None else _wanted(self.columns)
+        try:
+            return pq.ParquetFile(self.state.path).read(columns=want)
+        except (OSError, pa.ArrowException) as e:
+            raise TraceError(f"{where}: the file is damaged or truncated ({e}); write it again") from None
+
+
 class Trace:
     """A trace in memory: an Arrow table in canonical order plus its metadata.
 
-    Columns stay in Arrow/numpy buffers; nothing is turned into Python objects.
+    Columns stay in Arrow/numpy buffers; nothing is turned into Python objects. A trace read
+    from a file whose access stream is cached (trace.cache) reads its table only when asked for it.
     """
 
-    table: pa.Table
-    meta: TraceMeta
-    path: Path | None = None
+    def __init__(self, table: pa.Table | None, meta: TraceMeta, path: Path | None = None, *,
+                 source: SourceFile | None = None):
+        if table is None and source is None:
+            raise ValueError("a trace needs its table, or the file to read it from")
+        self._table = table
+        self.meta = meta
+        self.path = path
+        self.source = source
+
+    @property
+    def table(self) -> pa.Table:
+        if self._table is None:
+            self._table = self.source.read_table(str(self.path))
+        return self._table
+
+    def __repr__(self) -> str:
+        return f"Trace({self.path or '<in memory>'}, {self.meta.model}, {self.num_rows:,} rows)"
 
     # ----- construction -------------------------------------------------
     @classmethod
@@ -129,12 +180,11 @@ class Trace:
     def validate(self, where: str) -> None:
         self.meta.validate(where)
         check_columns(self.table.schema, self.meta, where)
-        check_rows(self.table, self.meta, where)
-        check_order(self.table, where)
+        check_table(self.table, self.meta, where)
 
     @property
     def num_rows(self) -> int:
-        return self.table.num_rows
+        return self.source.num_rows if self._table is None else self._table.num_rows
 
     def column(self, name: str) -> np.ndarray:
         """A scalar column as a numpy array."""
@@ -196,21 +246,53 @@ class Trace:
 
 def read_trace(path: str | os.PathLike, *, columns: list[str] | None = None, validate: bool = True) -> Trace:
     """Read and check a trace file (a path, or an fsspec URL such as s3://bucket/t.parquet with the package
-    for it installed). Errors name the file, the column or row, and the fix."""
+    for it installed). Errors name the file, the column or row, and the fix.
+
+    A local file that passed these checks before and whose access stream is cached (trace.cache) is
+    not read now: its table is read when first used, which a count-mode replay never does.
+    """
     where = str(path)
     pf = _open(path)
     meta = _meta(pf, where)
     check_columns(pf.schema_arrow, meta, where)
-    want = None if columns is None else list(dict.fromkeys([*KEY_COLUMNS, "expert_ids", *columns]))
+    if _is_url(where):  # no stream cache for a remote file: read and check it whole
+        try:
+            table = pf.read(columns=None if columns is None else _wanted(columns))
+        except (OSError, pa.ArrowException) as e:
+            raise TraceError(f"{where}: the file is damaged or truncated ({e}); write it again") from None
+        if validate:
+            check_table(table, meta, where)
+        return Trace(table, meta, None)
+    path = Path(path)
+    state = FileState.of(path)
+    num_rows = pf.metadata.num_rows
+    known = checked_sha256(state)
+    if known is not None:
+        meta.validate(where)
+        return Trace(None, meta, path, source=SourceFile(state, True, columns, num_rows, known))
+    want = None if columns is None else _wanted(columns)
     try:
         table = pf.read(columns=want)
     except (OSError, pa.ArrowException) as e:
         raise TraceError(f"{where}: the file is damaged or truncated ({e}); write it again") from None
-    trace = Trace(table, meta, None if _is_url(where) else Path(path))
     if validate:
-        check_rows(table, meta, where)
-        check_order(table, where)
-    return trace
+        meta.validate(where)
+        check_table(table, meta, where)
+    return Trace(table, meta, path, source=SourceFile(state, validate, columns, num_rows))
+
+
+def _wanted(columns: list[str]) -> list[str]:
+    return list(dict.fromkeys([*KEY_COLUMNS, "expert_ids", *columns]))
+
+
+def _numpy(col) -> np.ndarray:
+    return col.to_numpy() if col.num_chunks == 1 else col.combine_chunks().to_numpy()
+
+
+def check_table(table: pa.Table, meta: TraceMeta, where: str) -> None:
+    """The row and order checks (schema.check_rows, schema.check_order): ids, weights, predictions, duplicates."""
+    check_rows(table, meta, where)
+    check_order(table, where)
 
 
 def read_meta(path: str | os.PathLike) -> TraceMeta:

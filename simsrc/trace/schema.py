@@ -16,6 +16,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .errors import TraceError
+
 SCHEMA_VERSION = 1
 META_KEY = b"moesim"
 PREFILL, DECODE = 0, 1
@@ -35,10 +37,6 @@ KEY_COLUMNS = {
     "layer": pa.uint16(),
 }
 OPTIONAL_COLUMNS = ("expert_weights", "token_id", "router_logits")
-
-
-class TraceError(ValueError):
-    """A trace file or table that does not follow the moesim schema."""
 
 
 @dataclass
@@ -322,6 +320,12 @@ def check_rows(table: pa.Table, meta: TraceMeta, where: str, row_offset: int = 0
         if dup.size:
             raise TraceError(f"{where}: row {row_offset + dup[0]}: expert_ids {ids.reshape(n, k)[dup[0]].tolist()} "
                              f"names an expert twice; a router picks {k} distinct experts")
+    check_optional_columns(table, meta, where, row_offset)
+
+
+def check_optional_columns(table: pa.Table, meta: TraceMeta, where: str, row_offset: int = 0) -> None:
+    """The value checks of check_rows for the optional columns: predictions in range, weights not NaN or negative."""
+    k = meta.top_k
     for name in table.column_names:
         if PRED_COLUMN.match(name):
             col = table.column(name)

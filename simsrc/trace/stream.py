@@ -15,8 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import cache
 from .io import Trace
-from .schema import DECODE, PREFILL
+from .schema import DECODE
 
 
 @dataclass
@@ -71,6 +72,12 @@ class AccessStream:
                                                self.request_first_output_step, gap).astype(np.int32))
 
 
+_ARRAYS = ("item", "seg_offsets", "seg_layer", "seg_step", "seg_tokens", "seg_row_offsets", "row_order",
+           "row_request", "step_phase", "step_tokens", "step_outputs", "request_first_step",
+           "request_first_output_step")
+_SCALARS = ("num_layers", "num_experts", "top_k")
+
+
 def access_stream(trace: Trace, *, prefill_chunk: int = 1) -> AccessStream:
     """Lay out a trace for replay.
 
@@ -78,84 +85,53 @@ def access_stream(trace: Trace, *, prefill_chunk: int = 1) -> AccessStream:
     prompt as if it were decoded, one token per step -- what most public,
     prefill-only traces need, and the token-major stream of count mode.
     0 keeps the steps as recorded (a whole prompt, or the recorder's chunk).
+
+    A trace read from a file that passed read_trace's checks has its stream
+    cached on disk (trace.cache): the next call, in any process, maps it.
     """
     if prefill_chunk < 0:
         raise ValueError(f"prefill_chunk must be >= 0, got {prefill_chunk}")
+    source = trace.source
+    sha = None
+    options = {"chunk": int(prefill_chunk)}
+    if source is not None and source.checked and cache.cache_dir() is not None:
+        sha = source.content_sha256()
+        fields = cache.load_stream(sha, options) if sha else None
+        if fields is not None:
+            return AccessStream(**fields)
+    stream = _layout(trace, prefill_chunk)
+    if sha:
+        cache.save_stream(sha, options, {k: getattr(stream, k) for k in _ARRAYS},
+                          {k: int(getattr(stream, k)) for k in _SCALARS})
+        cache.remember_checked(source.state, sha)
+    return stream
+
+
+def _layout(trace: Trace, prefill_chunk: int) -> AccessStream:
+    from .kernels import stream_layout
     meta = trace.meta
     n = trace.num_rows
-    step = trace.column("step").astype(np.int64)
-    req = trace.column("request_id").astype(np.int64)
-    pos = trace.column("token_pos").astype(np.int64)
-    phase = trace.column("phase")
-    layer_idx = trace.layer_index().astype(np.int64)
-
-    # Split recorded prefill steps into chunks: a prefill token's sub-step is
-    # its rank among its request's prefill tokens in that step, // chunk.
-    sub = np.zeros(n, dtype=np.int64)
-    if prefill_chunk > 0 and n:
-        is_pre = phase == PREFILL
-        # canonical order groups (step, request) rows together, positions ascending
-        grp = np.flatnonzero(np.r_[True, (step[1:] != step[:-1]) | (req[1:] != req[:-1])])
-        first_pos = np.repeat(pos[grp], np.diff(np.r_[grp, n]))
-        sub = np.where(is_pre, (pos - first_pos) // prefill_chunk, 0)
-    key = step * (int(sub.max()) + 1 if n else 1) + sub
-    uniq, new_step = np.unique(key, return_inverse=True)
-    new_step = new_step.astype(np.int64)
-
-    order = np.lexsort((pos, req, layer_idx, new_step))
-    seg_key = new_step[order] * meta.num_moe_layers + layer_idx[order]
-    seg_start = np.flatnonzero(np.r_[True, seg_key[1:] != seg_key[:-1]]) if n else np.zeros(0, np.int64)
-    seg_row_offsets = np.r_[seg_start, n].astype(np.int64)
-    k = meta.top_k
-    ids = trace.expert_ids()[order].astype(np.int32)
-    item = (layer_idx[order, None] * meta.num_experts + ids).reshape(-1).astype(np.int32)
-
-    n_steps = len(uniq)
-    step_tokens_rows = np.zeros(n_steps, dtype=np.int64)
-    # tokens per step = distinct (request, token) pairs = rows of the step's first layer seen
-    token_first = np.r_[True, (req[1:] != req[:-1]) | (pos[1:] != pos[:-1])] if n else np.zeros(0, bool)
-    np.add.at(step_tokens_rows, new_step[token_first], 1)
-    step_has_decode = np.zeros(n_steps, dtype=bool)
-    step_has_decode[new_step[phase == DECODE]] = True
-    step_phase = np.where(step_has_decode, DECODE, PREFILL).astype(np.uint8)
-
-    # A step emits a token to a user for each decode token it holds; a trace
-    # replayed as decoded (chunk 1) emits one per prefill token too.
-    emits = (phase == DECODE) | (prefill_chunk == 1)
-    step_outputs = np.zeros(n_steps, dtype=np.int64)
-    np.add.at(step_outputs, new_step[token_first & emits], 1)
-
-    n_req = int(req.max()) + 1 if n else 0
-    first_step = np.full(n_req, np.iinfo(np.int32).max, dtype=np.int64)
-    np.minimum.at(first_step, req, new_step)
-    first_out = np.full(n_req, np.iinfo(np.int32).max, dtype=np.int64)
-    if emits.any():
-        np.minimum.at(first_out, req[emits], new_step[emits])
-    # a request whose prompt is processed as one chunk emits its first token at the end of it;
-    # request ids with no rows (gaps) keep int32 max in both arrays
-    seen = np.zeros(n_req, bool)
-    seen[req] = True
-    no_emit = (first_out == np.iinfo(np.int32).max) & seen
-    if no_emit.any():
-        last = np.full(n_req, -1, dtype=np.int64)
-        np.maximum.at(last, req, new_step)
-        first_out[no_emit] = last[no_emit]
-
+    req = trace.column("request_id")
+    (item, seg_row_offsets, seg_layer, seg_step, order, row_request, step_phase, step_tokens, step_outputs,
+     first_step, first_out) = stream_layout(
+        trace.column("step"), req, trace.column("token_pos"), trace.column("phase"), trace.column("layer"),
+        meta.layer_lut(), trace.expert_ids().reshape(-1), meta.top_k, meta.num_experts, meta.num_moe_layers,
+        prefill_chunk, int(req.max()) + 1 if n else 0, DECODE)
     return AccessStream(
         item=item,
-        seg_offsets=(seg_row_offsets * k).astype(np.int64),
-        seg_layer=layer_idx[order][seg_start].astype(np.int32),
-        seg_step=new_step[order][seg_start].astype(np.int32),
+        seg_offsets=seg_row_offsets * meta.top_k,
+        seg_layer=seg_layer,
+        seg_step=seg_step,
         seg_tokens=np.diff(seg_row_offsets).astype(np.int32),
         seg_row_offsets=seg_row_offsets,
-        row_order=order.astype(np.int64),
-        row_request=req[order].astype(np.int32),
+        row_order=order,
+        row_request=row_request,
         step_phase=step_phase,
-        step_tokens=step_tokens_rows.astype(np.int32),
-        step_outputs=step_outputs.astype(np.int32),
-        request_first_step=first_step.astype(np.int32),
-        request_first_output_step=first_out.astype(np.int32),
+        step_tokens=step_tokens,
+        step_outputs=step_outputs,
+        request_first_step=first_step,
+        request_first_output_step=first_out,
         num_layers=meta.num_moe_layers,
         num_experts=meta.num_experts,
-        top_k=k,
+        top_k=meta.top_k,
     )
