@@ -25,8 +25,9 @@ How a curve is computed (`method`):
 - "auto": the one-pass exact curve where there is one; otherwise exact replays while the
   stream is small (SAMPLE_ABOVE accesses), sampled above.
 
-Exact rows equal `moesim.replay(trace, policy=P, capacity=C, mode="count", scope=S)` hit for
-hit (tests check it at every capacity). Count mode's stream, capacity and scope mean what they
+Exact rows equal `moesim.replay(trace, policy=P, capacity=C, mode="count", accounting="access",
+scope=S)` hit for hit (tests check it at every capacity): a curve is per access, the accounting of
+stack distances and libCacheSim. Count mode's stream, capacity and scope mean what they
 mean there; pins, prefetching and timed mode are replay's.
 """
 from __future__ import annotations
@@ -95,7 +96,8 @@ def hit_rate_curve(trace, policy: str = "lru", capacities="1%..100%", *, method:
     import pandas as pd
 
     from . import policies as registry
-    from .replay import parse_capacity, partitions, replay
+    from .config import Capacity
+    from .replay import partitions, replay
     from .trace import Trace, access_stream, read_trace
 
     if method not in METHODS:
@@ -112,8 +114,8 @@ def hit_rate_curve(trace, policy: str = "lru", capacities="1%..100%", *, method:
     per_part = []  # capacity of each partition, per point
     total = []
     for spec in specs:
-        experts, _ = parse_capacity(spec, num_items=n_items, num_layers=L,
-                                    bytes_per_expert=float(tr.meta.bytes_per_expert))
+        experts, _ = Capacity.parse(spec).experts(num_items=n_items, num_layers=L,
+                                                  bytes_per_expert=float(tr.meta.bytes_per_expert))
         _, part_cap = partitions(stream, scope, experts)
         per_part.append(int(part_cap[0]))
         total.append(int(part_cap.sum()))
@@ -139,7 +141,7 @@ def hit_rate_curve(trace, policy: str = "lru", capacities="1%..100%", *, method:
         for c in sorted(set(per_part)):
             # a per-partition capacity c is `c` experts in one global cache or c per layer
             done[c] = replay(tr, policy=policy, capacity=c if scope == "global" else f"{c}/layer", scope=scope,
-                             mode="count", stream=view, seed=seed, train=train)["hits"]
+                             mode="count", accounting="access", stream=view, seed=seed, train=train)["hits"]
         n = len(view)
         rates = np.array([done[c] / n if n else math.nan for c in per_part])
         hits = np.array([done[c] for c in per_part], np.int64) if method == "exact" else \

@@ -22,7 +22,7 @@ ONE_PASS = ["lru", "fifo", "belady"]
 
 
 def replayed(trace, stream, policy, scope, capacities):
-    return [moesim.replay(trace, policy=policy, capacity=c, scope=scope, mode="count", stream=stream)["hits"]
+    return [moesim.replay(trace, policy=policy, capacity=c, scope=scope, mode="count", accounting="access", stream=stream)["hits"]
             for c in capacities]
 
 
@@ -45,7 +45,7 @@ def test_one_pass_curves_equal_replays_on_the_deepseek_sample(policy, scope):
     trace = read_trace(SAMPLE)
     stream = access_stream(trace)
     curve = hit_rate_curve(trace, policy, "1%..100%", points=12, scope=scope, stream=stream)
-    rows = [moesim.replay(trace, policy=policy, capacity=c, scope=scope, mode="count", stream=stream)
+    rows = [moesim.replay(trace, policy=policy, capacity=c, scope=scope, mode="count", accounting="access", stream=stream)
             for c in curve["capacity"]]
     assert curve["hits"].tolist() == [r["hits"] for r in rows]
     assert curve["capacity_experts"].tolist() == [r["capacity_experts"] for r in rows]
