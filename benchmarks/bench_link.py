@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.util
 import json
 import platform
 import subprocess
@@ -98,20 +97,21 @@ def machine() -> dict:
 
 
 def presets() -> dict:
-    """moesim's H100 presets, or {} where neither moesim nor simsrc/hardware.py is at hand."""
-    try:
-        from moesim.hardware import PRESETS
-    except ImportError:
-        path = Path(__file__).resolve().parents[1] / "simsrc" / "hardware.py"
-        if not path.exists():
-            return {}
-        spec = importlib.util.spec_from_file_location("_moesim_hardware", path)
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = mod  # dataclasses look the module up by name
-        spec.loader.exec_module(mod)
-        PRESETS = mod.PRESETS
-    return {n: {"bandwidth_gbps": h.bandwidth_gbps, "latency_us": h.latency_us, "copy_engines": h.copy_engines}
-            for n, h in PRESETS.items() if n.startswith("h100")}
+    """moesim's H100 presets, read from their TOML files (simsrc/hardware/presets): this script runs on GPU
+    machines where moesim is not installed. Figures are written as "53GB/s" and "20us"."""
+    import re
+    import tomllib
+    folder = Path(__file__).resolve().parents[1] / "simsrc" / "hardware" / "presets"
+
+    def number(text) -> float:
+        return float(re.match(r"\s*([0-9.]+)", str(text)).group(1))
+
+    out = {}
+    for f in sorted(folder.glob("h100*.toml")):
+        d = tomllib.loads(f.read_text())
+        out[d["name"]] = {"bandwidth_gbps": number(d["bandwidth"]), "latency_us": number(d["latency"]),
+                          "copy_engines": int(d["copy_engines"])}
+    return out
 
 
 # ---------------------------------------------------------------- model
