@@ -343,3 +343,14 @@ def test_save_writes_all_of_a_figure_or_nothing(tmp_path, monkeypatch):
 def test_readme_lists_every_plot_kind_as_the_registry_does():
     readme = (ROOT / "README.md").read_text()
     assert plots.table() in readme
+
+
+def test_hit_rate_shades_capacities_below_one_tokens_experts():
+    # Mixtral: 32 MoE layers x top-2 = 64 of 256 experts a token; a global cache below 25 % thrashes
+    import pandas as pd
+    trace = moesim.read_trace(MIXTRAL)
+    rows = [moesim.replay(trace, capacity=c, mode="count") for c in (16, 32, 128)]
+    fig = plots.hit_rate_vs_capacity(pd.DataFrame(rows))
+    spans = [p for p in fig.axes[0].patches if p.get_label() == "below one token's experts"]
+    assert len(spans) == 1
+    assert spans[0].get_x() + spans[0].get_width() == pytest.approx(25.0)

@@ -33,6 +33,7 @@ def draw(sources, *, where: dict | None = None, title: str | None = None):
         if len(caps) == 1:  # one capacity: a labelled tick, not a zoomed axis of fractions of a percent
             ax.set_xticks(caps, [f"{caps[0]:.3g}"])
             ax.set_xlim(caps[0] - 5, caps[0] + 5)
+        _mark_token_footprint(ax, part)
         ax.set_xlabel("cache capacity (% of routed experts)")
         ax.set_ylabel("hit rate (%)")
         ax.set_ylim(0, 102)  # a bound at 100 % stays visible
@@ -41,3 +42,16 @@ def draw(sources, *, where: dict | None = None, title: str | None = None):
     _style.suptitle(fig, df, title, where)
     _style.legend(fig, axes)
     return fig
+
+
+def _mark_token_footprint(ax, part) -> None:
+    """A global cache smaller than one token's experts (MoE layers x top-k) thrashes under recency policies:
+    shade the capacities below it, where a cliff in the curves is that and not the policy."""
+    if "below_token_footprint" not in part or not (part["scope"] == "global").all():
+        return
+    below = part[part["below_token_footprint"].fillna(False).astype(bool)]
+    if below.empty:
+        return
+    edge = 100 * float(part["token_footprint"].iloc[0]) / (float(part["capacity_experts"].iloc[0]) /
+                                                          float(part["capacity_fraction"].iloc[0]))
+    ax.axvspan(ax.get_xlim()[0], edge, color="0.85", zorder=0, label="below one token's experts")
