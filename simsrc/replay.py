@@ -294,7 +294,10 @@ def _hit_fields(hits, misses, stream, seg_hits, seg_misses, accounting: str) -> 
 
 def _distinct_per_segment(stream: AccessStream) -> np.ndarray:
     seg = np.repeat(np.arange(stream.num_segments, dtype=np.int64), np.diff(stream.seg_offsets))
-    keys = np.unique(seg * stream.num_items + stream.item)
+    # a sort and a comparison: numpy 2's hash-based np.unique took 8 s on the 1.8 M accesses of the shipped
+    # DeepSeek sample batched by 8 (the engine's own pass, 0.06 s)
+    keys = np.sort(seg * stream.num_items + stream.item)
+    keys = keys[np.r_[True, keys[1:] != keys[:-1]]] if len(keys) else keys
     return np.bincount(keys // stream.num_items, minlength=stream.num_segments)
 
 
