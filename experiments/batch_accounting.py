@@ -65,8 +65,10 @@ def table(results: list[dict], capacity: str) -> str:
     inflation, and the two rankings (bold where they differ)."""
     head = ["trace", "batch", *[f"{NAMES[p]} access / segment (inflation)" for p in POLICIES],
             "ranking per access", "ranking per segment"]
-    lines = [f"Count mode, global cache of {capacity} of all experts, static batches, prompts replayed as decoded "
-             f"(`--prefill-chunk 1`). Inflation = hit rate per access / per segment - 1.", "",
+    lines = ["# Per-access vs segment accounting across batch sizes (`experiments/batch_accounting.py`)", "",
+             f"Count mode, global cache of {capacity} of all experts, static batches, prompts replayed as decoded "
+             f"(`--prefill-chunk 1`). Inflation = hit rate per access / per segment - 1; a ranking in bold differs "
+             f"between the two accountings.", "",
              "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     keys = sorted({(r["trace"], r["batch"]) for r in results}, key=lambda k: (k[0], k[1]))
     for trace, b in keys:
@@ -74,7 +76,8 @@ def table(results: list[dict], capacity: str) -> str:
         cells = []
         for p in POLICIES:
             r = rows[p]
-            inflation = f"{100 * (r['access'] / r['segment'] - 1):+.0f} %" if r["segment"] else "no hits per segment"
+            pct = round(100 * (r["access"] / r["segment"] - 1)) if r["segment"] else None
+            inflation = "no hits per segment" if pct is None else (f"{pct:+d} %" if pct else "0 %")
             cells.append(f"{100 * r['access']:.1f} / {100 * r['segment']:.1f} ({inflation})")
         per_access, per_segment = ranking(list(rows.values()), "access"), ranking(list(rows.values()), "segment")
         flip = per_access != per_segment

@@ -234,6 +234,13 @@ def _serving_line(row: dict) -> str:
     return text + f", {row['steps']:,} steps"
 
 
+def _percentiles(row: dict, name: str) -> str:
+    """'12.1 / 30.5 / 41 ms', or in s when the largest is 10 s or more."""
+    values = [row[f"{name}_p{p}_s"] for p in (50, 90, 99)]
+    scale, unit = (1.0, " s") if max(values) >= 10 else (1e3, " ms")
+    return " / ".join(f"{v * scale:.4g}" for v in values) + unit
+
+
 def num_plain(v) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
@@ -279,8 +286,8 @@ def format_row(row: dict) -> str:
                   ("time per output token", num(row["tpot_s"] * 1e3, " ms")),
                   ("time to first token", num(row["ttft_s"] * 1e3, " ms"))]
         if serving:
-            ms = lambda name: " / ".join(num(row[f"{name}_p{p}_s"] * 1e3) for p in (50, 90, 99)) + " ms"  # noqa: E731
-            table += [("TTFT p50 / p90 / p99", ms("ttft")), ("TPOT p50 / p90 / p99", ms("tpot")),
+            table += [("TTFT p50 / p90 / p99", _percentiles(row, "ttft")),
+                      ("TPOT p50 / p90 / p99", _percentiles(row, "tpot")),
                       ("throughput", num(row["tokens_per_s"], " tokens/s"))]
             if row.get("idle_s"):
                 table.append(("idle, waiting for requests", num(row["idle_s"], " s")))

@@ -281,7 +281,8 @@ KNOBS: tuple[Knob, ...] = (
     Knob("adaptive", False, parse_bool, "pick the horizon so prefetches land just in time (ExpertFlow)",
          flag=True, group="prefetch"),
     Knob("capacity", "10%", Capacity.parse, "expert cache: 10% of all experts, 0.25 (a fraction), 166 experts, "
-         "4/layer, or 12GiB of expert memory", column=("capacity", "capacity_experts", "capacity_fraction"),
+         "4/layer, 12GiB of expert memory, or auto: what the GPU's memory leaves (--kv-bytes-per-token, --context, "
+         "--reserve)", column=("capacity", "capacity_experts", "capacity_fraction"),
          show=lambda cfg, hw, r: (cfg.capacity.text, r["capacity_experts"], r["capacity_fraction"])),
     Knob("scope", "global", _choice(SCOPES), "one cache for all layers, or a partition per layer", choices=SCOPES),
     Knob("mode", "timed", _choice(MODES), "timed: discrete-event, with the link and compute; count: hits only",
