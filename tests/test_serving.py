@@ -318,6 +318,32 @@ def test_a_grid_sweeps_batch_sizes_as_direct_replays_do(tmp_path):
     assert df["steps"].tolist()[0] > df["steps"].tolist()[1]
 
 
+def test_a_grid_reads_arrival_files_beside_its_spec_and_draws_arrivals_per_seed(tmp_path):
+    import pandas as pd
+    from moesim.grid import read_results, run_grid
+    trace = make_trace([[[0]], [[0]], [[1]], [[1]]], num_experts=2, top_k=1, requests=[0, 0, 1, 1])
+    path = tmp_path / "t.parquet"
+    moesim.write_trace(trace, path)
+    (tmp_path / "a.csv").write_text("request_id,arrival_s\n0,0\n1,0.0005\n")
+    base = 'trace = "t.parquet"\nbatching = "continuous"\nbatch_size = 2\ncapacity = 0\nhardware = "a100-pcie4"\n'
+    (tmp_path / "file.toml").write_text(base + 'arrivals = "a.csv"\n')
+    (tmp_path / "rate.toml").write_text(base + 'arrival_rate = 100.0\nseed = [0, 1]\n')
+    run_grid(tmp_path / "file.toml", tmp_path / "file.parquet", jobs=1)
+    run_grid(tmp_path / "rate.toml", tmp_path / "rate.parquet", jobs=1)
+    df = pd.concat([read_results(tmp_path / "file.parquet"), read_results(tmp_path / "rate.parquet")])
+    assert df["error"].isna().all() and len(df) == 3
+    from_file = df[df["arrivals"].notna()].iloc[0]
+    assert from_file["arrivals"] == str(tmp_path / "a.csv")
+    direct = moesim.replay(trace, batching="continuous", batch_size=2, capacity=0, arrivals=str(tmp_path / "a.csv"))
+    assert from_file["ttft_s"] == direct["ttft_s"]
+    # LRU ignores the seed, but the arrivals it draws do not: two seeds, two replays
+    poisson = df[df["arrival_rate"].notna()].sort_values("seed")
+    assert poisson["run_s"].gt(0).all()
+    for _, r in poisson.iterrows():
+        assert r["ttft_s"] == moesim.replay(trace, batching="continuous", batch_size=2, capacity=0,
+                                            arrival_rate=100.0, seed=int(r["seed"]))["ttft_s"]
+
+
 # ---------------------------------------------------------------- the GPU memory budget
 
 def small_gpu(gpu_memory=100e6):

@@ -101,7 +101,8 @@ def group_runs(runs: list[Run]) -> list[tuple[Run, ...]]:
     groups: dict[tuple, list[Run]] = {}
     for run in runs:
         params = dict(run.params)
-        if not policy_registry.uses_seed(str(params.get("policy", "lru"))):
+        # the seed also draws Poisson arrivals
+        if not policy_registry.uses_seed(str(params.get("policy", "lru"))) and params.get("arrival_rate") is None:
             params.pop("seed", None)
         groups.setdefault((run.location, run.fingerprint, _hash(params)), []).append(run)
     return [tuple(g) for g in groups.values()]
