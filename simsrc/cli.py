@@ -237,6 +237,31 @@ def _overridden(row: dict) -> str:
     return f" ({', '.join(changed)} overridden)" if changed else ""
 
 
+def _serving_line(row: dict) -> str:
+    """How requests were batched and when they arrived, or '' for the recorded steps."""
+    if row.get("batching", "static") == "static" and row.get("batch_size", 1) == 1:
+        return ""
+    text = f"batching {row['batching']}, batch size {row['batch_size']}"
+    if row.get("token_budget") is not None:
+        text += f", token budget {row['token_budget']:,}"
+    if row.get("arrival_rate") is not None:
+        text += f", Poisson arrivals {num_plain(row['arrival_rate'])}/s (seed {row['seed']})"
+    elif row.get("arrivals") is not None:
+        text += f", arrivals from {row['arrivals']}"
+    return text + f", {row['steps']:,} steps"
+
+
+def _percentiles(row: dict, name: str) -> str:
+    """'12.1 / 30.5 / 41 ms', or in s when the largest is 10 s or more."""
+    values = [row[f"{name}_p{p}_s"] for p in (50, 90, 99)]
+    scale, unit = (1.0, " s") if max(values) >= 10 else (1e3, " ms")
+    return " / ".join(f"{v * scale:.4g}" for v in values) + unit
+
+
+def num_plain(v) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
 def format_row(row: dict) -> str:
     """The result row as a short human table: inputs, then what they cost."""
     def num(v, unit=""):
@@ -258,6 +283,11 @@ def format_row(row: dict) -> str:
         lines.append(f"hardware {row['hardware']}{_overridden(row)}: link {num(row['bandwidth_gbps'])} GB/s, "
                      f"{num(row['latency_us'])} us/transfer, {row['copy_engines']} copy engines; "
                      f"GPU {num(row['gpu_tflops'])} TFLOP/s, {num(row['hbm_gbps'])} GB/s HBM")
+    serving = _serving_line(row)
+    if serving:
+        lines.append(serving)
+    if row.get("memory_budget"):
+        lines.append(f"capacity auto: {row['memory_budget']}")
     lines.append("")
     table = [("accesses", num(row["accesses"])), ("hits", num(row["hits"])), ("misses", num(row["misses"])),
              ("hit rate", f"{row['hit_rate']:.2%}")]
@@ -276,6 +306,12 @@ def format_row(row: dict) -> str:
                   ("stall share", f"{row['stall_s'] / row['total_s']:.1%}" if row["total_s"] else "-"),
                   ("time per output token", num(row["tpot_s"] * 1e3, " ms")),
                   ("time to first token", num(row["ttft_s"] * 1e3, " ms"))]
+        if serving:
+            table += [("TTFT p50 / p90 / p99", _percentiles(row, "ttft")),
+                      ("TPOT p50 / p90 / p99", _percentiles(row, "tpot")),
+                      ("throughput", num(row["tokens_per_s"], " tokens/s"))]
+            if row.get("idle_s"):
+                table.append(("idle, waiting for requests", num(row["idle_s"], " s")))
     width = max(len(k) for k, _ in table)
     lines += [f"  {k:<{width}}  {v:>14}" for k, v in table]
     if "hits_per_layer" in row:

@@ -19,24 +19,28 @@ from .units import GB, TFLOPS, US, parse_bool, parse_bytes, parse_count, parse_f
 MODES = ("timed", "count")
 ACCOUNTINGS = ("segment", "access")
 SCOPES = ("global", "per-layer")
+BATCHINGS = ("static", "continuous")
 
 
 @dataclass(frozen=True)
 class Capacity:
-    """A cache capacity as written ('10%', 0.25, 166, '4/layer', '12GiB', '1:3,2:5'), checked for form;
-    experts() resolves it."""
+    """A cache capacity as written ('10%', 0.25, 166, '4/layer', '12GiB', '1:3,2:5', 'auto'), checked for form;
+    experts() resolves it. 'auto' is what the GPU's memory leaves for experts (moesim.cost.memory_budget)."""
     text: str
-    kind: str     # fraction | experts | per_layer | bytes | layers
+    kind: str     # fraction | experts | per_layer | bytes | layers | auto
     value: float
     layers: tuple = ()  # kind "layers": (model layer, experts) pairs, one cache budget per MoE layer
 
     @classmethod
     def parse(cls, value, option: str = "capacity") -> "Capacity":
-        example = "write 10% (of all experts), 0.25 (a fraction), 166 (experts), 4/layer, 12GiB or 1:3,2:5 (per layer)"
+        example = ("write 10% (of all experts), 0.25 (a fraction), 166 (experts), 4/layer, 12GiB, 1:3,2:5 (per layer) "
+                   "or auto")
         if isinstance(value, Capacity):
             return value
         if isinstance(value, bool) or value is None:
             raise ValueError(f"{option}: {value!r} is not a capacity; {example}")
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return cls("auto", "auto", math.nan)
         if isinstance(value, int):
             if value < 0:
                 raise ValueError(f"{option}: {value} experts is negative; {example}")
@@ -90,8 +94,14 @@ class Capacity:
         return cls(text, "fraction", f)
 
     def experts(self, *, num_items: int, num_layers: int, bytes_per_expert: float,
-                gpu_memory: float | None = None) -> tuple[int, bool]:
-        """(experts the cache holds, whether the capacity was given per layer), checked against the trace."""
+                gpu_memory: float | None = None, budget=None) -> tuple[int, bool]:
+        """(experts the cache holds, whether the capacity was given per layer), checked against the trace.
+        budget: the GPU memory budget (moesim.cost.MemoryBudget) that 'auto' takes its experts from."""
+        if self.kind == "auto":
+            if budget is None:
+                raise ValueError("capacity 'auto' is what the GPU's memory leaves for experts; it needs the memory "
+                                 "budget (moesim.cost.memory_budget), which replay() works out")
+            return budget.capacity_experts, False
         if self.kind == "fraction":
             return int(math.floor(self.value * num_items + 1e-9)), False
         if self.kind == "layers":
@@ -238,6 +248,36 @@ def _bits(value, option):
     return v
 
 
+def _rate(value, option):
+    v = _float(value, option)
+    if not v > 0 or math.isinf(v):
+        raise ValueError(f"{option}: {value!r}: write requests per second, a number more than zero, e.g. 2.5")
+    return v
+
+
+def _arrivals(value, option):
+    """An arrival-times file: read now, so a wrong file is named before any replay runs."""
+    if value is None:
+        return None
+    from .trace.batching import read_arrivals
+    read_arrivals(str(value), option)
+    return str(value)
+
+
+def _reserve(value, option):
+    """GPU memory kept out of the budget: ('fraction', f) of the GPU's memory, or ('bytes', n)."""
+    if isinstance(value, tuple):
+        return value
+    text = str(value).strip()
+    m = re.fullmatch(r"([0-9]*\.?[0-9]+)\s*%", text)
+    if m:
+        pct = float(m.group(1))
+        if pct >= 100:
+            raise ValueError(f"{option}: {text} leaves nothing of the GPU's memory; write e.g. 10% or 2GiB")
+        return ("fraction", pct / 100)
+    return ("bytes", parse_bytes(value, option))
+
+
 def _action(value, option):
     from .actions import ACTIONS
     return ACTIONS.canonical(str(value))
@@ -263,7 +303,7 @@ class Knob:
     parse: Callable[[Any, str], Any]
     help: str
     unit: str = ""            # the SI unit of the parsed value, where it has one
-    group: str = "cache"      # cache | prefetch | hardware | actions | run
+    group: str = "cache"      # cache | prefetch | hardware | actions | run | serving
     choices: Any = None       # a tuple, or a callable giving the registered names
     flag: bool = False        # a yes/no switch on the CLI
     aliases: tuple[str, ...] = ()
@@ -313,7 +353,9 @@ KNOBS: tuple[Knob, ...] = (
     Knob("adaptive", False, parse_bool, "pick the horizon so prefetches land just in time (ExpertFlow)",
          flag=True, group="prefetch"),
     Knob("capacity", "10%", Capacity.parse, "expert cache: 10% of all experts, 0.25 (a fraction), 166 experts, "
-         "4/layer, 12GiB of expert memory, or 1:3,2:5 (experts per MoE layer, with --scope per-layer)", column=("capacity", "capacity_experts", "capacity_fraction"),
+         "4/layer, 12GiB of expert memory, 1:3,2:5 (experts per MoE layer, with --scope per-layer), or auto: what "
+         "the GPU's memory leaves (--kv-bytes-per-token, --context, --reserve)",
+         column=("capacity", "capacity_experts", "capacity_fraction"),
          show=lambda cfg, hw, r: (cfg.capacity.text, r["capacity_experts"], r["capacity_fraction"])),
     Knob("scope", "global", _choice(SCOPES), "one cache for all layers, or a partition per layer", choices=SCOPES),
     Knob("mode", "timed", _choice(MODES), "timed: discrete-event, with the link and compute; count: hits only",
@@ -375,6 +417,26 @@ KNOBS: tuple[Knob, ...] = (
          "int8/fp8, 4.5 Q4_K_M); sizes scale from the trace's dtype", group="hardware"),
     Knob("per_step", False, parse_bool, "also report each step's time (timed mode: the row's step_s list; the "
          "CLI writes it with --per-step-csv)", flag=True, group="run", column=None),
+    # serving: which requests share a step (moesim.trace.batching), and the GPU memory budget (moesim.cost)
+    Knob("batching", "static", _choice(BATCHINGS), "static: --batch-size requests start together and run until "
+         "the longest ends; continuous: requests join and leave every step (vLLM, SGLang), prefill chunked "
+         "within --token-budget", group="serving", choices=BATCHINGS),
+    Knob("batch_size", 1, lambda v, o: parse_count(v, o, low=1), "requests per step: a static batch, or the most "
+         "running at once under continuous batching (vLLM's max_num_seqs); 1 keeps the recorded steps",
+         group="serving"),
+    Knob("token_budget", None, _optional(lambda v, o: parse_count(v, o, low=1)), "continuous batching: most "
+         "tokens a step processes (vLLM's max_num_batched_tokens); running requests' decode tokens first, then "
+         "prefill chunks (default: no limit)", group="serving"),
+    Knob("arrival_rate", None, _optional(_rate), "requests arrive as a Poisson process of this many per second "
+         "(seeded by --seed); a step waits for its requests", unit="1/s", group="serving"),
+    Knob("arrivals", None, _arrivals, "a CSV file of arrival times, columns request_id,arrival_s; a step waits "
+         "for its requests", group="serving"),
+    Knob("context", None, _optional(lambda v, o: parse_count(v, o, low=1)), "--capacity auto: tokens of KV cache "
+         "each request holds (default: the trace's longest request)", group="serving", show=_same("context")),
+    Knob("reserve", None, _optional(_reserve), "--capacity auto: GPU memory kept out of the budget (CUDA context, "
+         "activations), a share of it or bytes, e.g. 2GiB (default 10%, what vLLM's default of 90% leaves)",
+         group="serving", show=lambda cfg, hw, r: cfg.text("reserve") or ("10%" if cfg.capacity.kind == "auto"
+                                                                          else None)),
 )
 
 KNOB = {k.name: k for k in KNOBS}
@@ -428,6 +490,13 @@ class ReplayConfig:
     kv_bytes_per_token: float | None = None
     weight_bits: float | None = None
     per_step: bool = False
+    batching: str = "static"
+    batch_size: int = 1
+    token_budget: int | None = None
+    arrival_rate: float | None = None
+    arrivals: str | None = None
+    context: int | None = None
+    reserve: tuple | None = None  # None: 10% of the GPU's memory
     # what the user wrote, for the result row's text columns (capacity '10%', prefetch cap '200MB')
     given: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
@@ -451,7 +520,41 @@ class ReplayConfig:
         if cfg.mode == "timed" and cfg.accounting == "access":
             raise ValueError(f"{where}--accounting access is count mode's (a plain cache simulator); timed mode "
                              f"runs a layer's experts together: use --mode count, or --accounting segment")
+        cfg._check_serving(where)
         return cfg
+
+    @property
+    def serving(self) -> bool:
+        """Whether the replay re-batches the trace's requests (else the recorded steps are kept)."""
+        return self.batching == "continuous" or self.batch_size > 1
+
+    @property
+    def arrival_given(self) -> bool:
+        return self.arrival_rate is not None or self.arrivals is not None
+
+    def _check_serving(self, where: str) -> None:
+        """The rules between the serving and memory knobs."""
+        if self.arrival_rate is not None and self.arrivals is not None:
+            raise ValueError(f"{where}--arrival-rate and --arrivals both say when requests arrive; keep one")
+        if self.arrival_given and self.mode == "count":
+            raise ValueError(f"{where}arrival times need a clock: count mode has none; use --mode timed, or drop "
+                             f"--arrival-rate/--arrivals (every request waiting at the start)")
+        if self.batching == "static" and self.token_budget is not None:
+            raise ValueError(f"{where}--token-budget caps continuous batching's steps; add --batching continuous")
+        if self.token_budget is not None and self.token_budget < self.batch_size:
+            raise ValueError(f"{where}--token-budget {self.token_budget} is less than --batch-size "
+                             f"{self.batch_size}: every running request needs a token each step (vLLM refuses "
+                             f"the same); raise the budget or lower the batch size")
+        if self.capacity.kind == "auto":
+            if self.kv_bytes_per_token is None:
+                raise ValueError(f"{where}--capacity auto keeps room for the KV cache: give --kv-bytes-per-token "
+                                 f"(per token and layer: 2 x KV heads x head dim x bytes, e.g. 4KiB for Mixtral-8x7B "
+                                 f"in bf16; 0 for none)")
+        else:
+            stray = [k for k in ("context", "reserve") if getattr(self, k) is not None]
+            if stray:
+                raise ValueError(f"{where}--{stray[0]} sizes the memory budget of --capacity auto; use --capacity "
+                                 f"auto, or drop --{stray[0]}")
 
     def hardware_spec(self):
         """The Hardware this replay runs on: the preset or file, with any figure overridden here."""

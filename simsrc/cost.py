@@ -14,6 +14,8 @@ prefetch planner, the adaptive horizon and the predictor scorecard all use these
     an expert on the host   max(tokens x 2 x params / host_flops, expert bytes / host_bandwidth), on one
                             host lane beside the GPU (the host action, moesim.actions)
     attention's KV reads    context tokens x kv_bytes_per_token / hbm per layer, with --kv-bytes-per-token
+    the memory budget       gpu_memory - dense bytes x layers - kv_bytes_per_token x layers x context x batch
+                            - reserve, in experts (`--capacity auto`; memory_budget)
 
 Params are bytes / bytes per weight of the trace's dtype. Layers without experts (DeepSeek's first
 dense layers) are charged to the first MoE layer of each step, each at the dense cost plus an FFN taken
@@ -21,6 +23,7 @@ as one expert's worth of weights (the trace says nothing better), with two launc
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -92,3 +95,73 @@ def segment_seconds(stream, meta, hw: Hardware, expert_bytes: float) -> tuple[np
     t = expert_seconds(tokens, expert_cost(hw, expert_bytes, meta.dtype))
     experts = np.bincount(key // stream.num_items, weights=t, minlength=stream.num_segments)
     return dense, dense + experts
+
+
+class MemoryBudget(NamedTuple):
+    """What a GPU's memory leaves for experts (`--capacity auto`): every term in bytes, and how it was got."""
+    gpu_memory: float
+    non_expert_bytes: float   # dense bytes per layer x layers: attention, shared experts, router, norms
+    kv_cache_bytes: float     # kv_bytes_per_token x layers x context x batch
+    reserve_bytes: float
+    bytes_per_expert: float
+    num_layers: int
+    dense_bytes_per_layer: float
+    kv_bytes_per_token: float
+    context: int
+    batch: int
+
+    @property
+    def expert_bytes(self) -> float:
+        return self.gpu_memory - self.non_expert_bytes - self.kv_cache_bytes - self.reserve_bytes
+
+    @property
+    def capacity_experts(self) -> int:
+        return max(int(math.floor(self.expert_bytes / self.bytes_per_expert)), 0)
+
+    def arithmetic(self) -> str:
+        """The sum as a line: 'GPU 24 GiB - non-expert weights ... = ... -> N experts of ...'."""
+        g = _gib
+        return (f"GPU {g(self.gpu_memory)} - non-expert weights {g(self.non_expert_bytes)} ({self.num_layers} layers "
+                f"x {self.dense_bytes_per_layer / 2**20:.4g} MiB) - KV cache {g(self.kv_cache_bytes)} "
+                f"({self.num_layers} layers x {self.context:,} tokens x {self.batch} requests x "
+                f"{self.kv_bytes_per_token:,.0f} B) - reserve {g(self.reserve_bytes)} = {g(self.expert_bytes)} "
+                f"for experts -> {self.capacity_experts:,} experts of {self.bytes_per_expert / 2**20:.4g} MiB")
+
+
+def _gib(nbytes: float) -> str:
+    return f"{nbytes / 2**30:.4g} GiB"
+
+
+def memory_budget(hw: Hardware, meta, expert_bytes: float, *, kv_bytes_per_token: float, context: int, batch: int,
+                  reserve: tuple | None = None) -> MemoryBudget:
+    """The experts a GPU's memory holds once the model's other weights, the KV cache of `batch` requests of
+    `context` tokens and a reserve are taken out. reserve: ('fraction', f) of the GPU's memory or ('bytes', n);
+    None is 10 %. A budget below zero is an error that shows the sum, never a cache clamped to fit."""
+    if not expert_bytes:
+        raise ValueError("--capacity auto counts experts in bytes but the trace does not say how big an expert is; "
+                         "pass bytes_per_expert (--bytes-per-expert)")
+    kind, value = reserve or ("fraction", 0.1)
+    budget = MemoryBudget(
+        gpu_memory=float(hw.gpu_memory), non_expert_bytes=float(meta.dense_bytes_per_layer) * meta.num_layers,
+        kv_cache_bytes=float(kv_bytes_per_token) * meta.num_layers * context * batch,
+        reserve_bytes=float(value * hw.gpu_memory if kind == "fraction" else value), bytes_per_expert=expert_bytes,
+        num_layers=int(meta.num_layers), dense_bytes_per_layer=float(meta.dense_bytes_per_layer),
+        kv_bytes_per_token=float(kv_bytes_per_token), context=int(context), batch=int(batch))
+    if budget.expert_bytes < 0:
+        raise ValueError(f"--capacity auto: {budget.arithmetic().split(' for experts')[0]}: the rest of the model and "
+                         f"the KV cache do not fit in {hw.name}'s memory; shorten --context, lower --batch-size or "
+                         f"--reserve, or pick a GPU with more memory (--hardware)")
+    return budget
+
+
+def step_seconds_estimate(tokens: np.ndarray, meta, hw: Hardware, expert_bytes: float) -> np.ndarray:
+    """Seconds of a step of `tokens` tokens with every expert it needs resident: each MoE layer's dense part,
+    and min(tokens x top_k, experts) expert kernels sharing the routed tokens. The continuous-batching
+    scheduler's clock before a replay has measured better (moesim.replay)."""
+    n = np.asarray(tokens, dtype=np.float64)
+    dense_bytes = float(meta.dense_bytes_per_layer)
+    dense = np.maximum(n * 2 * dense_bytes / dtype_bytes(meta.dtype) / hw.gpu_flops, dense_bytes / hw.hbm) + hw.launch
+    ec = expert_cost(hw, expert_bytes, meta.dtype)
+    kernels = np.minimum(n * meta.top_k, meta.num_experts)
+    experts = np.maximum(n * meta.top_k * ec.per_token, kernels * ec.floor) + kernels * ec.launch
+    return meta.num_moe_layers * (dense + experts)

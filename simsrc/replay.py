@@ -19,7 +19,8 @@ from .engine import (BAD_VICTIM, ERR_VICTIM, ERROR, GPU_S, HOST_COMPUTED, HOST_S
                      PF_HARMFUL, PF_ISSUED, PF_LATE, PF_USED, PF_WASTED, Cache, Compute, Host, Link, PrefetchPlan,
                      Stream, count_replay, timed_replay)
 from .predict import Prefetch
-from .trace import AccessStream, Trace, access_stream, read_trace
+from .trace import DECODE, AccessStream, Trace, access_stream, read_trace
+from .trace.batching import batch, file_arrivals, poisson_arrivals, serve
 
 
 def replay(trace: Trace | str | os.PathLike, config: ReplayConfig | None = None, *,
@@ -27,16 +28,104 @@ def replay(trace: Trace | str | os.PathLike, config: ReplayConfig | None = None,
     """Replay a trace against one cache configuration; returns the result row (a flat dict).
 
     `config` and keyword `overrides` name the knobs of moesim.config.KNOBS (policy, capacity, scope, mode,
-    predictor, hardware, bandwidth, ...; `moesim replay --help` and the README list them with their units).
-    stream: an access stream of this trace the caller keeps for more replays; prefetch: a ready plan.
+    predictor, hardware, bandwidth, batch_size, ...; `moesim replay --help` and the README list them with their
+    units). stream: an access stream of this trace the caller keeps for more replays; prefetch: a ready plan.
+    With batching knobs, a stream (and a plan) must be of the batched trace: pass the trace that
+    moesim.trace.batching.batch() or serve() returned with the same knobs, and its stream.
     """
     cfg = ReplayConfig.make(config, **overrides)
     tr = trace if isinstance(trace, Trace) else read_trace(trace)
+    arrivals = request_arrivals(tr, cfg)
+    mark, want = tr.meta.extra.get("batching"), batching_info(cfg)
+    if mark is not None or want is None:
+        if mark != want:
+            raise ValueError(f"{tr.path or tr.meta.model}: this trace was batched ({_said(mark)}) but the replay "
+                             f"asks for {_said(want)}; give the knobs it was batched with, or the trace as recorded")
+    elif stream is not None or prefetch is not None:
+        raise ValueError(f"{'stream' if stream is not None else 'prefetch'}= belongs to the trace as recorded, but "
+                         f"this replay batches its requests ({_said(want)}): pass the trace "
+                         f"moesim.trace.batching.{'batch' if cfg.batching == 'static' else 'serve'}() returns, "
+                         f"and a stream of it, or neither")
+    elif cfg.batching == "static":
+        tr = batch(tr, batch_size=cfg.batch_size)
+    elif arrivals is None:
+        tr = serve(tr, batch_size=cfg.batch_size, token_budget=cfg.token_budget, prefill_chunk=cfg.prefill_chunk)
+    else:
+        return _serve_with_arrivals(tr, cfg, arrivals)
+    return _replay(tr, cfg, stream, prefetch, arrivals)[0]
+
+
+# A continuous-batching scheduler admits the requests that have arrived when a step starts, so which tokens
+# share a step depends on how long steps take, which the replay finds out. Replay up to this many times, each
+# schedule clocked by the step times the replay before it measured, until the schedule repeats.
+SCHEDULE_PASSES = 4
+
+
+def _serve_with_arrivals(tr: Trace, cfg: ReplayConfig, arrivals: np.ndarray) -> dict[str, Any]:
+    """Continuous batching with arrival times: the first schedule's clock is the cost model with every expert
+    resident; each later one's is the step times (by tokens in the step) the previous replay measured."""
+    hw = cfg.hardware_spec()
+    expert_bytes, _ = expert_size(tr.meta, cfg)
+    clock = lambda n: float(cost.step_seconds_estimate(n, tr.meta, hw, expert_bytes))  # noqa: E731
+    schedule, row = None, None
+    for _ in range(SCHEDULE_PASSES):
+        served = serve(tr, batch_size=cfg.batch_size, token_budget=cfg.token_budget,
+                       prefill_chunk=cfg.prefill_chunk, arrivals=arrivals, step_seconds=clock)
+        steps = served.column("step")
+        if schedule is not None and np.array_equal(steps, schedule[0]) \
+                and np.array_equal(served.column("request_id"), schedule[1]):
+            break
+        row, (tokens, seconds) = _replay(served, cfg, None, None, arrivals)
+        schedule = (steps, served.column("request_id"))
+        clock = measured_clock(tokens, seconds)
+    return row
+
+
+def measured_clock(tokens: np.ndarray, seconds: np.ndarray):
+    """Seconds of a step of n tokens as a replay measured them: the mean over its steps of each token count,
+    interpolated between counts (and the nearest count's outside them)."""
+    counts, inverse = np.unique(tokens, return_inverse=True)
+    mean = np.bincount(inverse, weights=seconds) / np.bincount(inverse)
+    return lambda n: float(np.interp(n, counts, mean))
+
+
+def batching_info(cfg: ReplayConfig) -> dict | None:
+    """What moesim.trace.batching records in a trace it batched with these knobs (None: not batched)."""
+    if not cfg.serving:
+        return None
+    if cfg.batching == "static":
+        return {"batching": "static", "batch_size": cfg.batch_size}
+    return {"batching": "continuous", "batch_size": cfg.batch_size, "token_budget": cfg.token_budget,
+            "prefill_chunk": cfg.prefill_chunk}
+
+
+def _said(info: dict | None) -> str:
+    return "not batched" if info is None else ", ".join(f"{k} {v}" for k, v in info.items())
+
+
+def request_arrivals(tr: Trace, cfg: ReplayConfig) -> np.ndarray | None:
+    """Arrival seconds of each request (indexed by request id), or None when every request waits at the start."""
+    if not cfg.arrival_given:
+        return None
+    ids = np.unique(tr.column("request_id"))
+    if cfg.arrival_rate is not None:
+        return poisson_arrivals(ids, cfg.arrival_rate, cfg.seed)
+    return file_arrivals(cfg.arrivals, ids)
+
+
+def _replay(tr: Trace, cfg: ReplayConfig, stream: AccessStream | None, prefetch: Prefetch | None,
+            arrivals: np.ndarray | None):
+    """The row of one replay of a trace as it stands (batched or not), and (tokens, seconds) of each step."""
     reuse_stream = stream is not None  # the caller keeps it for more replays: predictions for it may be reused
     stream = stream if stream is not None else access_stream(tr, prefill_chunk=cfg.prefill_chunk)
     hw = cfg.hardware_spec()
     expert_bytes, params = expert_size(tr.meta, cfg)
-    cache = cache_for(tr, stream, cfg, expert_bytes, hw.gpu_memory)
+    budget = None
+    if cfg.capacity.kind == "auto":
+        context = cfg.context or int(tr.column("token_pos").max()) + 1
+        budget = cost.memory_budget(hw, tr.meta, expert_bytes, kv_bytes_per_token=cfg.kv_bytes_per_token,
+                                    context=context, batch=cfg.batch_size, reserve=cfg.reserve)
+    cache = cache_for(tr, stream, cfg, expert_bytes, hw.gpu_memory, budget)
     state, cache = policy_state(cfg, stream, cache)
     horizon = 0
     if prefetch is None and cfg.predictor != "none":
@@ -51,10 +140,15 @@ def replay(trace: Trace | str | os.PathLike, config: ReplayConfig | None = None,
     resolved = {"horizon": horizon, "top_n": cfg.top_n if cfg.top_n is not None else
                 (stream.top_k if cfg.predictor != "none" else 0), "capacity_experts": held,
                 "capacity_fraction": held / n_items, "bytes_per_expert": expert_bytes,
-                "pinned_experts": int(cache.pinned.sum())}
+                "pinned_experts": int(cache.pinned.sum()), "context": budget.context if budget else cfg.context}
     row = {"trace": str(tr.path) if tr.path else tr.meta.model, "model": tr.meta.model,
-           **row_inputs(cfg, hw, resolved), "moesim_version": __version__, "accesses": len(stream),
-           "tokens": int(stream.step_tokens.sum()), "steps": stream.num_steps}
+           **row_inputs(cfg, hw, resolved)}
+    if budget is not None:
+        row.update(gpu_memory=budget.gpu_memory, non_expert_bytes=budget.non_expert_bytes,
+                   kv_cache_bytes=budget.kv_cache_bytes, reserve_bytes=budget.reserve_bytes,
+                   memory_budget=budget.arithmetic())
+    row.update({"moesim_version": __version__, "accesses": len(stream), "tokens": int(stream.step_tokens.sum()),
+                "steps": stream.num_steps})
     # a global cache smaller than one token's experts over all layers thrashes under recency policies
     row["token_footprint"] = stream.num_layers * stream.top_k
     row["below_token_footprint"] = cfg.scope == "global" and 0 < held < row["token_footprint"]
@@ -71,7 +165,7 @@ def replay(trace: Trace | str | os.PathLike, config: ReplayConfig | None = None,
                                                                         state, cfg, hw, expert_bytes, params)
     _raise_engine_error(c, cfg)
     row.update(_hit_fields(hits, misses, stream, seg_hits, seg_misses))
-    row.update(_time_fields(stream, step_end, stall, c, cfg.per_step))
+    row.update(_time_fields(stream, step_end, stall, c, cfg.per_step, tr, cfg.prefill_chunk, arrivals))
     row.update(_transfer_fields(c, misses, expert_bytes))
     if cfg.per_layer:
         # per MoE layer, in order; moe_layers says which of the model's layers each entry is
@@ -79,7 +173,8 @@ def replay(trace: Trace | str | os.PathLike, config: ReplayConfig | None = None,
                    misses_per_layer=misses.tolist())
         if stall is not None:
             row["stall_per_layer_s"] = stall.tolist()
-    return row
+    seconds = None if step_end is None else np.diff(np.r_[0.0, step_end])
+    return row, (stream.step_tokens, seconds)
 
 
 def _timed(tr, stream, engine_stream, cache, plan, state, cfg, hw, expert_bytes, params):
@@ -127,12 +222,13 @@ def policy_state(cfg: ReplayConfig, stream: AccessStream, cache: Cache):
 
 
 def cache_for(trace: Trace, stream: AccessStream, cfg: ReplayConfig, expert_bytes: float,
-              gpu_memory: float | None = None) -> Cache:
-    """The engine's cache for a config: partitions and their capacity in experts, pins taken out of them."""
+              gpu_memory: float | None = None, budget: cost.MemoryBudget | None = None) -> Cache:
+    """The engine's cache for a config: partitions and their capacity in experts, pins taken out of them;
+    budget: the GPU memory budget `--capacity auto` takes its experts from (cost.memory_budget)."""
     L, E = stream.num_layers, stream.num_experts
     n_items = L * E
     cap, _ = cfg.capacity.experts(num_items=n_items, num_layers=L, bytes_per_expert=expert_bytes,
-                                  gpu_memory=gpu_memory)
+                                  gpu_memory=gpu_memory, budget=budget)
     if cfg.capacity.kind == "layers":  # a budget per MoE layer (moesim plan --target dynamic)
         part_of = np.repeat(np.arange(L, dtype=np.int32), E)
         part_cap = np.array(cfg.capacity.per_moe_layer(trace.meta.moe_layers, E), np.int64)
@@ -213,21 +309,30 @@ def _hit_fields(hits, misses, stream, seg_hits, seg_misses) -> dict[str, Any]:
             "hit_rate_decode": rate(hd, md), "hit_rate_prefill": rate(hp, mp)}
 
 
-def _time_fields(stream: AccessStream, step_end, stall, c, per_step: bool) -> dict[str, Any]:
+def _time_fields(stream: AccessStream, step_end, stall, c, per_step: bool, trace: Trace, prefill_chunk: int,
+                 arrivals: np.ndarray | None) -> dict[str, Any]:
     if step_end is None:  # count mode: no time
         return {k: math.nan for k in ("stall_s", "total_s", "tpot_s", "ttft_s")}
     step_start = np.r_[0.0, step_end[:-1]]
     step_time = step_end - step_start
+    # a step cannot start before its requests have arrived: shifted by the GPU's idle time so far (0 without
+    # arrivals, which leaves every time as the engine gave it, bit for bit)
+    idle = _idle_before(stream, step_end, arrivals)
+    end, start = step_end + idle, step_start + idle
     valid = stream.request_first_step < stream.num_steps  # request ids with no rows are gaps
     first_out = stream.request_first_output_step[valid]
-    # time to first token: from the request's first step starting to its first token's step ending
-    ttft = step_end[first_out] - step_start[stream.request_first_step[valid]]
+    if arrivals is None:
+        # time to first token: from the request's first step starting to its first token's step ending
+        ttft = end[first_out] - start[stream.request_first_step[valid]]
+    else:
+        ttft = end[first_out] - arrivals[np.flatnonzero(valid)]
     emitting = stream.step_outputs > 0
     later = emitting.copy()
     later[first_out] = False
     tpot_steps = later if later.any() else emitting
+    total = float(end[-1]) if len(end) else 0.0
     fields = {
-        "total_s": float(step_end[-1]) if len(step_end) else 0.0,
+        "total_s": total,
         "stall_s": float(stall.sum()),
         "ttft_s": float(np.mean(ttft)) if len(ttft) else math.nan,
         "tpot_s": float(step_time[tpot_steps].mean()) if tpot_steps.any() else math.nan,
@@ -235,6 +340,51 @@ def _time_fields(stream: AccessStream, step_end, stall, c, per_step: bool) -> di
         "gpu_compute_s": float(c[GPU_S]), "host_compute_s": float(c[HOST_S]), "overhead_s": float(c[OVERHEAD_S]),
         "host_computed": int(c[HOST_COMPUTED]),
     }
+    tpot = _request_tpot(stream, end, trace, prefill_chunk, valid)
+    for name, values in (("ttft", ttft), ("tpot", tpot)):
+        q = np.percentile(values, PERCENTILES) if len(values) else [math.nan] * len(PERCENTILES)
+        fields.update({f"{name}_p{p}_s": float(v) for p, v in zip(PERCENTILES, q)})
+    fields["tokens_per_s"] = fields["output_tokens"] / total if total > 0 else math.nan
+    fields["idle_s"] = float(idle[-1]) if len(idle) else 0.0
     if per_step:
         fields["step_s"] = step_time.tolist()
     return fields
+
+
+PERCENTILES = (50, 90, 99)  # of per-request TTFT and TPOT; numpy's default (linear between order statistics)
+
+
+def _idle_before(stream: AccessStream, step_end: np.ndarray, arrivals: np.ndarray | None) -> np.ndarray:
+    """Per step, the GPU's idle time before it waiting for requests to arrive, summed over the steps so far.
+
+    Step s starts at max(end of step s-1, the last arrival among its requests) and lasts what the engine
+    timed; so its end is step_end[s] + g[s], g[s] = max(0, max over j <= s of arrival(j) - step_end[j-1]).
+    (The engine's link does not work ahead while the GPU waits: an approximation that can only add time.)
+    """
+    if arrivals is None or not len(step_end):
+        return np.zeros(len(step_end))
+    row_step = np.repeat(stream.seg_step.astype(np.int64), np.diff(stream.seg_row_offsets))
+    step_arrival = np.zeros(len(step_end))
+    np.maximum.at(step_arrival, row_step, arrivals[stream.row_request])
+    ready = step_arrival - np.r_[0.0, step_end[:-1]]
+    return np.maximum.accumulate(np.maximum(ready, 0.0))
+
+
+def _request_tpot(stream: AccessStream, end: np.ndarray, trace: Trace, prefill_chunk: int,
+                  valid: np.ndarray) -> np.ndarray:
+    """Per request with two tokens out or more: (its last token's step end - its first's) / (tokens - 1),
+    the time per output token a user sees (vLLM's benchmark defines it so)."""
+    req = trace.column("request_id").astype(np.int64)
+    pos = trace.column("token_pos")
+    step_of_row = np.full(len(req), -1, np.int64)
+    step_of_row[stream.row_order] = np.repeat(stream.seg_step.astype(np.int64), np.diff(stream.seg_row_offsets))
+    # a token's rows are adjacent in the trace's order; a token is out when decoded (or replayed as decoded)
+    first = np.r_[True, (req[1:] != req[:-1]) | (pos[1:] != pos[:-1])] if len(req) else np.zeros(0, bool)
+    out = first & (step_of_row >= 0) & ((trace.column("phase") == DECODE) | (prefill_chunk == 1))
+    n_req = len(valid)
+    tokens = np.bincount(req[out], minlength=n_req)[:n_req]
+    last = np.full(n_req, -1, np.int64)
+    np.maximum.at(last, req[out], step_of_row[out])
+    first_out = stream.request_first_output_step
+    ok = valid & (tokens >= 2)
+    return (end[last[ok]] - end[first_out[ok]]) / (tokens[ok] - 1)

@@ -296,12 +296,15 @@ def scorecard(tmp_path_factory):
 
 
 def test_every_registered_kind_renders_from_its_input_and_refuses_others(count_results, timed_results,
-                                                                          scorecard, tmp_path):
+                                                                          memory_results, scorecard, tmp_path):
     inputs = {"results": timed_results, "scorecards": scorecard, "trace": SWITCH}
-    assert PLOT_KINDS.names() == ["hit-rate", "stall", "layers", "predictor", "activations", "popularity"]
+    own = {"memory": memory_results}  # results of the grid the kind is for (context x batch, capacity auto)
+    assert PLOT_KINDS.names() == ["hit-rate", "stall", "layers", "predictor", "activations", "popularity",
+                                  "memory"]
     for name, module in PLOT_KINDS.items():
         out = tmp_path / f"{name}.png"
-        ok = CliRunner().invoke(main, ["plot", str(inputs[module.INPUT]), "--kind", name, "--out", str(out)])
+        ok = CliRunner().invoke(main, ["plot", str(own.get(name, inputs[module.INPUT])), "--kind", name,
+                                       "--out", str(out)])
         assert ok.exit_code == 0, ok.output
         assert out.read_bytes().startswith(b"\x89PNG")
         for sort, wrong in inputs.items():
@@ -345,6 +348,7 @@ def test_readme_lists_every_plot_kind_as_the_registry_does():
     assert plots.table() in readme
 
 
+<<<<<<< HEAD
 def test_hit_rate_shades_capacities_below_one_tokens_experts():
     # Mixtral: 32 MoE layers x top-2 = 64 of 256 experts a token; a global cache below 25 % thrashes
     import pandas as pd
@@ -354,3 +358,32 @@ def test_hit_rate_shades_capacities_below_one_tokens_experts():
     spans = [p for p in fig.axes[0].patches if p.get_label() == "below one token's experts"]
     assert len(spans) == 1
     assert spans[0].get_x() + spans[0].get_width() == pytest.approx(25.0)
+=======
+@pytest.fixture(scope="module")
+def memory_results(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("memory")
+    spec = tmp / "g.toml"
+    spec.write_text(f'trace = "{MIXTRAL}"\ncapacity = "auto"\nhardware = "rtx4090-pcie4"\nkv_bytes_per_token = "4KiB"\n'
+                    f'context = [1024, 8192, 65536]\nbatch_size = [1, 4]\nbatching = "continuous"\nmode = "timed"\n')
+    run_grid(spec, tmp / "r.parquet", jobs=1)  # batch 4 at 65536 tokens does not fit 24 GiB: that row fails
+    return tmp / "r.parquet"
+
+
+def test_memory_budget_lines_are_the_rows_slots_tpot_and_throughput(memory_results, timed_results):
+    df = read_results(memory_results)
+    assert df["error"].notna().sum() == 1 and "do not fit in rtx4090-pcie4's memory" in df["error"].dropna().iloc[0]
+    fig = plots.plot(memory_results, "memory")
+    slots, tpot, rate = fig.axes[:3]
+    for ax, column, scale in ((slots, "capacity_experts", 1), (tpot, "tpot_p50_s", 1e3), (rate, "tokens_per_s", 1)):
+        for size in (1, 4):
+            rows = df[(df["batch_size"] == size) & df["error"].isna()].sort_values("context")
+            x, y = lines(ax)[f"batch {size}"]
+            assert list(x) == rows["context"].tolist()
+            assert np.allclose(y, scale * rows[column].to_numpy())
+    # the memory arithmetic: a longer context or a larger batch leaves fewer slots
+    _, batch1 = lines(slots)["batch 1"]
+    _, batch4 = lines(slots)["batch 4"]
+    assert np.all(np.diff(batch1) < 0) and np.all(batch4 < batch1[:len(batch4)])
+    with pytest.raises(ValueError, match="no rows of --capacity auto with a context"):
+        plots.plot(timed_results, "memory")
+>>>>>>> serving

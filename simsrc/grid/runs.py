@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 
 from .. import __version__
 from .. import policies as policy_registry
+from ..config import ReplayConfig
 from ..replay import replay
 from ..trace import AccessStream, Trace, TraceError, TraceMeta, access_stream, read_trace
 from ..trace.schema import META_KEY
@@ -77,7 +78,9 @@ def execute(run: Run) -> dict:
         chunk = int(run.params.get("prefill_chunk", 1))
         trace, stream = _stream_for(run.location, chunk)
         t_read = time.perf_counter() - t0
-        row = replay(trace, stream=stream, **run.params)
+        # a run that batches requests builds the stream of its own batched trace
+        batched = ReplayConfig.make(**run.params).serving
+        row = replay(trace, stream=None if batched else stream, **run.params)
         error = None
     except RUN_ERRORS as e:
         error = str(e) or type(e).__name__
@@ -98,7 +101,8 @@ def group_runs(runs: list[Run]) -> list[tuple[Run, ...]]:
     groups: dict[tuple, list[Run]] = {}
     for run in runs:
         params = dict(run.params)
-        if not policy_registry.uses_seed(str(params.get("policy", "lru"))):
+        # the seed also draws Poisson arrivals
+        if not policy_registry.uses_seed(str(params.get("policy", "lru"))) and params.get("arrival_rate") is None:
             params.pop("seed", None)
         groups.setdefault((run.location, run.fingerprint, _hash(params)), []).append(run)
     return [tuple(g) for g in groups.values()]

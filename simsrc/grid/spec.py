@@ -30,7 +30,7 @@ ALIASES = {"traces": "trace", "policies": "policy", "predictors": "predictor", "
            "scopes": "scope", "modes": "mode", "seeds": "seed", "bandwidths": "bandwidth",
            "latencies": "latency"}
 # replay arguments that name files, resolved against the spec's folder like traces
-PATH_FIELDS = ("train", "pin_file")
+PATH_FIELDS = ("train", "pin_file", "arrivals")
 
 
 @dataclass(frozen=True)

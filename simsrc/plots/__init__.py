@@ -20,6 +20,7 @@ from . import _inputs
 from .activations import draw as activation_map
 from .hit_rate import draw as hit_rate_vs_capacity
 from .layers import draw as layer_heatmap
+from .memory import draw as memory_budget
 from .popularity import draw as expert_popularity
 from .predictor import draw as predictor_accuracy
 from .stall import draw as stall_vs
@@ -27,8 +28,8 @@ from .stall import draw as stall_vs
 PLOT_KINDS = Registry("plot kind", __name__)
 FORMATS = (".png", ".svg", ".pdf")
 
-__all__ = ["PLOT_KINDS", "activation_map", "expert_popularity", "hit_rate_vs_capacity", "layer_heatmap", "options",
-           "plot", "predictor_accuracy", "save", "stall_vs", "table"]
+__all__ = ["PLOT_KINDS", "activation_map", "expert_popularity", "hit_rate_vs_capacity", "layer_heatmap",
+           "memory_budget", "options", "plot", "predictor_accuracy", "save", "stall_vs", "table"]
 
 
 def options(kind: str) -> list[str]:
