@@ -348,7 +348,6 @@ def test_readme_lists_every_plot_kind_as_the_registry_does():
     assert plots.table() in readme
 
 
-<<<<<<< HEAD
 def test_hit_rate_shades_capacities_below_one_tokens_experts():
     # Mixtral: 32 MoE layers x top-2 = 64 of 256 experts a token; a global cache below 25 % thrashes
     import pandas as pd
@@ -358,7 +357,8 @@ def test_hit_rate_shades_capacities_below_one_tokens_experts():
     spans = [p for p in fig.axes[0].patches if p.get_label() == "below one token's experts"]
     assert len(spans) == 1
     assert spans[0].get_x() + spans[0].get_width() == pytest.approx(25.0)
-=======
+
+
 @pytest.fixture(scope="module")
 def memory_results(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("memory")
@@ -386,4 +386,3 @@ def test_memory_budget_lines_are_the_rows_slots_tpot_and_throughput(memory_resul
     assert np.all(np.diff(batch1) < 0) and np.all(batch4 < batch1[:len(batch4)])
     with pytest.raises(ValueError, match="no rows of --capacity auto with a context"):
         plots.plot(timed_results, "memory")
->>>>>>> serving
