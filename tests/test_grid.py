@@ -401,8 +401,9 @@ trace = "{MIXTRAL}"
 policy = ["lru", "fifo", "lfu", "belady", "random"]
 capacity = ["5%", "10%", "20%", "30%", "40%", "50%", "60%", "75%"]
 bandwidth = ["8GB/s", "32GB/s"]
+latency = ["5us", "10us", "20us", "40us"]
 mode = "timed"
-""")
+""")  # big enough (320 runs) to outlast a second process's start on a loaded machine
     other = write_spec(tmp_path / "h.toml", f'trace = "{SWITCH}"\npolicy = "lru"\nmode = "count"\n')
     out = tmp_path / "r.parquet"
     log = tmp_path / "grid.log"

@@ -6,7 +6,7 @@ a policy's victim search (policies test it with `_busy.is_busy`).
 """
 from numba import njit
 
-from .ops import on_evict, partition
+from .ops import compiled_loop, on_evict, partition
 
 BUSY, RESIDENT, PINNED, PF_UNUSED, PF_VICTIM = 1, 2, 4, 8, 16
 # BUSY: in use by the current layer, or in flight (segment accounting and timed mode)
@@ -29,7 +29,7 @@ def count_harmful(x, flags, evictor, c):
         c[PF_HARMFUL] += 1
 
 
-@njit(cache=True, _nrt=False)
+@compiled_loop  # it inlines the policy's on_evict: cached under the sources digest, like the loops
 def evict(v, p, flags, c, state):
     """v leaves the cache; a prefetch of it never used was wasted."""
     if flags[v] & PF_UNUSED:
@@ -38,7 +38,7 @@ def evict(v, p, flags, c, state):
     flags[v] = 0
 
 
-@njit(cache=True, _nrt=False)
+@compiled_loop
 def evict_for_prefetch(v, x, p, flags, evictor, c, state):
     """The prefetch of x takes v's place: remember it, to tell later whether it was harmful."""
     evict(v, p, flags, c, state)

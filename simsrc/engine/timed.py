@@ -28,7 +28,8 @@ from .experts import (BUSY, ERROR, GPU_S, HOST_COMPUTED, HOST_S, NUM_COUNTERS, O
                       PF_LATE, PF_UNUSED, PF_USED,
                       PINNED, RESIDENT, count_harmful, count_unused, evict, evict_for_prefetch, evictable,
                       none_evictable)
-from .ops import compiled_loop, decide, may_host, weighs_times, on_hit, on_insert, partition, partition_map, victim
+from .ops import (compiled_loop, decide, may_host, on_hit, on_insert, partition, partition_map, victim,
+                  weighs_times)
 
 HOST = 1  # moesim.actions.HOST (the engine imports nothing above it)
 
@@ -109,7 +110,7 @@ def _settle(t, flags, ready, in_seg, inflight, n_inflight):
     return k
 
 
-@njit(cache=True, _nrt=False)
+@compiled_loop  # it inlines the policy's victim and on_insert: cached under the sources digest
 def _start_prefetches(until_t, min_target, clock, q, q_end, n_inflight, plan, cache, link, state, w):
     """Start queued prefetches (FIFO) whose start time is <= until_t; returns (q, n_inflight).
 
