@@ -21,16 +21,17 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 from . import __version__
 from .config import KNOB, ReplayConfig, knob_name
 from .hardware import Hardware
 from .registry import suggest
-from .replay import replay
 from .trace import AccessStream, Trace, access_stream, read_trace
 from .trace.schema import DECODE
 from .units import GB, US
@@ -69,6 +70,7 @@ def read_measured(path: str | Path) -> MeasuredSteps:
     optionally `compute_*`, `stall_*` (waiting for transfers), `overhead_*` (bookkeeping per miss), `io_*`
     (time reading, summed over read lanes) in `_s`, `_ms` or `_us`, and `read_bytes`.
     """
+    import pandas as pd  # on first use: the CLI's start does not pay for it
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -95,6 +97,7 @@ def read_measured(path: str | Path) -> MeasuredSteps:
 
 
 def _measured_frame(df: pd.DataFrame, where: str, layout: str) -> MeasuredSteps:
+    import pandas as pd  # on first use: the CLI's start does not pay for it
     columns = {"wall": None, **{p: None for p in PARTS}}
     valid = "step, wall_s or wall_ms, and optionally compute_/stall_/overhead_/io_ in s, ms or us, read_bytes"
     for col in df.columns:
@@ -361,6 +364,7 @@ def calibrate(trace: Trace | str, measured: MeasuredSteps | str, *, fit: str | I
     always plain least squares. use_parts: also fit the measured parts (compute, stall + overhead, overhead).
     out: write the hardware file there, only if the fit converged. Raises CalibrationError if it did not.
     """
+    import pandas as pd  # on first use: the CLI's start does not pay for it
     tr = trace if isinstance(trace, Trace) else read_trace(trace)
     meas = measured if isinstance(measured, MeasuredSteps) else read_measured(measured)
     names = fit_names(fit)
@@ -483,6 +487,7 @@ class _Model:
         self._seen: dict = {}
 
     def _run(self, values: dict, cut: int | None = None, **extra) -> dict:
+        from .replay import replay  # on first use: the CLI's start does not pay for it
         key = (tuple(sorted(values.items())), cut, tuple(sorted(extra.items())))
         if key not in self._seen:
             hw = dataclasses.replace(self.base, **{k: v for k, v in values.items() if PARAMS[k].hardware})
@@ -517,6 +522,7 @@ class _Model:
 
     def step_misses(self) -> np.ndarray:
         """Misses in each measured step, from count mode (what the straight line is fitted against)."""
+        from .replay import replay  # on first use: the CLI's start does not pay for it
         cuts = np.searchsorted(self.stream.seg_step, np.arange(self.stream.num_steps + 1), "left")
         cfg = ReplayConfig.make(self.cfg, mode="count", per_step=False)
         total = np.zeros(len(cuts), np.int64)
