@@ -13,8 +13,8 @@ from numba import njit, types
 from numba.extending import overload
 
 from .bundles import Cache, PrefetchPlan, Stream
-from .experts import (BUSY, NUM_COUNTERS, PF_ISSUED, PF_UNUSED, PF_USED, PINNED, RESIDENT, count_harmful,
-                      count_unused, evict, evict_for_prefetch, evictable, none_evictable)
+from .experts import (BUSY, NUM_COUNTERS, PF_UNUSED, PF_USED, PINNED, RESIDENT, count_harmful, count_unused, evict,
+                      evictable, insert_plan, none_evictable, place_at_start)
 from .ops import compiled_loop, on_hit, on_insert, partition, partition_map, victim
 
 
@@ -84,16 +84,7 @@ def mark_hit_store(record, i):
 def _count_loop(item, pf_at, pf_segs, cache, plan, state, work, record):
     part_of, part_capacity, pinned, warm = cache
     flags, evictor, free, hits_of, misses_of, seg_hits, seg_misses, c = work
-    num_items = flags.shape[0]
-    for x in range(num_items):
-        if pinned[x]:
-            flags[x] = RESIDENT | PINNED  # user pins sit outside the policy and its capacity
-    for j in range(warm.shape[0]):
-        x = warm[j]
-        flags[x] = RESIDENT
-        p = partition(part_of, x)
-        free[p] -= 1
-        on_insert(state, x, p, -1)
+    place_at_start(cache, flags, free, state)
     # the stream in chunks that end where a segment's prefetch plan goes in (one chunk without a plan)
     start = 0
     for k in range(pf_segs.shape[0] + 1):
@@ -132,21 +123,8 @@ def _count_loop(item, pf_at, pf_segs, cache, plan, state, work, record):
             break
         clock = end - 1
         s = pf_segs[k]
-        for j in range(plan.offsets[s], plan.offsets[s + 1]):
-            x = plan.item[j]
-            p = partition(part_of, x)
-            if flags[x] & RESIDENT or part_capacity[p] == 0:
-                continue
-            if free[p] == 0:
-                v = victim(state, p, None, clock)
-                if not evictable(v, p, part_of, flags, c):
-                    return
-                evict_for_prefetch(v, x, p, flags, evictor, c, state)
-            else:
-                free[p] -= 1
-            flags[x] = RESIDENT | PF_UNUSED
-            on_insert(state, x, p, clock)
-            c[PF_ISSUED] += 1
+        if not insert_plan(s, clock, plan, part_of, part_capacity, None, flags, evictor, free, c, state):
+            return
     count_unused(flags, c)
 
 
@@ -160,16 +138,7 @@ def _segment_loop(stream, cache, plan, state, work, in_seg, seg_items, seg_last)
     item, seg_offsets, seg_layer, seg_step = stream
     part_of, part_capacity, pinned, warm = cache
     flags, evictor, free, hits_of, misses_of, seg_hits, seg_misses, c = work
-    num_items = flags.shape[0]
-    for x in range(num_items):
-        if pinned[x]:
-            flags[x] = RESIDENT | PINNED
-    for j in range(warm.shape[0]):
-        x = warm[j]
-        flags[x] = RESIDENT
-        p = partition(part_of, x)
-        free[p] -= 1
-        on_insert(state, x, p, -1)
+    place_at_start(cache, flags, free, state)
     for s in range(seg_layer.shape[0]):
         n_seg = 0
         for i in range(seg_offsets[s], seg_offsets[s + 1]):
@@ -219,19 +188,6 @@ def _segment_loop(stream, cache, plan, state, work, in_seg, seg_items, seg_last)
             in_seg[x] = -1
             flags[x] &= ~BUSY
         clock = seg_offsets[s + 1] - 1
-        for j in range(plan.offsets[s], plan.offsets[s + 1]):
-            x = plan.item[j]
-            p = partition(part_of, x)
-            if flags[x] & RESIDENT or part_capacity[p] == 0:
-                continue
-            if free[p] == 0:
-                v = victim(state, p, flags, clock)
-                if not evictable(v, p, part_of, flags, c):
-                    return
-                evict_for_prefetch(v, x, p, flags, evictor, c, state)
-            else:
-                free[p] -= 1
-            flags[x] = RESIDENT | PF_UNUSED
-            on_insert(state, x, p, clock)
-            c[PF_ISSUED] += 1
+        if not insert_plan(s, clock, plan, part_of, part_capacity, flags, flags, evictor, free, c, state):
+            return
     count_unused(flags, c)

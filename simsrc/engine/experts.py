@@ -6,7 +6,7 @@ a policy's victim search (policies test it with `_busy.is_busy`).
 """
 from numba import njit
 
-from .ops import compiled_loop, on_evict, partition
+from .ops import compiled_loop, on_evict, on_insert, partition, victim
 
 BUSY, RESIDENT, PINNED, PF_UNUSED, PF_VICTIM = 1, 2, 4, 8, 16
 # BUSY: in use by the current layer, or in flight (segment accounting and timed mode)
@@ -77,4 +77,42 @@ def none_evictable(p, part_of, flags, c):
             c[ERROR] = ERR_VICTIM
             c[BAD_VICTIM] = -1
             return False
+    return True
+
+
+@compiled_loop  # it inlines the policy's on_insert: cached under the sources digest, like the loops
+def place_at_start(cache, flags, free, state):
+    """Before the first access: pins resident outside the policy and its capacity; the policy's warm experts
+    resident in their partitions (what every loop starts from)."""
+    part_of, part_capacity, pinned, warm = cache
+    for x in range(flags.shape[0]):
+        if pinned[x]:
+            flags[x] = RESIDENT | PINNED
+    for j in range(warm.shape[0]):
+        x = warm[j]
+        p = partition(part_of, x)
+        flags[x] = RESIDENT
+        free[p] -= 1
+        on_insert(state, x, p, -1)
+
+
+@compiled_loop  # it inlines the policy's victim and on_insert
+def insert_plan(s, clock, plan, part_of, part_capacity, busy, flags, evictor, free, c, state):
+    """Count mode: segment s's prefetch plan goes in at once, after its accesses (clock: the last of them).
+    Returns False when the policy's victim broke its contract (the loop then stops)."""
+    for j in range(plan.offsets[s], plan.offsets[s + 1]):
+        x = plan.item[j]
+        p = partition(part_of, x)
+        if flags[x] & RESIDENT or part_capacity[p] == 0:
+            continue
+        if free[p] == 0:
+            v = victim(state, p, busy, clock)
+            if not evictable(v, p, part_of, flags, c):
+                return False
+            evict_for_prefetch(v, x, p, flags, evictor, c, state)
+        else:
+            free[p] -= 1
+        flags[x] = RESIDENT | PF_UNUSED
+        on_insert(state, x, p, clock)
+        c[PF_ISSUED] += 1
     return True

@@ -27,7 +27,7 @@ from .bundles import Cache, Compute, Host, Link, PrefetchPlan, Stream
 from .experts import (BUSY, ERROR, GPU_S, HOST_COMPUTED, HOST_S, NUM_COUNTERS, OVERHEAD_S, PF_CANCELLED, PF_ISSUED,
                       PF_LATE, PF_UNUSED, PF_USED,
                       PINNED, RESIDENT, count_harmful, count_unused, evict, evict_for_prefetch, evictable,
-                      none_evictable)
+                      none_evictable, place_at_start)
 from .ops import (compiled_loop, decide, may_host, on_hit, on_insert, partition, partition_map, victim,
                   weighs_times)
 
@@ -188,17 +188,8 @@ def _timed_loop(stream, cache, link, compute, host, plan, state, rule, out, w):
     flags, ready, in_seg, c = w.flags, w.ready, w.in_seg, w.c
     seg_items, seg_tok, seg_ready, waiting, inflight = w.seg_items, w.seg_tok, w.seg_ready, w.waiting, w.inflight
     seg_last = w.seg_last
-    num_items = flags.shape[0]
     num_segments = seg_layer.shape[0]
-    for x in range(num_items):
-        if pinned[x]:
-            flags[x] = RESIDENT | PINNED
-    for j in range(warm.shape[0]):
-        x = warm[j]
-        p = partition(part_of, x)
-        flags[x] = RESIDENT
-        w.free[p] -= 1
-        on_insert(state, x, p, -1)
+    place_at_start(cache, flags, w.free, state)
     n_inflight = 0
     q = 0
     step_pf = 0
