@@ -233,6 +233,19 @@ def test_the_compiled_checks_fail_exactly_where_the_numpy_checks_do(seed):
         assert got == want
 
 
+def test_a_good_table_is_checked_by_the_compiled_pass_alone(monkeypatch):
+    """The numpy checks cost ten times the compiled pass; they run only to name a bad row."""
+    import moesim.trace.io as trace_io
+
+    def slow(*args, **kwargs):
+        raise AssertionError("the numpy checks ran on a good table")
+    monkeypatch.setattr(trace_io, "check_rows", slow)
+    monkeypatch.setattr(trace_io, "check_order", slow)
+    check_table(read_trace(SAMPLE).table, read_trace(SAMPLE).meta, "t")
+    trace = batched_trace(5, requests=4, batch=2, layers=3, experts=6, top_k=2)
+    check_table(trace.table, trace.meta, "t")
+
+
 def test_the_stream_cache_folder_follows_the_environment(tmp_path, monkeypatch):
     monkeypatch.delenv("MOESIM_CACHE", raising=False)
     monkeypatch.setenv("MOESIM_CACHE_DIR", str(tmp_path / "c"))

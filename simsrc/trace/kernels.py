@@ -49,36 +49,42 @@ def rows_ok(step, req, pos, layer, phase, ids, top_k, known_layer, num_experts, 
 
 @numba.njit(cache=True)
 def stream_layout(step, req, pos, phase, layer, layer_lut, ids, top_k, num_experts, num_layers, prefill_chunk,
-                  num_requests, decode):
-    """The access stream of rows in canonical (file) order; see stream.access_stream for the order.
+                  decode, item, row_order, row_request, seg_row_offsets, seg_offsets, seg_layer, seg_step,
+                  seg_tokens, step_phase, step_tokens, step_outputs, first_step, first_out, sub, local):
+    """The access stream of rows in canonical (file) order, in one pass over the recorded steps; see
+    stream.access_stream for the order. Returns (segments, replay steps).
 
-    A step's rows are grouped by request, so the stream order -- (replay step, layer, request,
-    token) -- is a stable sort of each recorded step's rows by (replay step, layer), and within a
-    recorded step that key spans few values: a counting sort, skipped when the rows are already in
-    order (one token per step, as in every prefill-only trace replayed as decoded).
+    A recorded step's rows come before the next one's in the stream too, and are grouped by request,
+    so the stream order -- (replay step, layer, request, token) -- is a stable sort of each recorded
+    step's rows by (replay step, layer); within a recorded step that key spans few values: a counting
+    sort, skipped when the rows are already in order (one token per step, as in every prefill-only
+    trace replayed as decoded). Each step's rows are laid out while they are still in cache.
+
+    The outputs are the caller's, filled here: numpy asks the kernel for huge pages where numba's
+    allocator does not, and faulting in 4 KiB pages cost about as much as the pass. Segment and step
+    arrays are sized for one per row (there are at most that many), filled to the counts returned;
+    first_step and first_out [requests] come filled with int32 max; sub and local [rows] are scratch, of
+    which only as much as the longest recorded step is touched.
     """
     n = layer.shape[0]
     L = num_layers
-    # replay step of each row: a recorded prefill step splits into chunks of prefill_chunk tokens of
-    # each request (a token's chunk is its rank among the request's tokens in the step, // chunk);
-    # replay steps number the (recorded step, chunk) pairs present, in order
-    sub = np.zeros(n, np.int32)
-    max_sub = 0
-    if prefill_chunk > 0:
-        first_pos = 0
+    chunked = prefill_chunk > 0
+    # per recorded step: each row's chunk (its rank among the request's tokens in the step, // chunk),
+    # replay step and place; replay steps number the (recorded step, chunk) pairs present, in order
+    max_sub, first_pos = 0, 0
+    if chunked:
         for r in range(n):
             if r == 0 or step[r] != step[r - 1] or req[r] != req[r - 1]:
                 first_pos = pos[r]
             if phase[r] != decode:
-                s = (np.int64(pos[r]) - first_pos) // prefill_chunk
-                sub[r] = s
-                if s > max_sub:
-                    max_sub = s
+                c = (np.int64(pos[r]) - first_pos) // prefill_chunk
+                if c > max_sub:
+                    max_sub = c
     present = np.zeros(max_sub + 1, np.int64)  # chunk -> its rank within the recorded step, +1
-    new_step = np.empty(n, np.int32)
-    order = np.empty(n, np.int64)
-    count = np.zeros(0, np.int64)
+    count = np.zeros((max_sub + 1) * L + 1, np.int64)
+    last_step = np.full(first_step.shape[0], -1, np.int32)
     base = 0
+    s = -1  # segment
     a = 0
     while a < n:
         b = a
@@ -87,108 +93,93 @@ def stream_layout(step, req, pos, phase, layer, layer_lut, ids, top_k, num_exper
             if b > a and (req[b] < req[b - 1] or (req[b] == req[b - 1] and (
                     pos[b] < pos[b - 1] or (pos[b] == pos[b - 1] and layer[b] <= layer[b - 1])))):
                 raise ValueError(NOT_CANONICAL)
-            present[sub[b]] = 1
-            if sub[b] > top:
-                top = sub[b]
+            if b == a or req[b] != req[b - 1]:
+                first_pos = pos[b]
+            c = 0
+            if chunked and phase[b] != decode:
+                c = (np.int64(pos[b]) - first_pos) // prefill_chunk
+            sub[b - a] = c
+            present[c] = 1
+            if c > top:
+                top = c
             b += 1
         if b < n and step[b] < step[a]:
             raise ValueError(NOT_CANONICAL)
         ranks = 0
-        for s in range(top + 1):
-            if present[s]:
+        for c in range(top + 1):
+            if present[c]:
                 ranks += 1
-                present[s] = ranks
+                present[c] = ranks
         in_order = True
         prev = -1
         for r in range(a, b):
-            local = (present[sub[r]] - 1) * L + layer_lut[layer[r]]
-            new_step[r] = base + present[sub[r]] - 1
-            if local < prev:
+            rank = present[sub[r - a]] - 1
+            key = rank * L + layer_lut[layer[r]]
+            local[r - a] = key
+            if key < prev:
                 in_order = False
-            prev = local
+            prev = key
+            # per step and per request; a row is a token's first when (request, position) changes
+            t = base + rank
+            q = req[r]
+            emits = phase[r] == decode or prefill_chunk == 1
+            if r == 0 or req[r] != req[r - 1] or pos[r] != pos[r - 1]:
+                step_tokens[t] += 1
+                if emits:
+                    step_outputs[t] += 1
+            if phase[r] == decode:
+                step_phase[t] = decode
+            if t < first_step[q]:
+                first_step[q] = t
+            if emits and t < first_out[q]:
+                first_out[q] = t
+            if t > last_step[q]:
+                last_step[q] = t
         if in_order:
             for r in range(a, b):
-                order[r] = r
+                row_order[r] = r
         else:
             buckets = ranks * L
-            if count.shape[0] < buckets + 1:
-                count = np.zeros(buckets + 1, np.int64)
-            else:
-                count[:buckets + 1] = 0
+            count[:buckets + 1] = 0
             for r in range(a, b):
-                count[(new_step[r] - base) * L + layer_lut[layer[r]] + 1] += 1
+                count[local[r - a] + 1] += 1
             for i in range(buckets):
                 count[i + 1] += count[i]
             for r in range(a, b):
-                key = (new_step[r] - base) * L + layer_lut[layer[r]]
-                order[a + count[key]] = r
+                key = local[r - a]
+                row_order[a + count[key]] = r
                 count[key] += 1
-        for s in range(top + 1):
-            present[s] = 0
+        # the stream of this recorded step: a segment starts where (replay step, layer) changes
+        prev = -1
+        for i in range(a, b):
+            r = row_order[i]
+            key = local[r - a]
+            lidx = layer_lut[layer[r]]
+            if key != prev:
+                if s >= 0:
+                    seg_tokens[s] = i - seg_row_offsets[s]
+                s += 1
+                seg_row_offsets[s] = i
+                seg_offsets[s] = np.int64(i) * top_k
+                seg_layer[s] = lidx
+                seg_step[s] = base + key // L
+                prev = key
+            row_request[i] = req[r]
+            off = np.int32(lidx * num_experts)
+            for j in range(top_k):
+                item[i * top_k + j] = off + np.int32(ids[r * top_k + j])
+        for c in range(top + 1):
+            present[c] = 0
         base += ranks
         a = b
-    num_steps = base
-
-    # per step and per request, in file order
-    step_tokens = np.zeros(num_steps, np.int32)
-    step_outputs = np.zeros(num_steps, np.int32)
-    step_phase = np.zeros(num_steps, np.uint8)
-    first_step = np.full(num_requests, INT32_MAX, np.int32)
-    first_out = np.full(num_requests, INT32_MAX, np.int32)
-    last_step = np.full(num_requests, -1, np.int32)
-    for r in range(n):
-        t = new_step[r]
-        q = req[r]
-        # a row is a token's first when (request, position) changes from the row before
-        emits = phase[r] == decode or prefill_chunk == 1
-        if r == 0 or req[r] != req[r - 1] or pos[r] != pos[r - 1]:
-            step_tokens[t] += 1
-            if emits:
-                step_outputs[t] += 1
-        if phase[r] == decode:
-            step_phase[t] = decode
-        if t < first_step[q]:
-            first_step[q] = t
-        if emits and t < first_out[q]:
-            first_out[q] = t
-        if t > last_step[q]:
-            last_step[q] = t
+    num_segments = s + 1
+    if s >= 0:
+        seg_tokens[s] = n - seg_row_offsets[s]
+    seg_row_offsets[num_segments] = n
+    seg_offsets[num_segments] = np.int64(n) * top_k
     # a request whose prompt is processed as one chunk emits its first token at the end of it;
     # request ids with no rows (gaps) keep int32 max in both arrays
-    for q in range(num_requests):
+    for q in range(first_out.shape[0]):
         if first_out[q] == INT32_MAX and last_step[q] >= 0:
             first_out[q] = last_step[q]
-
-    # the stream itself, in stream order
-    num_segments = 0
-    prev_key = -1
-    for i in range(n):
-        r = order[i]
-        key = np.int64(new_step[r]) * L + layer_lut[layer[r]]
-        if key != prev_key:
-            num_segments += 1
-            prev_key = key
-    item = np.empty(n * top_k, np.int32)
-    row_request = np.empty(n, np.int32)
-    seg_row_offsets = np.empty(num_segments + 1, np.int64)
-    seg_layer = np.empty(num_segments, np.int32)
-    seg_step = np.empty(num_segments, np.int32)
-    s = -1
-    prev_key = -1
-    for i in range(n):
-        r = order[i]
-        lidx = layer_lut[layer[r]]
-        key = np.int64(new_step[r]) * L + lidx
-        if key != prev_key:
-            s += 1
-            seg_row_offsets[s] = i
-            seg_layer[s] = lidx
-            seg_step[s] = new_step[r]
-            prev_key = key
-        row_request[i] = req[r]
-        off = lidx * num_experts
-        for j in range(top_k):
-            item[i * top_k + j] = off + ids[r * top_k + j]
-    seg_row_offsets[num_segments] = n
-    return (item, seg_row_offsets, seg_layer, seg_step, order, row_request, step_phase, step_tokens,
-            step_outputs, first_step, first_out)
+    return num_segments, base

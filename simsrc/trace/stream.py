@@ -108,30 +108,39 @@ def access_stream(trace: Trace, *, prefill_chunk: int = 1) -> AccessStream:
 
 
 def _layout(trace: Trace, prefill_chunk: int) -> AccessStream:
-    from .kernels import stream_layout
+    from .kernels import INT32_MAX, stream_layout
     meta = trace.meta
     n = trace.num_rows
+    k = meta.top_k
     req = trace.column("request_id")
-    (item, seg_row_offsets, seg_layer, seg_step, order, row_request, step_phase, step_tokens, step_outputs,
-     first_step, first_out) = stream_layout(
+    num_requests = int(req.max()) + 1 if n else 0
+    # every array of a size in rows is allocated here, not in the kernel (see stream_layout), segment
+    # and step arrays for one per row, and cut to size after
+    item, row_order, row_request = np.empty(n * k, np.int32), np.empty(n, np.int64), np.empty(n, np.int32)
+    seg_row_offsets, seg_offsets = np.empty(n + 1, np.int64), np.empty(n + 1, np.int64)
+    seg_layer, seg_step, seg_tokens = np.empty(n, np.int32), np.empty(n, np.int32), np.empty(n, np.int32)
+    step_phase, step_tokens, step_outputs = np.zeros(n, np.uint8), np.zeros(n, np.int32), np.zeros(n, np.int32)
+    first_step, first_out = np.full(num_requests, INT32_MAX, np.int32), np.full(num_requests, INT32_MAX, np.int32)
+    segs, steps = stream_layout(
         trace.column("step"), req, trace.column("token_pos"), trace.column("phase"), trace.column("layer"),
-        meta.layer_lut(), trace.expert_ids().reshape(-1), meta.top_k, meta.num_experts, meta.num_moe_layers,
-        prefill_chunk, int(req.max()) + 1 if n else 0, DECODE)
+        meta.layer_lut(), trace.expert_ids().reshape(-1), k, meta.num_experts, meta.num_moe_layers, prefill_chunk,
+        DECODE, item, row_order, row_request, seg_row_offsets, seg_offsets, seg_layer, seg_step, seg_tokens,
+        step_phase, step_tokens, step_outputs, first_step, first_out, np.empty(n, np.int64), np.empty(n, np.int64))
     return AccessStream(
         item=item,
-        seg_offsets=seg_row_offsets * meta.top_k,
-        seg_layer=seg_layer,
-        seg_step=seg_step,
-        seg_tokens=np.diff(seg_row_offsets).astype(np.int32),
-        seg_row_offsets=seg_row_offsets,
-        row_order=order,
+        seg_offsets=seg_offsets[:segs + 1],
+        seg_layer=seg_layer[:segs],
+        seg_step=seg_step[:segs],
+        seg_tokens=seg_tokens[:segs],
+        seg_row_offsets=seg_row_offsets[:segs + 1],
+        row_order=row_order,
         row_request=row_request,
-        step_phase=step_phase,
-        step_tokens=step_tokens,
-        step_outputs=step_outputs,
+        step_phase=step_phase[:steps],
+        step_tokens=step_tokens[:steps],
+        step_outputs=step_outputs[:steps],
         request_first_step=first_step,
         request_first_output_step=first_out,
         num_layers=meta.num_moe_layers,
         num_experts=meta.num_experts,
-        top_k=meta.top_k,
+        top_k=k,
     )
