@@ -30,7 +30,7 @@ from .experts import (BUSY, ERROR, GPU_S, HOST_COMPUTED, HOST_S, NUM_COUNTERS, O
                       none_evictable, place_at_start)
 from .ops import (compiled_loop, decide, decides, may_host, may_lowbit, on_hit, on_insert, partition, partition_map,
                   victim, weighs_times)
-from .routing import (FETCH, HOST, LOWBIT, NUM_ACTIONS, SKIP, SUBSTITUTE, add_weight, count_action, mass_of,
+from .routing import (FETCH, HOST, LOWBIT, NUM_ACTIONS, SUBSTITUTE, add_weight, count_action, mass_of,
                       pick_substitutes, weight_of)
 
 
@@ -61,14 +61,20 @@ class TimedWork(NamedTuple):
     waiting: np.ndarray     # int32: the segment's experts still in flight, by arrival
     route_t: np.ndarray     # float64 per segment: when its routing was known
     hold: np.ndarray        # float64 [1]: the earliest the prefetch at the queue's head may start
-    seg_host: np.ndarray    # uint8: where the segment's expert is computed: 0 GPU, HOST, LOWBIT (a low-bit copy on
-    #                         the GPU), SKIP (nowhere: skipped, or its tokens went to substitutes)
-    seg_wmax: np.ndarray    # float64: its largest routing weight among its tokens (with Stream.weight)
+    seg_host: np.ndarray    # uint8: the GPU does not compute the segment's expert: the host does (the layer waits
+    #                         for its seg_ready), or nobody (skipped, or its tokens went to substitutes: ready at 0)
+    cpu: np.ndarray         # float64 [2]: when the host's bookkeeping thread, and its compute lane, are free
+    c: np.ndarray           # float64 counters (experts.py)
+
+
+class ActionWork(NamedTuple):
+    """What the action rules need per segment. Apart from TimedWork, which the prefetch code takes too, so that
+    code keeps its signature and stays out of line (with these arrays in TimedWork, LLVM inlined it)."""
+    seg_low: np.ndarray     # uint8 per item: the segment's expert is a low-bit copy (its weights read at that size)
+    seg_wmax: np.ndarray    # float64 per item: its largest routing weight among its tokens (with Stream.weight)
     seg_wsum: np.ndarray    # float64: its routing weights summed over its tokens
     pick: np.ndarray        # int32 per access of the longest segment: the substitute picked for it (routing.py)
     pick_seg: np.ndarray    # int64: the segment it was picked in
-    cpu: np.ndarray         # float64 [2]: when the host's bookkeeping thread, and its compute lane, are free
-    c: np.ndarray           # float64 counters (experts.py)
 
 
 class TimedOut(NamedTuple):
@@ -183,15 +189,16 @@ def timed_replay(stream: Stream, cache: Cache, link: Link, compute: Compute, hos
                      np.zeros(max(link.copy_engines, 1), np.float64), np.zeros(1, np.float64), np.empty(n, np.int32),
                      np.empty(n, np.int32), np.empty(n, np.int64), np.empty(n, np.float64), np.empty(n, np.int64),
                      np.empty(n, np.int32), np.zeros(len(stream.seg_layer), np.float64), np.zeros(1, np.float64),
-                     np.zeros(n, np.uint8), np.empty(n if stream.weight is not None else 0, np.float64),
-                     np.empty(n if stream.weight is not None else 0, np.float64), np.empty(longest, np.int32),
-                     np.full(longest, -1, np.int64), np.zeros(2, np.float64), np.zeros(NUM_COUNTERS, np.float64))
-    _timed_loop(stream, cache, link, compute, host, lowbit, plan, state, rule, out, work)
+                     np.zeros(n, np.uint8), np.zeros(2, np.float64), np.zeros(NUM_COUNTERS, np.float64))
+    weighed = n if stream.weight is not None else 0
+    acting = ActionWork(np.zeros(n if may_lowbit(rule) else 0, np.uint8), np.empty(weighed, np.float64), np.empty(weighed, np.float64), np.empty(longest, np.int32),
+                        np.full(longest, -1, np.int64))
+    _timed_loop(stream, cache, link, compute, host, lowbit, plan, state, rule, out, work, acting)
     return out, work.c
 
 
 @compiled_loop
-def _timed_loop(stream, cache, link, compute, host, lowbit, plan, state, rule, out, w):
+def _timed_loop(stream, cache, link, compute, host, lowbit, plan, state, rule, out, w, aw):
     item, seg_offsets, seg_layer, seg_step = stream.item, stream.seg_offsets, stream.seg_layer, stream.seg_step
     part_of, part_capacity, pinned, warm = cache
     seg_dense_s, token_s, weights_s, launch_s = compute
@@ -242,7 +249,7 @@ def _timed_loop(stream, cache, link, compute, host, lowbit, plan, state, rule, o
             ax = np.uint32(in_seg[x])  # x's entry in the segment's arrays
             seg_tok[ax] += 1
             seg_last[ax] = i
-            add_weight(stream.weight, i, ax, seg_tok[ax] == 1, w.seg_wmax, w.seg_wsum)
+            add_weight(stream.weight, i, ax, seg_tok[ax] == 1, aw.seg_wmax, aw.seg_wsum)
         for a in range(n_seg):
             x = np.uint32(seg_items[a])
             f = flags[x]
@@ -277,9 +284,9 @@ def _timed_loop(stream, cache, link, compute, host, lowbit, plan, state, rule, o
                 host_done = max(cpu[1], issue) + host_s if may_host(rule) else 0.0
                 # what a copy issued now would take is worked out only for a rule that weighs it
                 fetch_done = _arrival(issue, w.eng_free, w.pipe, link) if weighs_times(rule) else 0.0
-                act = decide(rule, x, seg_tok[a], weight_of(stream.weight, w.seg_wmax, a), fetch_done, host_done)
+                act = decide(rule, x, seg_tok[a], weight_of(stream.weight, aw.seg_wmax, a), fetch_done, host_done)
                 if act == SUBSTITUTE and not pick_substitutes(stream.ranked, x, s, seg_offsets[s], seg_offsets[s + 1],
-                                                              item, flags, w.pick, w.pick_seg):
+                                                              item, flags, aw.pick, aw.pick_seg):
                     act = FETCH  # some token of x has no resident alternative: it keeps its routing
                 if act != FETCH:
                     acted[layer, act] += 1
@@ -287,10 +294,10 @@ def _timed_loop(stream, cache, link, compute, host, lowbit, plan, state, rule, o
                         cpu[1] = host_done
                         c[HOST_S] += host_s
                         c[HOST_COMPUTED] += 1
-                        seg_host[a] = HOST
+                        seg_host[a] = 1
                         seg_ready[a] = host_done
                         continue
-                    count_action(c, act, seg_tok[a], mass_of(stream.weight, w.seg_wsum, a))
+                    count_action(c, act, seg_tok[a], mass_of(stream.weight, aw.seg_wsum, a))
                     if act == LOWBIT:
                         # the copy is used for this layer and not kept (as an expert that streams through)
                         sync_s += (1.0 - lowbit.link.overlap) * lowbit.link.transfer_s
@@ -299,9 +306,10 @@ def _timed_loop(stream, cache, link, compute, host, lowbit, plan, state, rule, o
                         inflight[n_inflight] = x
                         n_inflight += 1
                         seg_ready[a] = ready[x]
-                        seg_host[a] = LOWBIT
+                        aw.seg_low[a] = 1
                         continue
-                    seg_host[a] = SKIP  # skipped, or substituted: the GPU computes nothing for x
+                    seg_host[a] = 1  # skipped, or substituted: nobody computes x, nothing to wait for
+                    seg_ready[a] = 0.0
                     if act == SUBSTITUTE:
                         # each token of x goes to its pick, which is in use for the layer from now on (the
                         # policy is not told: a substitute is not a routed access)
@@ -309,7 +317,7 @@ def _timed_loop(stream, cache, link, compute, host, lowbit, plan, state, rule, o
                         for i2 in range(lo, seg_offsets[s + 1]):
                             if item[i2] != x:
                                 continue
-                            y = np.uint32(w.pick[i2 - lo])
+                            y = np.uint32(aw.pick[i2 - lo])
                             if in_seg[y] < 0:
                                 in_seg[y] = n_seg
                                 seg_items[n_seg] = y
@@ -376,16 +384,15 @@ def _timed_loop(stream, cache, link, compute, host, lowbit, plan, state, rule, o
         n_wait = 0
         host_end = 0.0
         for a in range(n_seg):
-            if seg_host[a] and seg_host[a] != LOWBIT:  # on the host, or nowhere
-                if seg_host[a] == HOST:
-                    host_end = max(host_end, seg_ready[a])
+            if seg_host[a]:
+                host_end = max(host_end, seg_ready[a])
                 seg_host[a] = 0
                 continue
             if seg_ready[a] <= here_t:
                 floor_s = weights_s
-                if may_lowbit(rule) and seg_host[a] == LOWBIT:
+                if may_lowbit(rule) and aw.seg_low[a]:  # (a constant False for a rule that never takes LOWBIT)
                     floor_s = lowbit.floor_s
-                    seg_host[a] = 0
+                    aw.seg_low[a] = 0
                 k_s = max(seg_tok[a] * token_s, floor_s) + launch_s
                 gpu_t += k_s
                 gpu_s += k_s
@@ -402,9 +409,9 @@ def _timed_loop(stream, cache, link, compute, host, lowbit, plan, state, rule, o
                 stall[layer] += seg_ready[a] - gpu_t
                 gpu_t = seg_ready[a]
             floor_s = weights_s
-            if may_lowbit(rule) and seg_host[a] == LOWBIT:
+            if may_lowbit(rule) and aw.seg_low[a]:
                 floor_s = lowbit.floor_s
-                seg_host[a] = 0
+                aw.seg_low[a] = 0
             k_s = max(seg_tok[a] * token_s, floor_s) + launch_s
             gpu_t += k_s
             gpu_s += k_s
