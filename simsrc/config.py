@@ -448,8 +448,8 @@ KNOBS: tuple[Knob, ...] = (
     Knob("weight_below", 0.2, _weight, "lowbit and skip rules: a missing expert whose routing weight "
          "(expert_weights; the largest among its tokens) is below this gets a low-bit copy / is skipped; without "
          "weights every miss is below", group="actions"),
-    Knob("lowbit_bits", 4.0, _bits, "lowbit rule: bits per weight of the low-precision copy of an expert (HOBBIT "
-         "keeps int4 and int2 copies), e.g. 4 or 2", group="actions"),
+    Knob("lowbit_bits", 4.0, _bits, "lowbit rule: bits per weight of the low-precision copy of an expert, e.g. 4 "
+         "(int4) or 2", group="actions"),
     Knob("substitute_rank", None, _optional(lambda v, o: parse_count(v, o, low=1)), "substitute rule: a token may "
          "take a resident expert its router ranked within its first this-many (max rank; default: any rank)",
          group="actions"),

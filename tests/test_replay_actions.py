@@ -5,6 +5,7 @@ the GPU, no launch cost), with a host that reads an expert in 0.5 ms (2 GB/s) an
 """
 import dataclasses
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -412,3 +413,37 @@ def test_count_and_timed_mode_count_the_same_hits_and_actions_for_every_rule(rul
     count = moesim.replay(trace, mode="count", **kw)
     keys = ("hits", "misses", "host_computed", "lowbit_fetched", "skipped", "substituted", "substituted_tokens")
     assert {k: count[k] for k in keys} == {k: timed[k] for k in keys}
+
+
+def test_rules_refuse_what_they_cannot_replay():
+    trace = make_trace([[[0]]], num_experts=2, top_k=1)
+    with pytest.raises(ValueError, match="count mode has no clock"):
+        moesim.replay(trace, capacity=1, mode="count", action="cost")
+    with pytest.raises(ValueError, match="--accounting access is a plain cache simulator"):
+        moesim.replay(trace, capacity=1, mode="count", accounting="access", action="skip")
+    with pytest.raises(ValueError, match="--weight-below"):
+        moesim.replay(trace, capacity=1, action="skip", weight_below=-0.1)
+
+
+MIXTRAL = Path(__file__).resolve().parents[1] / "traces" / "mixtral-8x7b-speculative-decode.parquet"
+
+
+def test_the_readme_table_of_actions_is_what_replays_of_the_mixtral_sample_give():
+    rows = {a: moesim.replay(MIXTRAL, capacity="25%", action=a) for a in ("fetch", "lowbit", "skip")}
+    assert {a: round(r["hit_rate"] * 100, 2) for a, r in rows.items()} == {"fetch": 37.33, "lowbit": 34.29,
+                                                                           "skip": 34.29}
+    assert {a: round(r["total_s"], 1) for a, r in rows.items()} == {"fetch": 165.7, "lowbit": 160.0, "skip": 146.7}
+    assert (rows["lowbit"]["lowbit_fetched"], rows["skip"]["skipped"]) == (3809, 3809)
+    assert rows["skip"]["skipped_weight"] == pytest.approx(465.5, abs=0.05)
+    assert rows["skip"]["tokens"] * 32 == 18464  # Mixtral's weights sum to 1 per token and layer
+
+
+def test_the_cli_replays_an_action_and_prints_what_it_gave_up():
+    from click.testing import CliRunner
+    from moesim.cli import main
+    out = CliRunner().invoke(main, ["replay", str(MIXTRAL), "--capacity", "25%", "--action", "skip",
+                                    "--weight-below", "0.3"])
+    assert out.exit_code == 0, out.output
+    assert "skipped" in out.output and "their routing weight" in out.output
+    refused = CliRunner().invoke(main, ["replay", str(MIXTRAL), "--action", "substitute"])
+    assert refused.exit_code != 0 and "needs the router_logits column" in refused.output
