@@ -169,7 +169,7 @@ def _replay(tr: Trace, cfg: ReplayConfig, stream: AccessStream | None, prefetch:
         stall, step_end = None, None
     else:
         hits, misses, stall, step_end, seg_hits, seg_misses, c, acted = _timed(
-            tr, stream, engine_stream, cache, plan, state, rule, cfg, hw, expert_bytes, params)
+            tr, stream, engine_stream, cache, plan, state, rule, rule_takes, cfg, hw, expert_bytes, params)
     _raise_engine_error(c, cfg)
     row.update(_hit_fields(hits, misses, stream, seg_hits, seg_misses))
     row.update(_time_fields(stream, step_end, stall, c, cfg.per_step, tr, cfg.prefill_chunk, arrivals))
@@ -188,7 +188,7 @@ def _replay(tr: Trace, cfg: ReplayConfig, stream: AccessStream | None, prefetch:
     return row, (stream.step_tokens, seconds)
 
 
-def _timed(tr, stream, engine_stream, cache, plan, state, rule, cfg, hw, expert_bytes, params):
+def _timed(tr, stream, engine_stream, cache, plan, state, rule, rule_takes, cfg, hw, expert_bytes, params):
     """The timed engine's inputs from the cost model, and its run."""
     if not expert_bytes:
         raise ValueError(f"{tr.path or tr.meta.model}: the trace does not say how many bytes an expert has "
@@ -200,7 +200,7 @@ def _timed(tr, stream, engine_stream, cache, plan, state, rule, cfg, hw, expert_
                                kv_bytes_per_token=cfg.kv_bytes_per_token or 0.0)
     host = Host(hw.miss_overhead, *cost.host_expert_cost(hw, expert_bytes, params))
     lowbit = None
-    if cfg.action != "fetch" and LOWBIT in takes_of(rule):
+    if LOWBIT in rule_takes:
         _, copy_s, floor_s = _lowbit_size(tr, cfg, hw, expert_bytes, params)
         lowbit = LowBit(link._replace(transfer_s=copy_s), floor_s)
     out, c = timed_replay(engine_stream, cache, link, Compute(dense, ec.per_token, ec.floor, ec.launch), host, plan,
@@ -211,12 +211,6 @@ def _timed(tr, stream, engine_stream, cache, plan, state, rule, cfg, hw, expert_
 # moesim.actions' numbers, and the row's names for the experts each action took
 FETCH, HOST, LOWBIT, SKIP, SUBSTITUTE = range(5)
 ACTION_COLUMNS = {HOST: "host_computed", LOWBIT: "lowbit_fetched", SKIP: "skipped", SUBSTITUTE: "substituted"}
-
-
-def takes_of(rule) -> tuple[int, ...]:
-    """The actions a rule's state may return (its module's TAKES)."""
-    import sys
-    return tuple(sys.modules[type(rule).__module__].TAKES)
 
 
 def _lowbit_size(tr: Trace, cfg: ReplayConfig, hw, expert_bytes: float, params: float):

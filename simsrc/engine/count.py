@@ -16,7 +16,8 @@ from .bundles import Cache, PrefetchPlan, Stream
 from .experts import (BUSY, NUM_COUNTERS, PF_UNUSED, PF_USED, PINNED, RESIDENT, count_harmful, count_unused, evict,
                       evictable, insert_plan, none_evictable, place_at_start)
 from .ops import compiled_loop, decide, decides, on_hit, on_insert, partition, partition_map, victim
-from .routing import FETCH, HOST, NUM_ACTIONS, SUBSTITUTE, add_weight, count_action, mass_of, pick_substitutes, weight_of
+from .routing import (FETCH, HOST, NUM_ACTIONS, SUBSTITUTE, add_weight, count_action, mass_of, pick_substitutes,
+                      weight_of)
 
 
 class CountWork(NamedTuple):
@@ -160,7 +161,7 @@ def _segment_loop(stream, cache, plan, state, rule, work, seg):
     resident ones are in use, so a miss evicts one of the others; when every resident of the partition is in
     use, the missing expert streams through (loaded for this layer, not kept). Then the segment's prefetch
     plan goes in, as in _count_loop. The timed loop follows the same rule, and takes the same actions."""
-    item, seg_offsets, seg_layer, seg_step = stream.item, stream.seg_offsets, stream.seg_layer, stream.seg_step
+    item, seg_offsets, seg_layer = stream.item, stream.seg_offsets, stream.seg_layer
     part_of, part_capacity, pinned, warm = cache
     flags, evictor, free, hits_of, misses_of, seg_hits, seg_misses, c, acted = work
     in_seg, seg_items, seg_last, seg_tok = seg.in_seg, seg.seg_items, seg.seg_last, seg.seg_tok

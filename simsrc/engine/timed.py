@@ -191,7 +191,8 @@ def timed_replay(stream: Stream, cache: Cache, link: Link, compute: Compute, hos
                      np.empty(n, np.int32), np.zeros(len(stream.seg_layer), np.float64), np.zeros(1, np.float64),
                      np.zeros(n, np.uint8), np.zeros(2, np.float64), np.zeros(NUM_COUNTERS, np.float64))
     weighed = n if stream.weight is not None else 0
-    acting = ActionWork(np.zeros(n if may_lowbit(rule) else 0, np.uint8), np.empty(weighed, np.float64), np.empty(weighed, np.float64), np.empty(longest, np.int32),
+    acting = ActionWork(np.zeros(n if may_lowbit(rule) else 0, np.uint8), np.empty(weighed, np.float64),
+                        np.empty(weighed, np.float64), np.empty(longest, np.int32),
                         np.full(longest, -1, np.int64))
     _timed_loop(stream, cache, link, compute, host, lowbit, plan, state, rule, out, work, acting)
     return out, work.c
