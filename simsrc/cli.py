@@ -294,6 +294,11 @@ def format_row(row: dict) -> str:
     if row.get("host_computed"):
         table += [("computed on the host", num(row["host_computed"])),
                   ("host compute", num(row["host_compute_s"], " s"))]
+    for experts, prefix, what in (("lowbit_fetched", "lowbit", "fetched as low-bit copies"),
+                                  ("skipped", "skipped", "skipped"), ("substituted", "substituted", "substituted")):
+        if row.get(experts):
+            table += [(what, num(row[experts])), ("  their tokens", num(row[f"{prefix}_tokens"])),
+                      ("  their routing weight", num(row[f"{prefix}_weight"]))]
     if row.get("overhead_s"):
         table += [("miss bookkeeping", num(row["overhead_s"], " s"))]
     if row.get("prefetch_issued"):

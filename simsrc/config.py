@@ -283,6 +283,13 @@ def _action(value, option):
     return ACTIONS.canonical(str(value))
 
 
+def _weight(value, option):
+    v = _float(value, option)
+    if v < 0:
+        raise ValueError(f"{option}: {value!r}: a routing weight is not negative; write e.g. 0.2")
+    return v
+
+
 def _action_names():
     from .actions import ACTIONS
     return ACTIONS.names()
@@ -437,6 +444,15 @@ KNOBS: tuple[Knob, ...] = (
          "activations), a share of it or bytes, e.g. 2GiB (default 10%, what vLLM's default of 90% leaves)",
          group="serving", show=lambda cfg, hw, r: cfg.text("reserve") or ("10%" if cfg.capacity.kind == "auto"
                                                                           else None)),
+    # the other actions on a miss (moesim.actions); last, so the columns of earlier rows keep their order
+    Knob("weight_below", 0.2, _weight, "lowbit and skip rules: a missing expert whose routing weight "
+         "(expert_weights; the largest among its tokens) is below this gets a low-bit copy / is skipped; without "
+         "weights every miss is below", group="actions"),
+    Knob("lowbit_bits", 4.0, _bits, "lowbit rule: bits per weight of the low-precision copy of an expert, e.g. 4 "
+         "(int4) or 2", group="actions"),
+    Knob("substitute_rank", None, _optional(lambda v, o: parse_count(v, o, low=1)), "substitute rule: a token may "
+         "take a resident expert its router ranked within its first this-many (max rank; default: any rank)",
+         group="actions"),
 )
 
 KNOB = {k.name: k for k in KNOBS}
@@ -497,6 +513,9 @@ class ReplayConfig:
     arrivals: str | None = None
     context: int | None = None
     reserve: tuple | None = None  # None: 10% of the GPU's memory
+    weight_below: float = 0.2
+    lowbit_bits: float = 4.0
+    substitute_rank: int | None = None
     # what the user wrote, for the result row's text columns (capacity '10%', prefetch cap '200MB')
     given: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
@@ -521,6 +540,7 @@ class ReplayConfig:
             raise ValueError(f"{where}--accounting access is count mode's (a plain cache simulator); timed mode "
                              f"runs a layer's experts together: use --mode count, or --accounting segment")
         cfg._check_serving(where)
+        cfg._check_action(where)
         return cfg
 
     @property
@@ -555,6 +575,20 @@ class ReplayConfig:
             if stray:
                 raise ValueError(f"{where}--{stray[0]} sizes the memory budget of --capacity auto; use --capacity "
                                  f"auto, or drop --{stray[0]}")
+
+    def _check_action(self, where: str) -> None:
+        """What the action rule needs of the mode (the trace's columns are checked when it is read)."""
+        if self.action == "fetch":
+            return
+        from .actions import ACTIONS, weighs_times
+        if self.accounting == "access":
+            raise ValueError(f"{where}--action {self.action} decides per (step, layer) segment; --accounting access "
+                             f"is a plain cache simulator that fetches every miss: use --accounting segment")
+        if self.mode == "count" and weighs_times(self.action):
+            clockless = [n for n in ACTIONS.names() if not weighs_times(n)]
+            raise ValueError(f"{where}--action {self.action} decides by when a copy or the host would be done, and "
+                             f"count mode has no clock: use --mode timed, or a rule that decides without one "
+                             f"({', '.join(clockless)})")
 
     def hardware_spec(self):
         """The Hardware this replay runs on: the preset or file, with any figure overridden here."""

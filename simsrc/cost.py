@@ -13,6 +13,8 @@ prefetch planner, the adaptive horizon and the predictor scorecard all use these
     a miss                  `miss_overhead` of host bookkeeping, one miss after another, before its action
     an expert on the host   max(tokens x 2 x params / host_flops, expert bytes / host_bandwidth), on one
                             host lane beside the GPU (the host action, moesim.actions)
+    a low-bit copy          params x lowbit_bits / 8 bytes, moved like an expert and read at that size on
+                            the GPU, its FLOPs the expert's (the lowbit action)
     attention's KV reads    context tokens x kv_bytes_per_token / hbm per layer, with --kv-bytes-per-token
     the memory budget       gpu_memory - dense bytes x layers - kv_bytes_per_token x layers x context x batch
                             - reserve, in experts (`--capacity auto`; memory_budget)
@@ -48,6 +50,18 @@ def host_expert_cost(hw: Hardware, expert_bytes: float, params: float) -> tuple[
     """(s per routed token, s to read the weights once) of an expert computed on the host: the same
     roofline as on the GPU, with the host's FLOP rate and memory bandwidth."""
     return 2.0 * params / hw.host_flops, expert_bytes / hw.host_bandwidth
+
+
+def lowbit_copy(hw: Hardware, expert_bytes: float, params: float, bits: float) -> tuple[float, float, float]:
+    """(bytes, s over the link, s to read it once from HBM) of an expert's low-precision copy: its `params` at
+    `bits` per weight (HOBBIT's int4/int2 copies of less important experts). A copy no smaller than the expert
+    it stands for is an error."""
+    nbytes = params * bits / 8
+    if nbytes >= expert_bytes:
+        raise ValueError(f"--lowbit-bits {bits:g}: a copy at {bits:g} bits per weight is not smaller than the "
+                         f"experts it stands for ({8 * expert_bytes / params:g} bits per weight); give fewer bits, "
+                         f"e.g. 4 or 2")
+    return nbytes, nbytes / hw.bandwidth, nbytes / hw.hbm
 
 
 def segment_context(trace, stream) -> np.ndarray:

@@ -15,9 +15,9 @@ from . import __version__, cost
 from .hardware import dtype_bytes
 from . import policies as policy_registry
 from .config import ReplayConfig, row_inputs
-from .engine import (BAD_VICTIM, ERR_VICTIM, ERROR, GPU_S, HOST_COMPUTED, HOST_S, OVERHEAD_S, PF_CANCELLED,
-                     PF_HARMFUL, PF_ISSUED, PF_LATE, PF_USED, PF_WASTED, Cache, Compute, Host, Link, PrefetchPlan,
-                     Stream, count_replay, timed_replay)
+from .engine import (BAD_VICTIM, ERR_VICTIM, ERROR, GPU_S, HOST_COMPUTED, HOST_S, LOWBIT_TOKENS, OVERHEAD_S,
+                     PF_CANCELLED, PF_HARMFUL, PF_ISSUED, PF_LATE, PF_USED, PF_WASTED, Cache, Compute, Host, Link,
+                     LowBit, PrefetchPlan, Stream, count_replay, timed_replay)
 from .predict import Prefetch
 from .trace import DECODE, AccessStream, Trace, access_stream, read_trace
 from .trace.batching import batch, file_arrivals, poisson_arrivals, serve
@@ -152,47 +152,116 @@ def _replay(tr: Trace, cfg: ReplayConfig, stream: AccessStream | None, prefetch:
     # a global cache smaller than one token's experts over all layers thrashes under recency policies
     row["token_footprint"] = stream.num_layers * stream.top_k
     row["below_token_footprint"] = cfg.scope == "global" and 0 < held < row["token_footprint"]
-    engine_stream = Stream(stream.item, stream.seg_offsets, stream.seg_layer, stream.seg_step)
+    from .actions import ACTIONS, takes
+    rule_takes = takes(cfg.action)
+    weight, ranked = routing_columns(tr, stream, cfg, rule_takes)
+    engine_stream = Stream(stream.item, stream.seg_offsets, stream.seg_layer, stream.seg_step, weight, ranked)
+    rule = ACTIONS.get(cfg.action).init({"host_below": cfg.host_below, "weight_below": cfg.weight_below})
+    lowbit_bytes = 0.0
+    if LOWBIT in rule_takes and expert_bytes:
+        lowbit_bytes = _lowbit_size(tr, cfg, hw, expert_bytes, params)[0]
     if cfg.mode == "count":
         # per access, which accesses hit is recorded only where a trace mixes prefill and decode steps
         mixed = cfg.accounting == "access" and len(np.unique(stream.step_phase)) > 1
-        hits, misses, c, seg_hits, seg_misses = count_replay(engine_stream, cache, plan, state, stream.num_layers,
-                                                 accounting=cfg.accounting,
-                                                 record=np.zeros(len(stream), np.uint8) if mixed else None)
+        hits, misses, c, seg_hits, seg_misses, acted = count_replay(
+            engine_stream, cache, plan, state, stream.num_layers, accounting=cfg.accounting,
+            record=np.zeros(len(stream), np.uint8) if mixed else None, rule=None if cfg.action == "fetch" else rule)
         stall, step_end = None, None
     else:
-        hits, misses, stall, step_end, seg_hits, seg_misses, c = _timed(tr, stream, engine_stream, cache, plan,
-                                                                        state, cfg, hw, expert_bytes, params)
+        hits, misses, stall, step_end, seg_hits, seg_misses, c, acted = _timed(
+            tr, stream, engine_stream, cache, plan, state, rule, rule_takes, cfg, hw, expert_bytes, params)
     _raise_engine_error(c, cfg)
     row.update(_hit_fields(hits, misses, stream, seg_hits, seg_misses))
     row.update(_time_fields(stream, step_end, stall, c, cfg.per_step, tr, cfg.prefill_chunk, arrivals))
-    row.update(_transfer_fields(c, misses, expert_bytes))
+    row.update(_transfer_fields(c, misses, expert_bytes, acted, lowbit_bytes))
+    row.update(_action_fields(c, acted, weights_known=weight is not None))
     if cfg.per_layer:
         # per MoE layer, in order; moe_layers says which of the model's layers each entry is
         row.update(moe_layers=[int(n) for n in tr.meta.moe_layers], hits_per_layer=hits.tolist(),
                    misses_per_layer=misses.tolist())
         if stall is not None:
             row["stall_per_layer_s"] = stall.tolist()
+        for act in rule_takes:
+            if act != FETCH:
+                row[f"{ACTION_COLUMNS[act]}_per_layer"] = acted[:, act].tolist()
     seconds = None if step_end is None else np.diff(np.r_[0.0, step_end])
     return row, (stream.step_tokens, seconds)
 
 
-def _timed(tr, stream, engine_stream, cache, plan, state, cfg, hw, expert_bytes, params):
+def _timed(tr, stream, engine_stream, cache, plan, state, rule, rule_takes, cfg, hw, expert_bytes, params):
     """The timed engine's inputs from the cost model, and its run."""
     if not expert_bytes:
         raise ValueError(f"{tr.path or tr.meta.model}: the trace does not say how many bytes an expert has "
                          f"(bytes_per_expert=0); timed mode needs it: pass bytes_per_expert (--bytes-per-expert)")
-    from .actions import ACTIONS
     ec = cost.expert_cost(hw, expert_bytes, tr.meta.dtype, params=params)
     link = Link(expert_bytes / hw.bandwidth, hw.latency, int(hw.copy_engines), float(hw.overlap))
     context = cost.segment_context(tr, stream) if cfg.kv_bytes_per_token else None
     dense = cost.dense_seconds(stream, tr.meta, hw, expert_bytes, context=context,
                                kv_bytes_per_token=cfg.kv_bytes_per_token or 0.0)
     host = Host(hw.miss_overhead, *cost.host_expert_cost(hw, expert_bytes, params))
-    rule = ACTIONS.get(cfg.action).init({"host_below": cfg.host_below})
+    lowbit = None
+    if LOWBIT in rule_takes:
+        _, copy_s, floor_s = _lowbit_size(tr, cfg, hw, expert_bytes, params)
+        lowbit = LowBit(link._replace(transfer_s=copy_s), floor_s)
     out, c = timed_replay(engine_stream, cache, link, Compute(dense, ec.per_token, ec.floor, ec.launch), host, plan,
-                          state, rule, stream.num_layers, stream.num_steps)
-    return out.hits, out.misses, out.stall, out.step_end, out.seg_hits, out.seg_misses, c
+                          state, rule, stream.num_layers, stream.num_steps, lowbit)
+    return out.hits, out.misses, out.stall, out.step_end, out.seg_hits, out.seg_misses, c, out.acted
+
+
+# moesim.actions' numbers, and the row's names for the experts each action took
+FETCH, HOST, LOWBIT, SKIP, SUBSTITUTE = range(5)
+ACTION_COLUMNS = {HOST: "host_computed", LOWBIT: "lowbit_fetched", SKIP: "skipped", SUBSTITUTE: "substituted"}
+
+
+def _lowbit_size(tr: Trace, cfg: ReplayConfig, hw, expert_bytes: float, params: float):
+    try:
+        return cost.lowbit_copy(hw, expert_bytes, params, cfg.lowbit_bits)
+    except ValueError as e:
+        raise ValueError(f"{tr.path or tr.meta.model}: {e}") from None
+
+
+def routing_columns(tr: Trace, stream: AccessStream, cfg: ReplayConfig, rule_takes) -> tuple:
+    """What an action rule reads of the router, per access in stream order (engine.Stream's weight and
+    ranked), for a rule that takes an action needing it; (None, None) for the others. A rule that substitutes
+    needs the trace's router_logits: without them it is refused here."""
+    weight = ranked = None
+    if not {LOWBIT, SKIP, SUBSTITUTE} & set(rule_takes):
+        return weight, ranked
+    w = tr.expert_weights()
+    if w is not None:
+        weight = np.ascontiguousarray(w[stream.row_order].reshape(-1), dtype=np.float32)
+    if SUBSTITUTE in rule_takes:
+        ranked = ranked_alternatives(tr, stream, cfg.substitute_rank)
+    return weight, ranked
+
+
+def ranked_alternatives(tr: Trace, stream: AccessStream, max_rank: int | None) -> np.ndarray:
+    """Per stream row (token), the items of the experts its router ranked within its first `max_rank` (all:
+    None) that the token did not choose, best first (router_logits; ties go to the lower expert id), padded
+    with -1: the substitutes a token may take, in the order it takes them."""
+    where = tr.path or tr.meta.model
+    if "router_logits" not in tr.table.column_names:
+        raise ValueError(f"{where}: --action substitute picks a resident expert from the router's ranking, and this "
+                         f"trace has none: it needs the router_logits column (its expert_ids hold only the top-"
+                         f"{tr.meta.top_k}); record one with `moesim record --record-logits`, or choose another "
+                         f"--action")
+    E, k = tr.meta.num_experts, tr.meta.top_k
+    rank = min(max_rank or E, E)
+    logits = tr.table.column("router_logits").combine_chunks().flatten().to_numpy()
+    logits = logits.reshape(-1, E)[stream.row_order].astype(np.float32)
+    top = np.argsort(-logits, axis=1, kind="stable")[:, :rank]
+    own = (top[:, :, None] == tr.expert_ids()[stream.row_order][:, None, :].astype(np.int64)).any(axis=2)
+    # the token's own experts out, the others kept in rank order
+    keep = np.argsort(own, axis=1, kind="stable")
+    alt = np.take_along_axis(top, keep, axis=1)
+    count = rank - own.sum(axis=1)
+    width = int(count.max()) if len(count) else 0
+    if len(count) and width == 0:
+        raise ValueError(f"{where}: --substitute-rank {max_rank} holds only the tokens' own top-{k} experts; give "
+                         f"more than {k} so a token has an alternative")
+    layer = np.repeat(stream.seg_layer.astype(np.int64), np.diff(stream.seg_row_offsets))
+    items = layer[:, None] * E + alt[:, :width]
+    return np.where(np.arange(width)[None, :] < count[:, None], items, -1).astype(np.int32)
 
 
 def expert_size(meta, cfg: ReplayConfig) -> tuple[float, float]:
@@ -281,15 +350,32 @@ def expert_counts(trace: Trace, *, num_layers: int, num_experts: int) -> np.ndar
     return trace.expert_counts().reshape(-1).astype(np.float64)
 
 
-def _transfer_fields(c: np.ndarray, misses: np.ndarray, expert_bytes: float) -> dict[str, Any]:
+def _transfer_fields(c: np.ndarray, misses: np.ndarray, expert_bytes: float, acted: np.ndarray,
+                     lowbit_bytes: float) -> dict[str, Any]:
     """Prefetch counts and bytes over the link: every fetched miss is a demand fetch, every prefetch one more."""
-    # a miss computed on the host moves nothing
-    demand, prefetch = (float(misses.sum()) - c[HOST_COMPUTED]) * expert_bytes, c[PF_ISSUED] * expert_bytes
+    # a miss computed on the host, skipped or substituted moves nothing; a low-bit copy moves its own bytes
+    demand, prefetch = (float(misses.sum()) - float(acted[:, 1:].sum())) * expert_bytes, c[PF_ISSUED] * expert_bytes
+    if acted[:, LOWBIT].any():
+        demand += float(acted[:, LOWBIT].sum()) * lowbit_bytes
     return {"prefetch_issued": int(c[PF_ISSUED]), "prefetch_used": int(c[PF_USED]), "prefetch_late": int(c[PF_LATE]),
             "prefetch_wasted": int(c[PF_WASTED]), "prefetch_harmful": int(c[PF_HARMFUL]),
             "prefetch_cancelled": int(c[PF_CANCELLED]),
             "bytes_demand": demand, "bytes_prefetch": prefetch, "bytes_wasted": c[PF_WASTED] * expert_bytes,
             "bytes_moved": demand + prefetch}
+
+
+def _action_fields(c: np.ndarray, acted: np.ndarray, weights_known: bool) -> dict[str, Any]:
+    """What the misses that were not fetched did: experts per action; for a low-bit copy, a skip or a
+    substitute also the tokens it concerned and the routing weight those tokens gave the missing expert (the
+    quality at stake), NaN where the trace has no expert_weights."""
+    fields = {"host_computed": int(acted[:, HOST].sum())}
+    for act in (LOWBIT, SKIP, SUBSTITUTE):
+        name, n = ACTION_COLUMNS[act], int(acted[:, act].sum())
+        k = LOWBIT_TOKENS + 2 * (act - LOWBIT)
+        fields[name] = n
+        fields[f"{name.split('_')[0]}_tokens"] = int(c[k])
+        fields[f"{name.split('_')[0]}_weight"] = float(c[k + 1]) if weights_known or not n else math.nan
+    return fields
 
 
 def _hit_fields(hits, misses, stream, seg_hits, seg_misses) -> dict[str, Any]:

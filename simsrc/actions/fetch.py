@@ -3,9 +3,11 @@ from collections import namedtuple
 
 from numba import njit
 
+from . import FETCH
+
 NAME = "fetch"
 ORDER = 0
-MAY_HOST = False  # the engine then leaves the host lane out of the loop it compiles for this rule
+TAKES = (FETCH,)  # the engine then compiles the plain fetch path: no decision, no host lane
 
 FetchRule = namedtuple("FetchRule", "unused")
 
@@ -15,5 +17,5 @@ def init(params):
 
 
 @njit(cache=True, _nrt=False)
-def decide(rule, x, tokens, fetch_done, host_done):
-    return 0  # FETCH
+def decide(rule, x, tokens, weight, fetch_done, host_done):
+    return FETCH

@@ -3,9 +3,12 @@ from collections import namedtuple
 
 from numba import njit
 
+from . import HOST
+
 NAME = "host"
 ORDER = 1
 ALIASES = ("cpu", "static-placement")
+TAKES = (HOST,)
 
 HostRule = namedtuple("HostRule", "unused")
 
@@ -15,5 +18,5 @@ def init(params):
 
 
 @njit(cache=True, _nrt=False)
-def decide(rule, x, tokens, fetch_done, host_done):
-    return 1  # HOST
+def decide(rule, x, tokens, weight, fetch_done, host_done):
+    return HOST

@@ -4,9 +4,12 @@ from collections import namedtuple
 import numpy as np
 from numba import njit
 
+from . import FETCH, HOST
+
 NAME = "threshold"
 ORDER = 2
 ALIASES = ("fiddler",)
+TAKES = (FETCH, HOST)
 
 ThresholdRule = namedtuple("ThresholdRule", "below")
 
@@ -16,7 +19,7 @@ def init(params):
 
 
 @njit(cache=True, _nrt=False)
-def decide(rule, x, tokens, fetch_done, host_done):
+def decide(rule, x, tokens, weight, fetch_done, host_done):
     # Fiddler (Kamahori et al., arXiv 2402.07033): with few tokens, moving the weights costs more than
     # computing them where they are
-    return 1 if tokens < rule.below else 0
+    return HOST if tokens < rule.below else FETCH

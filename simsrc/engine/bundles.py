@@ -11,6 +11,11 @@ class Stream(NamedTuple):
     seg_offsets: np.ndarray  # int64 [segments + 1]: each segment's slice of `item`
     seg_layer: np.ndarray    # MoE layer index of each segment
     seg_step: np.ndarray     # step of each segment
+    # what an action rule reads besides the experts (replay() fills them only for a rule that takes them)
+    weight: object = None    # float32 per access: the router's weight of the access's expert for its token
+    ranked: object = None    # int32 [rows, ranks]: per token (stream row, top_k accesses each), the items (layer x
+    #                          experts + expert) its router ranked highest among those it did not choose, best
+    #                          first, -1 past the last within --substitute-rank (from router_logits)
 
 
 class Cache(NamedTuple):
@@ -50,3 +55,9 @@ class PrefetchPlan(NamedTuple):
     item: np.ndarray         # int32
     target_seg: np.ndarray   # int64
     step_cap: int            # most prefetches started per step (-1: no cap)
+
+
+class LowBit(NamedTuple):
+    """The low-precision copy of an expert (the lowbit action): its transfer, and its weights' read on the GPU."""
+    link: Link               # the host link, with transfer_s of the copy's bytes
+    floor_s: float           # s to read the copy's weights once from HBM (replaces Compute.floor_s)

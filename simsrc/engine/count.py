@@ -15,7 +15,9 @@ from numba.extending import overload
 from .bundles import Cache, PrefetchPlan, Stream
 from .experts import (BUSY, NUM_COUNTERS, PF_UNUSED, PF_USED, PINNED, RESIDENT, count_harmful, count_unused, evict,
                       evictable, insert_plan, none_evictable, place_at_start)
-from .ops import compiled_loop, on_hit, on_insert, partition, partition_map, victim
+from .ops import compiled_loop, decide, decides, on_hit, on_insert, partition, partition_map, victim
+from .routing import (FETCH, HOST, NUM_ACTIONS, SUBSTITUTE, add_weight, count_action, mass_of, pick_substitutes,
+                      weight_of)
 
 
 class CountWork(NamedTuple):
@@ -28,18 +30,37 @@ class CountWork(NamedTuple):
     seg_hits: np.ndarray   # int32 per segment (segment accounting; access accounting derives it from `record`)
     seg_misses: np.ndarray  # int32 per segment (segment accounting)
     c: np.ndarray          # float64 counters (experts.py)
+    acted: np.ndarray      # int64 [MoE layer, action]: misses each action took (segment accounting)
+
+
+class SegmentWork(NamedTuple):
+    """Per item unless said: what segment accounting keeps of the segment it is in."""
+    in_seg: np.ndarray     # int64: the item's entry in the segment's arrays, or -1
+    seg_items: np.ndarray  # int32: the segment's distinct experts
+    seg_last: np.ndarray   # int64: each one's last access in the segment
+    seg_tok: np.ndarray    # int64: tokens routed to each (with an action rule)
+    seg_wmax: np.ndarray   # float64: its largest routing weight (with Stream.weight)
+    seg_wsum: np.ndarray   # float64: its routing weights summed
+    pick: np.ndarray       # int32 per access of the longest segment: the substitute picked for it (routing.py)
+    pick_seg: np.ndarray   # int64: the segment it was picked in
 
 
 def count_replay(stream: Stream, cache: Cache, plan: PrefetchPlan, state, num_layers: int, record=None,
-                 accounting: str = "access"):
-    """Returns (hits per layer, misses per layer, counters, hits per segment, misses per segment); experts.py
-    has the counters. Access accounting gives the per-segment counts only when asked to record (None otherwise).
+                 accounting: str = "access", rule=None):
+    """Returns (hits per layer, misses per layer, counters, hits per segment, misses per segment, misses each
+    action took per layer); experts.py has the counters. Access accounting gives the per-segment counts only
+    when asked to record (None otherwise).
 
     accounting 'access': every access looked up in stream order (a plain cache simulator, = libCacheSim);
     'segment': each (step, layer)'s distinct experts looked up together, as the layer runs (_segment_loop).
     record (access accounting): a uint8 array as long as the stream, told which accesses hit (1); None
     records nothing (the loop is then compiled without the store, so the plain replay pays nothing for it).
+    rule (segment accounting): an action rule's state (moesim.actions) that decides each miss, as in timed
+    mode but without a clock (fetch_done and host_done are 0); None fetches every miss. An expert computed
+    on the host, skipped, substituted or fetched as a low-bit copy is not inserted.
     """
+    if rule is not None and accounting != "segment":
+        raise ValueError("an action rule decides per (step, layer) segment: it needs segment accounting")
     n = len(cache.pinned)
     # segments that prefetch, and the access after which their plan goes in
     pf_segs = np.flatnonzero(np.diff(plan.offsets)) if len(plan.item) else np.zeros(0, np.int64)
@@ -47,21 +68,26 @@ def count_replay(stream: Stream, cache: Cache, plan: PrefetchPlan, state, num_la
     n_segs = len(stream.seg_layer)
     work = CountWork(np.zeros(n, np.uint8), np.full(n, -1, np.int32), cache.part_capacity.copy(),
                      np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n_segs, np.int32),
-                     np.zeros(n_segs if accounting == "segment" else 0, np.int32), np.zeros(NUM_COUNTERS, np.float64))
+                     np.zeros(n_segs if accounting == "segment" else 0, np.int32), np.zeros(NUM_COUNTERS, np.float64),
+                     np.zeros((num_layers, NUM_ACTIONS), np.int64))
     if accounting == "segment":
-        _segment_loop(stream, cache, plan, state, work, np.full(n, -1, np.int64), np.empty(n, np.int32),
-                      np.empty(n, np.int64))
+        weighed = n if stream.weight is not None else 0
+        longest = int(np.diff(stream.seg_offsets).max()) if stream.ranked is not None and n_segs else 0
+        seg = SegmentWork(np.full(n, -1, np.int64), np.empty(n, np.int32), np.empty(n, np.int64),
+                          np.empty(n if rule is not None else 0, np.int64), np.empty(weighed, np.float64),
+                          np.empty(weighed, np.float64), np.empty(longest, np.int32), np.full(longest, -1, np.int64))
+        _segment_loop(stream, cache, plan, state, rule, work, seg)
     else:
         _count_loop(stream.item, stream.seg_offsets[pf_segs + 1] - 1, pf_segs, cache, plan, state, work, record)
         if record is None:
             return (work.hits_of.reshape(num_layers, -1).sum(axis=1),
-                    work.misses_of.reshape(num_layers, -1).sum(axis=1), work.c, None, None)
+                    work.misses_of.reshape(num_layers, -1).sum(axis=1), work.c, None, None, work.acted)
         if n_segs:
             work.seg_hits[:] = np.add.reduceat(record, stream.seg_offsets[:-1], dtype=np.int32)
     # items are numbered layer-major (layer * experts + expert)
     seg_misses = work.seg_misses if accounting == "segment" else np.diff(stream.seg_offsets) - work.seg_hits
     return (work.hits_of.reshape(num_layers, -1).sum(axis=1), work.misses_of.reshape(num_layers, -1).sum(axis=1),
-            work.c, work.seg_hits, seg_misses)
+            work.c, work.seg_hits, seg_misses, work.acted)
 
 
 def mark_hit(record, i):
@@ -83,7 +109,7 @@ def mark_hit_store(record, i):
 @compiled_loop
 def _count_loop(item, pf_at, pf_segs, cache, plan, state, work, record):
     part_of, part_capacity, pinned, warm = cache
-    flags, evictor, free, hits_of, misses_of, seg_hits, seg_misses, c = work
+    flags, evictor, free, hits_of, misses_of, seg_hits, seg_misses, c, acted = work
     place_at_start(cache, flags, free, state)
     # the stream in chunks that end where a segment's prefetch plan goes in (one chunk without a plan)
     start = 0
@@ -129,15 +155,16 @@ def _count_loop(item, pf_at, pf_segs, cache, plan, state, work, record):
 
 
 @compiled_loop
-def _segment_loop(stream, cache, plan, state, work, in_seg, seg_items, seg_last):
+def _segment_loop(stream, cache, plan, state, rule, work, seg):
     """Count mode by (step, layer) segment, the way a layer runs: its distinct experts are looked up against
     the cache as it was when the segment began (each one lookup, however many of its tokens use it); the
     resident ones are in use, so a miss evicts one of the others; when every resident of the partition is in
     use, the missing expert streams through (loaded for this layer, not kept). Then the segment's prefetch
-    plan goes in, as in _count_loop. The timed loop follows the same rule."""
-    item, seg_offsets, seg_layer, seg_step = stream
+    plan goes in, as in _count_loop. The timed loop follows the same rule, and takes the same actions."""
+    item, seg_offsets, seg_layer = stream.item, stream.seg_offsets, stream.seg_layer
     part_of, part_capacity, pinned, warm = cache
-    flags, evictor, free, hits_of, misses_of, seg_hits, seg_misses, c = work
+    flags, evictor, free, hits_of, misses_of, seg_hits, seg_misses, c, acted = work
+    in_seg, seg_items, seg_last, seg_tok = seg.in_seg, seg.seg_items, seg.seg_last, seg.seg_tok
     place_at_start(cache, flags, free, state)
     for s in range(seg_layer.shape[0]):
         n_seg = 0
@@ -147,7 +174,13 @@ def _segment_loop(stream, cache, plan, state, work, in_seg, seg_items, seg_last)
                 in_seg[x] = n_seg
                 seg_items[n_seg] = x
                 n_seg += 1
+                if decides(rule):
+                    seg_tok[in_seg[x]] = 0
             seg_last[in_seg[x]] = i  # the policy sees the segment at its last use of x (Belady: next use after)
+            if decides(rule):
+                ax = in_seg[x]
+                seg_tok[ax] += 1
+                add_weight(stream.weight, i, ax, seg_tok[ax] == 1, seg.seg_wmax, seg.seg_wsum)
         for a in range(n_seg):
             x = np.uint32(seg_items[a])
             f = flags[x]
@@ -167,6 +200,33 @@ def _segment_loop(stream, cache, plan, state, work, in_seg, seg_items, seg_last)
             misses_of[x] += 1
             seg_misses[s] += 1
             count_harmful(x, flags, evictor, c)
+            if decides(rule):
+                # no clock: a rule that weighs times is refused before the replay (moesim.replay)
+                act = decide(rule, x, seg_tok[a], weight_of(stream.weight, seg.seg_wmax, a), 0.0, 0.0)
+                if act == SUBSTITUTE and not pick_substitutes(stream.ranked, x, s, seg_offsets[s], seg_offsets[s + 1],
+                                                              item, flags, seg.pick, seg.pick_seg):
+                    act = FETCH
+                if act != FETCH:
+                    # computed on the host, a low-bit copy used once, skipped or substituted: not inserted
+                    acted[seg_layer[s], act] += 1
+                    if act != HOST:
+                        count_action(c, act, seg_tok[a], mass_of(stream.weight, seg.seg_wsum, a))
+                    if act == SUBSTITUTE:
+                        lo = seg_offsets[s]
+                        for i2 in range(lo, seg_offsets[s + 1]):
+                            if item[i2] != x:
+                                continue
+                            y = np.uint32(seg.pick[i2 - lo])
+                            if in_seg[y] < 0:  # in use for the layer from now on; the policy is not told
+                                in_seg[y] = n_seg
+                                seg_items[n_seg] = y
+                                n_seg += 1
+                                fy = flags[y]
+                                if fy & PF_UNUSED:
+                                    fy ^= PF_UNUSED
+                                    c[PF_USED] += 1
+                                flags[y] = fy | BUSY
+                    continue
             p = partition(part_of, x)
             if free[p] == 0:
                 if part_capacity[p] == 0:

@@ -18,7 +18,10 @@ PF_ISSUED, PF_USED, PF_LATE, PF_WASTED, PF_HARMFUL, PF_CANCELLED, ERROR, BAD_VIC
 # timed mode's time split and actions: GPU kernel seconds, host seconds, miss bookkeeping seconds, experts
 # computed on the host
 GPU_S, HOST_S, OVERHEAD_S, HOST_COMPUTED = range(8, 12)
-NUM_COUNTERS = 12
+# the other actions (moesim.actions): tokens served by a low-bit copy, skipped, or moved to a substitute, and
+# the routing weight those tokens gave the missing expert (each action's experts are counted per layer)
+LOWBIT_TOKENS, LOWBIT_WEIGHT, SKIP_TOKENS, SKIP_WEIGHT, SUB_TOKENS, SUB_WEIGHT = range(12, 18)
+NUM_COUNTERS = 18
 ERR_VICTIM = 2.0    # the policy's victim() broke its contract; BAD_VICTIM holds what it returned
 
 

@@ -63,14 +63,16 @@ def _rule_module(state_type):
     return mod
 
 
-def decide(rule, x, tokens, fetch_done, host_done):
-    return sys.modules[type(rule).__module__].decide(rule, x, tokens, fetch_done, host_done)
+def decide(rule, x, tokens, weight, fetch_done, host_done):
+    return sys.modules[type(rule).__module__].decide(rule, x, tokens, weight, fetch_done, host_done)
 
 
 @overload(decide)
-def _decide(rule, x, tokens, fetch_done, host_done):
+def _decide(rule, x, tokens, weight, fetch_done, host_done):
+    if isinstance(rule, types.NoneType):  # count_replay without a rule: fetch (decides() keeps it from here)
+        return lambda rule, x, tokens, weight, fetch_done, host_done: 0
     fn = _rule_module(rule).decide
-    return lambda rule, x, tokens, fetch_done, host_done: fn(rule, x, tokens, fetch_done, host_done)
+    return lambda rule, x, tokens, weight, fetch_done, host_done: fn(rule, x, tokens, weight, fetch_done, host_done)
 
 
 def weighs_times(rule):
@@ -84,13 +86,44 @@ def _weighs_times(rule):
     return lambda rule: value
 
 
+# What a rule may do, from its module's TAKES (moesim.actions: FETCH 0, HOST 1, LOWBIT 2, SKIP 3, SUBSTITUTE 4),
+# as constants per rule type, so a loop compiled for a rule holds only the paths it can take. A rule of None
+# (count_replay called without one) only fetches.
+def _takes(rule):
+    return () if rule is None else tuple(sys.modules[type(rule).__module__].TAKES)
+
+
+def _takes_type(rule):
+    return () if isinstance(rule, types.NoneType) else tuple(_rule_module(rule).TAKES)
+
+
+def decides(rule):
+    return _takes(rule) not in ((), (0,))
+
+
+@overload(decides)
+def _decides(rule):
+    value = _takes_type(rule) not in ((), (0,))
+    return lambda rule: value
+
+
 def may_host(rule):
-    return bool(getattr(sys.modules[type(rule).__module__], "MAY_HOST", True))
+    return 1 in _takes(rule)
 
 
 @overload(may_host)
 def _may_host(rule):
-    value = bool(getattr(_rule_module(rule), "MAY_HOST", True))
+    value = 1 in _takes_type(rule)
+    return lambda rule: value
+
+
+def may_lowbit(rule):
+    return 2 in _takes(rule)
+
+
+@overload(may_lowbit)
+def _may_lowbit(rule):
+    value = 2 in _takes_type(rule)
     return lambda rule: value
 
 

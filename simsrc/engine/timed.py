@@ -23,15 +23,15 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit
 
-from .bundles import Cache, Compute, Host, Link, PrefetchPlan, Stream
+from .bundles import Cache, Compute, Host, Link, LowBit, PrefetchPlan, Stream
 from .experts import (BUSY, ERROR, GPU_S, HOST_COMPUTED, HOST_S, NUM_COUNTERS, OVERHEAD_S, PF_CANCELLED, PF_ISSUED,
                       PF_LATE, PF_UNUSED, PF_USED,
                       PINNED, RESIDENT, count_harmful, count_unused, evict, evict_for_prefetch, evictable,
                       none_evictable, place_at_start)
-from .ops import (compiled_loop, decide, may_host, on_hit, on_insert, partition, partition_map, victim,
-                  weighs_times)
-
-HOST = 1  # moesim.actions.HOST (the engine imports nothing above it)
+from .ops import (compiled_loop, decide, decides, may_host, may_lowbit, on_hit, on_insert, partition, partition_map,
+                  victim, weighs_times)
+from .routing import (FETCH, HOST, LOWBIT, NUM_ACTIONS, SUBSTITUTE, add_weight, count_action, mass_of,
+                      pick_substitutes, weight_of)
 
 
 @njit(cache=True, _nrt=False)
@@ -61,9 +61,20 @@ class TimedWork(NamedTuple):
     waiting: np.ndarray     # int32: the segment's experts still in flight, by arrival
     route_t: np.ndarray     # float64 per segment: when its routing was known
     hold: np.ndarray        # float64 [1]: the earliest the prefetch at the queue's head may start
-    seg_host: np.ndarray    # uint8: the segment's expert is computed on the host
+    seg_host: np.ndarray    # uint8: the GPU does not compute the segment's expert: the host does (the layer waits
+    #                         for its seg_ready), or nobody (skipped, or its tokens went to substitutes: ready at 0)
     cpu: np.ndarray         # float64 [2]: when the host's bookkeeping thread, and its compute lane, are free
     c: np.ndarray           # float64 counters (experts.py)
+
+
+class ActionWork(NamedTuple):
+    """What the action rules need per segment. Apart from TimedWork, which the prefetch code takes too, so that
+    code keeps its signature and stays out of line (with these arrays in TimedWork, LLVM inlined it)."""
+    seg_low: np.ndarray     # uint8 per item: the segment's expert is a low-bit copy (its weights read at that size)
+    seg_wmax: np.ndarray    # float64 per item: its largest routing weight among its tokens (with Stream.weight)
+    seg_wsum: np.ndarray    # float64: its routing weights summed over its tokens
+    pick: np.ndarray        # int32 per access of the longest segment: the substitute picked for it (routing.py)
+    pick_seg: np.ndarray    # int64: the segment it was picked in
 
 
 class TimedOut(NamedTuple):
@@ -73,6 +84,7 @@ class TimedOut(NamedTuple):
     step_end: np.ndarray    # float64 s: when each step ends
     seg_hits: np.ndarray    # int32 per segment
     seg_misses: np.ndarray  # int32 per segment
+    acted: np.ndarray       # int64 [MoE layer, action]: misses each action took (moesim.actions' numbers)
 
 
 @njit(cache=True, _nrt=False)
@@ -160,30 +172,38 @@ def _start_prefetches(until_t, min_target, clock, q, q_end, n_inflight, plan, ca
 
 
 def timed_replay(stream: Stream, cache: Cache, link: Link, compute: Compute, host: Host, plan: PrefetchPlan,
-                 state, rule, num_layers: int, num_steps: int):
+                 state, rule, num_layers: int, num_steps: int, lowbit: LowBit | None = None):
     """Returns (TimedOut, counters). host: bookkeeping per miss and the host's compute; rule: an action
-    rule's state (moesim.actions), which decides what each miss does."""
+    rule's state (moesim.actions), which decides what each miss does; lowbit: its low-precision copy (for a
+    rule that takes LOWBIT)."""
+    lowbit = lowbit or LowBit(link, compute.floor_s)
     n = len(cache.pinned)
     cache = cache._replace(part_of=partition_map(cache.part_of, cache.part_capacity))
     n_segs = len(stream.seg_layer)
     out = TimedOut(np.zeros(num_layers, np.int64), np.zeros(num_layers, np.int64), np.zeros(num_layers, np.float64),
-                   np.zeros(num_steps, np.float64), np.zeros(n_segs, np.int32), np.zeros(n_segs, np.int32))
+                   np.zeros(num_steps, np.float64), np.zeros(n_segs, np.int32), np.zeros(n_segs, np.int32),
+                   np.zeros((num_layers, NUM_ACTIONS), np.int64))
+    longest = int(np.diff(stream.seg_offsets).max()) if stream.ranked is not None and n_segs else 0
     work = TimedWork(np.zeros(n, np.uint8), np.zeros(n, np.float64), np.full(n, -1, np.int64),
                      np.full(n, -1, np.int32), plan.target_seg.copy(), cache.part_capacity.copy(),
                      np.zeros(max(link.copy_engines, 1), np.float64), np.zeros(1, np.float64), np.empty(n, np.int32),
                      np.empty(n, np.int32), np.empty(n, np.int64), np.empty(n, np.float64), np.empty(n, np.int64),
                      np.empty(n, np.int32), np.zeros(len(stream.seg_layer), np.float64), np.zeros(1, np.float64),
                      np.zeros(n, np.uint8), np.zeros(2, np.float64), np.zeros(NUM_COUNTERS, np.float64))
-    _timed_loop(stream, cache, link, compute, host, plan, state, rule, out, work)
+    weighed = n if stream.weight is not None else 0
+    acting = ActionWork(np.zeros(n if may_lowbit(rule) else 0, np.uint8), np.empty(weighed, np.float64),
+                        np.empty(weighed, np.float64), np.empty(longest, np.int32),
+                        np.full(longest, -1, np.int64))
+    _timed_loop(stream, cache, link, compute, host, lowbit, plan, state, rule, out, work, acting)
     return out, work.c
 
 
 @compiled_loop
-def _timed_loop(stream, cache, link, compute, host, plan, state, rule, out, w):
-    item, seg_offsets, seg_layer, seg_step = stream
+def _timed_loop(stream, cache, link, compute, host, lowbit, plan, state, rule, out, w, aw):
+    item, seg_offsets, seg_layer, seg_step = stream.item, stream.seg_offsets, stream.seg_layer, stream.seg_step
     part_of, part_capacity, pinned, warm = cache
     seg_dense_s, token_s, weights_s, launch_s = compute
-    hits, misses, stall, step_end, seg_hits, seg_misses = out
+    hits, misses, stall, step_end, seg_hits, seg_misses, acted = out
     seg_host, cpu = w.seg_host, w.cpu
     flags, ready, in_seg, c = w.flags, w.ready, w.in_seg, w.c
     seg_items, seg_tok, seg_ready, waiting, inflight = w.seg_items, w.seg_tok, w.seg_ready, w.waiting, w.inflight
@@ -230,6 +250,7 @@ def _timed_loop(stream, cache, link, compute, host, plan, state, rule, out, w):
             ax = np.uint32(in_seg[x])  # x's entry in the segment's arrays
             seg_tok[ax] += 1
             seg_last[ax] = i
+            add_weight(stream.weight, i, ax, seg_tok[ax] == 1, aw.seg_wmax, aw.seg_wsum)
         for a in range(n_seg):
             x = np.uint32(seg_items[a])
             f = flags[x]
@@ -259,17 +280,58 @@ def _timed_loop(stream, cache, link, compute, host, plan, state, rule, out, w):
                 issue = max(cpu[0], now) + host.miss_overhead_s
                 cpu[0] = issue
                 overhead_s += host.miss_overhead_s
-            if may_host(rule):
-                host_s = max(seg_tok[a] * host.per_token_s, host.floor_s)
-                host_done = max(cpu[1], issue) + host_s
+            if decides(rule):
+                host_s = max(seg_tok[a] * host.per_token_s, host.floor_s) if may_host(rule) else 0.0
+                host_done = max(cpu[1], issue) + host_s if may_host(rule) else 0.0
                 # what a copy issued now would take is worked out only for a rule that weighs it
                 fetch_done = _arrival(issue, w.eng_free, w.pipe, link) if weighs_times(rule) else 0.0
-                if decide(rule, x, seg_tok[a], fetch_done, host_done) == HOST:
-                    cpu[1] = host_done
-                    c[HOST_S] += host_s
-                    c[HOST_COMPUTED] += 1
-                    seg_host[a] = 1
-                    seg_ready[a] = host_done
+                act = decide(rule, x, seg_tok[a], weight_of(stream.weight, aw.seg_wmax, a), fetch_done, host_done)
+                if act == SUBSTITUTE and not pick_substitutes(stream.ranked, x, s, seg_offsets[s], seg_offsets[s + 1],
+                                                              item, flags, aw.pick, aw.pick_seg):
+                    act = FETCH  # some token of x has no resident alternative: it keeps its routing
+                if act != FETCH:
+                    acted[layer, act] += 1
+                    if act == HOST:
+                        cpu[1] = host_done
+                        c[HOST_S] += host_s
+                        c[HOST_COMPUTED] += 1
+                        seg_host[a] = 1
+                        seg_ready[a] = host_done
+                        continue
+                    count_action(c, act, seg_tok[a], mass_of(stream.weight, aw.seg_wsum, a))
+                    if act == LOWBIT:
+                        # the copy is used for this layer and not kept (as an expert that streams through)
+                        sync_s += (1.0 - lowbit.link.overlap) * lowbit.link.transfer_s
+                        ready[x] = _transfer(issue, w.eng_free, w.pipe, lowbit.link)
+                        flags[x] = BUSY
+                        inflight[n_inflight] = x
+                        n_inflight += 1
+                        seg_ready[a] = ready[x]
+                        aw.seg_low[a] = 1
+                        continue
+                    seg_host[a] = 1  # skipped, or substituted: nobody computes x, nothing to wait for
+                    seg_ready[a] = 0.0
+                    if act == SUBSTITUTE:
+                        # each token of x goes to its pick, which is in use for the layer from now on (the
+                        # policy is not told: a substitute is not a routed access)
+                        lo = seg_offsets[s]
+                        for i2 in range(lo, seg_offsets[s + 1]):
+                            if item[i2] != x:
+                                continue
+                            y = np.uint32(aw.pick[i2 - lo])
+                            if in_seg[y] < 0:
+                                in_seg[y] = n_seg
+                                seg_items[n_seg] = y
+                                seg_tok[n_seg] = 0
+                                seg_ready[n_seg] = ready[y]
+                                seg_last[n_seg] = i2
+                                n_seg += 1
+                                fy = flags[y]
+                                if fy & PF_UNUSED:
+                                    fy ^= PF_UNUSED
+                                    c[PF_USED if ready[y] <= now else PF_LATE] += 1
+                                flags[y] = fy | BUSY
+                            seg_tok[in_seg[y]] += 1
                     continue
             sync_s += (1.0 - link.overlap) * link.transfer_s
             p = partition(part_of, x)
@@ -328,7 +390,11 @@ def _timed_loop(stream, cache, link, compute, host, plan, state, rule, out, w):
                 seg_host[a] = 0
                 continue
             if seg_ready[a] <= here_t:
-                k_s = max(seg_tok[a] * token_s, weights_s) + launch_s
+                floor_s = weights_s
+                if may_lowbit(rule) and aw.seg_low[a]:  # (a constant False for a rule that never takes LOWBIT)
+                    floor_s = lowbit.floor_s
+                    aw.seg_low[a] = 0
+                k_s = max(seg_tok[a] * token_s, floor_s) + launch_s
                 gpu_t += k_s
                 gpu_s += k_s
                 continue
@@ -343,7 +409,11 @@ def _timed_loop(stream, cache, link, compute, host, plan, state, rule, out, w):
             if seg_ready[a] > gpu_t:
                 stall[layer] += seg_ready[a] - gpu_t
                 gpu_t = seg_ready[a]
-            k_s = max(seg_tok[a] * token_s, weights_s) + launch_s
+            floor_s = weights_s
+            if may_lowbit(rule) and aw.seg_low[a]:
+                floor_s = lowbit.floor_s
+                aw.seg_low[a] = 0
+            k_s = max(seg_tok[a] * token_s, floor_s) + launch_s
             gpu_t += k_s
             gpu_s += k_s
         # the layer ends when the host's experts are done too
