@@ -20,7 +20,9 @@ access of the segment that issued it, and -1 for experts placed before the
 replay starts). The engine hands over the item's partition (a constant 0 with
 one partition, which the compiler folds in); victim searches test `busy` with
 `_busy.is_busy` (it is None in count mode, a byte per expert in timed mode).
-A module may also define `warm(state)` -> items resident at start, and
+A module may also define `warm(state)` -> items resident at start (the policy's to evict later),
+`pins(state)` -> items resident throughout and outside the policy (they take their partition's slots, the
+engine never offers them to `victim`, and hits on them are not reported), and
 `USES_SEED = True` if its decisions depend on replay's `seed`, and `LIBCACHESIM = "Class"` when
 libCacheSim implements the same policy: the contract tests then check it hit for hit.
 """

@@ -4,8 +4,10 @@ Source: the static placements of Fiddler (Kamahori et al., arXiv 2402.07033)
 and of popularity-based offloading baselines: hot experts are chosen offline
 from profiling data and never move. Here each partition keeps its
 `capacity - staging` most frequent experts of the training counts resident
-from the start (loaded before serving, so not charged), and `staging` slots
-(default: top-k) take demand fetches in LRU order. Tie-break for pinning:
+from the start (loaded before serving, so not charged) as pins the engine
+holds outside the policy, and `staging` slots (default: top-k) take demand
+fetches in LRU order; when a layer's own experts fill them, a miss streams
+through. Tie-break for pinning:
 higher count first, then lower expert id.
 """
 
@@ -33,41 +35,38 @@ def pinned_items(part_of, part_capacity, params):
     return np.array(sorted(pinned), np.int32)
 
 
-StaticState = namedtuple("StaticState", "pinned prev nxt head tail")
+StaticState = namedtuple("StaticState", "hot prev nxt head tail")
 
 
 def init(num_items, part_of, part_capacity, stream, params):
-    pinned = np.zeros(num_items, np.uint8)
-    pinned[pinned_items(part_of, part_capacity, params)] = 1
-    return StaticState(pinned, *new_lists(num_items, len(part_capacity)))
+    return StaticState(pinned_items(part_of, part_capacity, params), *new_lists(num_items, len(part_capacity)))
 
 
-def warm(state):
-    return np.flatnonzero(state.pinned).astype(np.int32)
+def pins(state):
+    return state.hot
 
 
 @njit(cache=True, _nrt=False)
 def on_hit(state, x, p, t):
-    pinned, prev, nxt, head, tail = state
-    if not pinned[x] and head[p] != x:
+    hot, prev, nxt, head, tail = state
+    if head[p] != x:
         unlink(prev, nxt, head, tail, p, x)
         push_front(prev, nxt, head, tail, p, x)
 
 
 @njit(cache=True, _nrt=False)
 def on_insert(state, x, p, t):
-    pinned, prev, nxt, head, tail = state
-    if not pinned[x]:
-        push_front(prev, nxt, head, tail, p, x)
+    hot, prev, nxt, head, tail = state
+    push_front(prev, nxt, head, tail, p, x)
 
 
 @njit(cache=True, _nrt=False)
 def on_evict(state, x, p):
-    pinned, prev, nxt, head, tail = state
+    hot, prev, nxt, head, tail = state
     unlink(prev, nxt, head, tail, p, x)
 
 
 @njit(cache=True, _nrt=False)
 def victim(state, part, busy, t):
-    pinned, prev, nxt, head, tail = state
+    hot, prev, nxt, head, tail = state
     return last_free(prev, tail, part, busy)

@@ -126,6 +126,7 @@ def _replay(tr: Trace, cfg: ReplayConfig, stream: AccessStream | None, prefetch:
         budget = cost.memory_budget(hw, tr.meta, expert_bytes, kv_bytes_per_token=cfg.kv_bytes_per_token,
                                     context=context, batch=cfg.batch_size, reserve=cfg.reserve)
     cache = cache_for(tr, stream, cfg, expert_bytes, hw.gpu_memory, budget)
+    pinned_experts = int(cache.pinned.sum())  # the user's pins (a policy's own are part of its capacity)
     state, cache = policy_state(cfg, stream, cache)
     horizon = 0
     if prefetch is None and cfg.predictor != "none":
@@ -140,7 +141,7 @@ def _replay(tr: Trace, cfg: ReplayConfig, stream: AccessStream | None, prefetch:
     resolved = {"horizon": horizon, "top_n": cfg.top_n if cfg.top_n is not None else
                 (stream.top_k if cfg.predictor != "none" else 0), "capacity_experts": held,
                 "capacity_fraction": held / n_items, "bytes_per_expert": expert_bytes,
-                "pinned_experts": int(cache.pinned.sum()), "context": budget.context if budget else cfg.context}
+                "pinned_experts": pinned_experts, "context": budget.context if budget else cfg.context}
     row = {"trace": str(tr.path) if tr.path else tr.meta.model, "model": tr.meta.model,
            **row_inputs(cfg, hw, resolved)}
     if budget is not None:
@@ -287,7 +288,15 @@ def policy_state(cfg: ReplayConfig, stream: AccessStream, cache: Cache):
                                                num_experts=stream.num_experts)
     state = module.init(len(cache.pinned), cache.part_of, cache.part_capacity, stream, params)
     warm = np.asarray(module.warm(state) if hasattr(module, "warm") else [], np.int32)
-    return state, cache._replace(warm=warm)
+    cache = cache._replace(warm=warm)
+    if hasattr(module, "pins"):  # the policy's own pins: held by the engine, outside the policy, like --pin
+        hot = np.asarray(module.pins(state), np.int64)
+        hot = hot[cache.pinned[hot] == 0]  # the user's pins are out of the capacity already
+        pinned, part_capacity = cache.pinned.copy(), cache.part_capacity.copy()
+        pinned[hot] = 1
+        np.subtract.at(part_capacity, cache.part_of[hot], 1)
+        cache = cache._replace(pinned=pinned, part_capacity=part_capacity)
+    return state, cache
 
 
 def cache_for(trace: Trace, stream: AccessStream, cfg: ReplayConfig, expert_bytes: float,

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from numba.core import event as ev
 from conftest import TRACES
 from helpers import make_trace, random_routes
-from reference import replay_reference
+from reference import replay_reference, segment_reference
 
 import moesim
 from moesim.cli import main
@@ -60,6 +60,32 @@ def test_static_pins_the_training_traces_favourites_and_streams_the_rest():
     segment = moesim.replay(test, policy="static", train=train, capacity=capacity, mode="count")
     timed = moesim.replay(test, policy="static", train=train, capacity=capacity)
     assert timed["bytes_demand"] == segment["misses"] * 1e6
+
+
+def test_static_with_several_tokens_a_step_streams_misses_once_its_staging_slots_are_in_use():
+    # a batch of 4 routes up to 8 experts to a layer: its staging slots are all in use and a miss must stream
+    # through. The favourites are pins held outside the policy, so the engine does not take the policy's
+    # empty answer for a broken contract (it did when they were only warm residents)
+    rng = np.random.default_rng(3)
+    train = small(seed=2, tokens=200)
+    test = make_trace(random_routes(rng, tokens=80, layers=3, experts=8, top_k=2), num_experts=8, top_k=2,
+                      steps=np.arange(80) // 4, requests=np.arange(80))
+    stream = access_stream(test, prefill_chunk=0)
+    counts = np.bincount(access_stream(train).item, minlength=24)
+    capacity, staging = 8, 2
+    favourites = set(sorted(range(24), key=lambda x: (-counts[x], x))[: capacity - staging])
+    items, offsets, kept = stream.item.tolist(), stream.seg_offsets.tolist(), [0]
+    rest = []
+    want = 0
+    for a, b in zip(offsets[:-1], offsets[1:]):
+        want += len(favourites & set(items[a:b]))
+        rest += [x for x in items[a:b] if x not in favourites]
+        kept.append(len(rest))
+    want += segment_reference(rest, kept, [0] * 24, [staging], "lru")
+    got = moesim.replay(test, policy="static", train=train, capacity=capacity, mode="count", stream=stream)
+    timed = moesim.replay(test, policy="static", train=train, capacity=capacity, stream=stream)
+    assert got["hits"] == timed["hits"] == want
+    assert got["pinned_experts"] == 0 and got["capacity_experts"] == capacity  # --pin's pins only
 
 
 def test_random_is_reproducible_by_seed():
