@@ -7,9 +7,13 @@ PCIe line rate; GPU figures are datasheet peaks for dense bf16/fp16 tensor math 
 
 Fields (a file writes them with units, e.g. "25GB/s", "10us", "312T", "80GiB"):
 
-    bandwidth     host -> GPU link, bytes/s
+    bandwidth     host -> GPU link, bytes/s, over all its lanes
     latency       per transfer before its bytes flow (driver call, DMA set-up), s
-    copy_engines  transfers that may be under way at once (their bytes share one pipe)
+    copy_engines  transfers that may be under way at once
+    lanes         independent byte pipes the transfers under way share, each bandwidth / lanes; default 1
+                  (PCIe: one pipe, so a lone copy gets the whole bandwidth; a phone's flash or an NVMe
+                  drive read by several threads: one lane per reader, a lone read at its lane's rate);
+                  at most copy_engines
     gpu_flops     dense bf16/fp16 tensor FLOP/s
     hbm           GPU memory bandwidth, bytes/s
     launch        per kernel (a layer's dense part, one expert's GEMMs), s; default 5 us
@@ -20,6 +24,10 @@ Fields (a file writes them with units, e.g. "25GB/s", "10us", "312T", "80GiB"):
                   0: a synchronous read the GPU waits out); default 1
     host_flops    the host's FLOP/s for experts computed there (the host action); default 1 TFLOP/s
     host_bandwidth  the host's memory bandwidth for reading an expert's weights, bytes/s; default 100 GB/s
+    kv_bytes_per_token  KV-cache bytes per token per layer attention reads (a property of the model and its
+                  KV dtype, carried here so a calibrated file replays as it was fitted); default none
+    weight_bits   bits per weight of the experts as moved and read (4.5 for GGUF Q4_K_M); default: the
+                  trace's dtype
     source        where each figure comes from
 """
 from __future__ import annotations
@@ -51,6 +59,9 @@ class Hardware:
     # a server CPU: AVX-512/AMX bf16 reaches 1-3 TFLOP/s, 8-12 DDR5 channels 100-400 GB/s (vendor sheets)
     host_flops: float = 1e12    # FLOP/s
     host_bandwidth: float = 100e9  # bytes/s
+    lanes: int = 1
+    kv_bytes_per_token: float | None = None  # bytes; None: attention's KV reads not charged
+    weight_bits: float | None = None  # None: the trace's dtype
     source: str = ""
 
     def __post_init__(self):
@@ -64,6 +75,16 @@ class Hardware:
                 raise ValueError(f"hardware {self.name!r}: {f} must be zero or more, got {getattr(self, f)!r}")
         if int(self.copy_engines) < 1:
             raise ValueError(f"hardware {self.name!r}: copy_engines must be at least 1, got {self.copy_engines!r}")
+        if not 1 <= int(self.lanes) <= int(self.copy_engines):
+            raise ValueError(f"hardware {self.name!r}: lanes is {self.lanes!r} with {self.copy_engines} copy engines; "
+                             f"a lane carries one transfer's bytes at a time, so give 1 to copy_engines lanes "
+                             f"(raise copy_engines with lanes)")
+        if self.kv_bytes_per_token is not None and not self.kv_bytes_per_token >= 0:
+            raise ValueError(f"hardware {self.name!r}: kv_bytes_per_token must be zero or more, got "
+                             f"{self.kv_bytes_per_token!r}")
+        if self.weight_bits is not None and not 0 < self.weight_bits <= 32:
+            raise ValueError(f"hardware {self.name!r}: weight_bits is bits per weight in (0, 32], got "
+                             f"{self.weight_bits!r}")
 
     def with_overrides(self, **figures) -> "Hardware":
         """The same hardware with some figures replaced (SI values; None keeps the preset's)."""
@@ -74,7 +95,7 @@ class Hardware:
         """The hardware as a file `--hardware FILE.toml` reads back exactly (figures in SI, as floats)."""
         lines = [f'name = "{self.name}"']
         for f in dataclasses.fields(self):
-            if f.name in ("name", "source"):
+            if f.name in ("name", "source") or getattr(self, f.name) is None:
                 continue
             lines.append(f"{f.name} = {getattr(self, f.name)!r}")
         lines.append(f"source = {_toml_string(self.source)}")
@@ -98,6 +119,9 @@ _FIELDS = {
     "overlap": lambda v, o: _fraction(v, o),
     "host_flops": lambda v, o: parse_flops(v, o) if isinstance(v, str) else _si(v, o, low=0, strict=True),
     "host_bandwidth": lambda v, o: parse_rate(v, o) if isinstance(v, str) else _si(v, o, low=0, strict=True),
+    "lanes": lambda v, o: parse_count(v, o, low=1),
+    "kv_bytes_per_token": lambda v, o: parse_bytes(v, o) if isinstance(v, str) else _si(v, o),
+    "weight_bits": lambda v, o: _si(v, o, low=0, strict=True) if _si(v, o) <= 32 else _bits_error(v, o),
     "source": lambda v, o: str(v),
 }
 
@@ -109,6 +133,10 @@ def _si(v, option: str, low: float = 0.0, strict: bool = False) -> float:
     if not (v > low if strict else v >= low) or v != v:
         raise ValueError(f"{option}: {v!r} must be {'more than' if strict else 'at least'} {low}")
     return v
+
+
+def _bits_error(v, option: str):
+    raise ValueError(f"{option}: {v!r} bits per weight; write e.g. 16, 8 or 4.5")
 
 
 def _fraction(v, option: str) -> float:
