@@ -378,8 +378,11 @@ KNOBS: tuple[Knob, ...] = (
          group="hardware", show=lambda cfg, hw, r: hw.copy_engines),
     Knob("lanes", None, _optional(lambda v, o: parse_count(v, o, low=1)), "byte pipes the transfers under way "
          "share, each --bandwidth / lanes: 1 for PCIe (a lone copy gets the whole link), one per reader for flash "
-         "or NVMe read by several threads; at most --copy-engines", group="hardware",
+         "or NVMe read by several threads; at most --copy-engines x --stripes", group="hardware",
          show=lambda cfg, hw, r: hw.lanes),
+    Knob("stripes", None, _optional(lambda v, o: parse_count(v, o, low=1)), "equal parts a transfer is split "
+         "into, each taken by the earliest free lane: 3 for a runtime that reads an expert's gate, up and down "
+         "tensors as three jobs", group="hardware", show=lambda cfg, hw, r: hw.stripes),
     Knob("gpu_flops", None, _optional(parse_flops), "dense tensor FLOP rate, e.g. 312T or 3.12e14; a bare "
          "number below 1e6 is TFLOP/s", unit="FLOP/s", group="hardware", aliases=("gpu_tflops",),
          column="gpu_tflops", show=lambda cfg, hw, r: hw.gpu_flops / TFLOPS),
@@ -485,6 +488,7 @@ class ReplayConfig:
     latency: float | None = None
     copy_engines: int | None = None
     lanes: int | None = None
+    stripes: int | None = None
     gpu_flops: float | None = None
     hbm: float | None = None
     launch: float | None = None
@@ -569,7 +573,7 @@ class ReplayConfig:
         from .hardware import get_hardware
         hw = get_hardware(self.hardware)
         return hw.with_overrides(bandwidth=self.bandwidth, latency=self.latency, copy_engines=self.copy_engines,
-                                 lanes=self.lanes, gpu_flops=self.gpu_flops, hbm=self.hbm, launch=self.launch,
+                                 lanes=self.lanes, stripes=self.stripes, gpu_flops=self.gpu_flops, hbm=self.hbm, launch=self.launch,
                                  miss_overhead=self.miss_overhead, overlap=self.overlap, host_flops=self.host_flops,
                                  host_bandwidth=self.host_bandwidth, kv_bytes_per_token=self.kv_bytes_per_token,
                                  weight_bits=self.weight_bits)

@@ -193,7 +193,7 @@ def _timed(tr, stream, engine_stream, cache, plan, state, cfg, hw, expert_bytes,
     ec = cost.expert_cost(hw, expert_bytes, tr.meta.dtype, params=params)
     item_bytes = float(expert_bytes) if layer_bytes is None else np.repeat(layer_bytes, stream.num_experts)
     link = Link(cost.lane_seconds(item_bytes, hw), hw.latency, int(hw.copy_engines), int(hw.lanes),
-                float(hw.overlap))
+                float(hw.overlap), int(hw.stripes))
     context = cost.segment_context(tr, stream) if hw.kv_bytes_per_token else None
     dense = cost.dense_seconds(stream, tr.meta, hw, expert_bytes, context=context,
                                kv_bytes_per_token=hw.kv_bytes_per_token or 0.0)

@@ -182,3 +182,44 @@ def test_a_hardware_file_carries_lanes_kv_bytes_and_weight_bits(tmp_path):
     # without them a file reads as before: no KV reads, the trace's dtype
     plain = Hardware("p", bandwidth=1e9, latency=0.0, copy_engines=1, gpu_flops=1e12, hbm=1e11)
     assert "lanes = 1" in plain.to_toml() and "kv_bytes_per_token" not in plain.to_toml()
+
+
+@pytest.mark.parametrize("stripes,total", [(1, 1.3), (2, 0.8), (4, 0.7)])
+def test_stripes_split_a_transfer_into_jobs_that_free_lanes_take(stripes, total):
+    # one token, two 1 MB experts missing, 4 engines, 4 lanes of 1 GB/s (4 GB/s in all): a whole expert on one
+    # lane takes 1 ms; in parts, the earliest free lanes take them
+    trace = make_trace([[[0, 1]]], num_experts=2, top_k=2)
+    row = moesim.replay(trace, capacity=2, hardware=hw(copy_engines=4, bandwidth_gbps=4.0), lanes=4,
+                        stripes=stripes)
+    # 1 part: a on lane 0, b on lane 1, both 0.1..1.1; compute 1.1..1.2, 1.2..1.3
+    # 2 parts: a's halves on lanes 0 and 1, b's on 2 and 3, all 0.1..0.6; compute ..0.7, ..0.8
+    # 4 parts: a's quarters on the four lanes 0.1..0.35, then b's 0.35..0.6; compute a 0.35..0.45, b 0.6..0.7
+    assert row["total_s"] == pytest.approx(total * MS)
+    assert row["stripes"] == stripes
+
+
+def test_the_cost_rule_weighs_a_striped_fetch_as_it_would_land():
+    # the cost rule's what-if (_arrival) on striped lanes must be what the fetch then takes: with a host
+    # lane far slower, every miss is fetched, and the time is the fetch-only replay's
+    rng = np.random.default_rng(8)
+    trace = make_trace(random_routes(rng, tokens=30, layers=2, experts=8, top_k=2), num_experts=8, top_k=2)
+    knobs = dict(capacity=4, hardware=hw(copy_engines=4, bandwidth_gbps=4.0), lanes=4, stripes=3)
+    fetch = moesim.replay(trace, **knobs)
+    cost = moesim.replay(trace, action="cost", host_flops="1G", host_bandwidth="1GB/s", **knobs)
+    assert cost["host_computed"] == 0 and cost["total_s"] == fetch["total_s"]
+
+
+@pytest.mark.parametrize("lanes,stripes", [(1, 1), (4, 1), (4, 3), (2, 5)])
+def test_a_what_if_arrival_is_the_transfers_arrival_and_changes_nothing(lanes, stripes):
+    from moesim.engine import Link
+    from moesim.engine.timed import _arrival, _transfer
+    rng = np.random.default_rng(lanes * 10 + stripes)
+    link = Link(1e-3, 2e-5, 3, lanes, 1.0, stripes)
+    for _ in range(50):
+        eng = rng.uniform(0, 5e-3, 3)
+        pipe = np.r_[rng.uniform(0, 5e-3, lanes), np.zeros(lanes)]
+        t, seconds = rng.uniform(0, 5e-3), rng.uniform(1e-4, 2e-3)
+        before = (eng.copy(), pipe[:lanes].copy())
+        want = _arrival(t, eng, pipe, link, seconds)
+        assert np.array_equal(eng, before[0]) and np.array_equal(pipe[:lanes], before[1])
+        assert _transfer(t, eng, pipe, link, seconds) == want

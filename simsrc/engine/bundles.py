@@ -34,6 +34,7 @@ class Link(NamedTuple):
     copy_engines: int        # transfers under way at once
     lanes: int               # byte pipes: a transfer's bytes take the earliest free one (1: all share one pipe)
     overlap: float           # fraction of a transfer the GPU computes through (1: asynchronous)
+    stripes: int = 1         # equal parts a transfer's bytes are split into, each taken by the earliest free lane
 
 
 class Host(NamedTuple):

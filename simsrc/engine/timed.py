@@ -14,10 +14,11 @@ Per step, per layer (a *segment*):
      *stall* -- for the ones still in flight, and at the end for the host's;
   5. the segment's prefetch plan joins the link queue behind its demand fetches.
 The link: `copy_engines` transfers may be under way at once; each pays `latency` before its bytes flow,
-then its bytes take the earliest free of `lanes` pipes, each `bandwidth / lanes` (one lane: every transfer's
-bytes share one pipe of `bandwidth`, so with two or more engines one transfer's latency hides behind
-another's bytes; four lanes: four reads flow side by side, each at a quarter of the rate, as a phone's
-flash serves four read threads). A transfer moves its own expert's bytes. With sizes per expert
+then its bytes, in `stripes` equal parts, are taken by the earliest free of `lanes` pipes, each
+`bandwidth / lanes` (one lane: every transfer's bytes share one pipe of `bandwidth`, so with two or more
+engines one transfer's latency hides behind another's bytes; four lanes: four reads flow side by side, each
+at a quarter of the rate, as a phone's flash serves four read threads; three stripes: an expert's three
+projection tensors read as three jobs). A transfer moves its own expert's bytes. With sizes per expert
 (cache.size), capacities are bytes and a miss evicts until its expert fits. An expert in use by the current
 layer or still in flight is never evicted.
 Times are float64 seconds.
@@ -56,7 +57,7 @@ class TimedWork(NamedTuple):
     target: np.ndarray      # int64 per planned prefetch: its target segment (-1: over the step's budget)
     free: np.ndarray        # int64 per partition: capacity not yet taken (experts, or bytes with sizes)
     eng_free: np.ndarray    # float64 per copy engine: when it is free
-    pipe: np.ndarray        # float64 per lane: when it is free
+    pipe: np.ndarray        # float64 per lane: when it is free; then as many scratch entries
     inflight: np.ndarray    # int32: experts in flight (first n_inflight)
     seg_items: np.ndarray   # int32: the segment's distinct experts
     seg_tok: np.ndarray     # int64: tokens routed to each
@@ -80,25 +81,47 @@ class TimedOut(NamedTuple):
 
 
 @njit(cache=True, _nrt=False)
-def _transfer(issue_t, eng_free, pipe, latency_s, seconds):
-    """Schedule one transfer whose bytes take `seconds` on a lane (its bytes / one lane's bandwidth): on the
-    first free copy engine, after its latency, on the first free lane; returns its arrival time."""
+def _on_lanes(lanes, t0, seconds, stripes):
+    """A transfer's bytes as `stripes` equal parts, each taken by the earliest free lane (a work queue, as
+    read threads take jobs), none before t0; returns when the last part lands. seconds: all its bytes on one
+    lane."""
+    part = seconds / stripes
+    done = 0.0
+    for k in range(stripes):
+        lane = _first_free_engine(lanes)
+        d = max(t0, lanes[lane]) + part
+        lanes[lane] = d
+        done = max(done, d)
+    return done
+
+
+@njit(cache=True, _nrt=False)
+def _transfer(issue_t, eng_free, pipe, link, seconds):
+    """Schedule one transfer whose bytes take `seconds` on one lane (its bytes / one lane's bandwidth): on the
+    first free copy engine, after its latency, its parts on the first free lanes; returns its arrival time.
+    pipe: each lane's free time, then as many scratch entries (for _arrival)."""
     e = _first_free_engine(eng_free)
     start = max(issue_t, eng_free[e])
-    lane = 0 if pipe.shape[0] == 1 else _first_free_engine(pipe)  # one lane: no search (the hot path)
-    done = max(start + latency_s, pipe[lane]) + seconds
-    pipe[lane] = done
+    if pipe.shape[0] == 2 and link.stripes == 1:  # one lane, one part: the shared pipe (the hot path)
+        done = max(start + link.latency_s, pipe[0]) + seconds
+        pipe[0] = done
+    else:
+        done = _on_lanes(pipe[:pipe.shape[0] // 2], start + link.latency_s, seconds, link.stripes)
     eng_free[e] = done
     return done
 
 
 @njit(cache=True, _nrt=False)
-def _arrival(issue_t, eng_free, pipe, latency_s, seconds):
+def _arrival(issue_t, eng_free, pipe, link, seconds):
     """When a transfer issued at issue_t would land, without scheduling it (what an action rule weighs)."""
     e = _first_free_engine(eng_free)
     start = max(issue_t, eng_free[e])
-    lane = 0 if pipe.shape[0] == 1 else _first_free_engine(pipe)
-    return max(start + latency_s, pipe[lane]) + seconds
+    if pipe.shape[0] == 2 and link.stripes == 1:
+        return max(start + link.latency_s, pipe[0]) + seconds
+    n = pipe.shape[0] // 2
+    for k in range(n):  # worked out on the scratch half, the lanes as they are
+        pipe[n + k] = pipe[k]
+    return _on_lanes(pipe[n:], start + link.latency_s, seconds, link.stripes)
 
 
 @njit(cache=True, _nrt=False)
@@ -165,7 +188,7 @@ def _start_prefetches(until_t, min_target, clock, q, q_end, n_inflight, plan, ca
             take_room(size, w.free, p, need)
         else:
             w.free[p] -= need
-        w.ready[x] = _transfer(start, w.eng_free, w.pipe, link.latency_s, seconds_of(link.transfer_s, x))
+        w.ready[x] = _transfer(start, w.eng_free, w.pipe, link, seconds_of(link.transfer_s, x))
         flags[x] = RESIDENT | BUSY | PF_UNUSED
         w.inflight[n_inflight] = x
         n_inflight += 1
@@ -186,7 +209,7 @@ def timed_replay(stream: Stream, cache: Cache, link: Link, compute: Compute, hos
                    np.zeros(num_steps, np.float64), np.zeros(n_segs, np.int32), np.zeros(n_segs, np.int32))
     work = TimedWork(np.zeros(n, np.uint8), np.zeros(n, np.float64), np.full(n, -1, np.int64),
                      np.full(n, -1, np.int32), plan.target_seg.copy(), cache.part_capacity.copy(),
-                     np.zeros(max(link.copy_engines, 1), np.float64), np.zeros(max(link.lanes, 1), np.float64),
+                     np.zeros(max(link.copy_engines, 1), np.float64), np.zeros(2 * max(link.lanes, 1), np.float64),
                      np.empty(n, np.int32),
                      np.empty(n, np.int32), np.empty(n, np.int64), np.empty(n, np.float64), np.empty(n, np.int64),
                      np.empty(n, np.int32), np.zeros(len(stream.seg_layer), np.float64), np.zeros(1, np.float64),
@@ -280,7 +303,7 @@ def _timed_loop(stream, cache, link, compute, host, plan, state, rule, out, w):
                 host_s = max(seg_tok[a] * host.per_token_s, host.floor_s)
                 host_done = max(cpu[1], issue) + host_s
                 # what a copy issued now would take is worked out only for a rule that weighs it
-                fetch_done = _arrival(issue, w.eng_free, w.pipe, link.latency_s, seconds_of(link.transfer_s, x)) \
+                fetch_done = _arrival(issue, w.eng_free, w.pipe, link, seconds_of(link.transfer_s, x)) \
                     if weighs_times(rule) else 0.0
                 if decide(rule, x, seg_tok[a], fetch_done, host_done) == HOST:
                     cpu[1] = host_done
@@ -328,7 +351,7 @@ def _timed_loop(stream, cache, link, compute, host, plan, state, rule, out, w):
                 if keep:
                     f = RESIDENT | BUSY
                     on_insert(state, x, p, i)
-            ready[x] = _transfer(issue, w.eng_free, w.pipe, link.latency_s, seconds_of(link.transfer_s, x))
+            ready[x] = _transfer(issue, w.eng_free, w.pipe, link, seconds_of(link.transfer_s, x))
             flags[x] = f
             inflight[n_inflight] = x
             n_inflight += 1

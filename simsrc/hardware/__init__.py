@@ -13,7 +13,10 @@ Fields (a file writes them with units, e.g. "25GB/s", "10us", "312T", "80GiB"):
     lanes         independent byte pipes the transfers under way share, each bandwidth / lanes; default 1
                   (PCIe: one pipe, so a lone copy gets the whole bandwidth; a phone's flash or an NVMe
                   drive read by several threads: one lane per reader, a lone read at its lane's rate);
-                  at most copy_engines
+                  at most copy_engines x stripes
+    stripes       equal parts a transfer's bytes are split into, each taken by the earliest free lane (a
+                  runtime that reads an expert's projection tensors as separate jobs: 3 for gate, up and
+                  down); default 1
     gpu_flops     dense bf16/fp16 tensor FLOP/s
     hbm           GPU memory bandwidth, bytes/s
     launch        per kernel (a layer's dense part, one expert's GEMMs), s; default 5 us
@@ -60,6 +63,7 @@ class Hardware:
     host_flops: float = 1e12    # FLOP/s
     host_bandwidth: float = 100e9  # bytes/s
     lanes: int = 1
+    stripes: int = 1
     kv_bytes_per_token: float | None = None  # bytes; None: attention's KV reads not charged
     weight_bits: float | None = None  # None: the trace's dtype
     source: str = ""
@@ -75,10 +79,12 @@ class Hardware:
                 raise ValueError(f"hardware {self.name!r}: {f} must be zero or more, got {getattr(self, f)!r}")
         if int(self.copy_engines) < 1:
             raise ValueError(f"hardware {self.name!r}: copy_engines must be at least 1, got {self.copy_engines!r}")
-        if not 1 <= int(self.lanes) <= int(self.copy_engines):
-            raise ValueError(f"hardware {self.name!r}: lanes is {self.lanes!r} with {self.copy_engines} copy engines; "
-                             f"a lane carries one transfer's bytes at a time, so give 1 to copy_engines lanes "
-                             f"(raise copy_engines with lanes)")
+        if int(self.stripes) < 1:
+            raise ValueError(f"hardware {self.name!r}: stripes must be at least 1, got {self.stripes!r}")
+        if not 1 <= int(self.lanes) <= int(self.copy_engines) * int(self.stripes):
+            raise ValueError(f"hardware {self.name!r}: lanes is {self.lanes!r} with {self.copy_engines} copy engines "
+                             f"of {self.stripes} stripe(s) each; a lane carries one part of a transfer at a time, so "
+                             f"give 1 to copy_engines x stripes lanes (raise copy_engines or stripes with lanes)")
         if self.kv_bytes_per_token is not None and not self.kv_bytes_per_token >= 0:
             raise ValueError(f"hardware {self.name!r}: kv_bytes_per_token must be zero or more, got "
                              f"{self.kv_bytes_per_token!r}")
@@ -120,6 +126,7 @@ _FIELDS = {
     "host_flops": lambda v, o: parse_flops(v, o) if isinstance(v, str) else _si(v, o, low=0, strict=True),
     "host_bandwidth": lambda v, o: parse_rate(v, o) if isinstance(v, str) else _si(v, o, low=0, strict=True),
     "lanes": lambda v, o: parse_count(v, o, low=1),
+    "stripes": lambda v, o: parse_count(v, o, low=1),
     "kv_bytes_per_token": lambda v, o: parse_bytes(v, o) if isinstance(v, str) else _si(v, o),
     "weight_bits": lambda v, o: _si(v, o, low=0, strict=True) if _si(v, o) <= 32 else _bits_error(v, o),
     "source": lambda v, o: str(v),
@@ -195,7 +202,13 @@ def get_hardware(name: str | Path | Hardware) -> Hardware:
 
 
 DTYPE_BYTES = {"float32": 4.0, "fp32": 4.0, "bfloat16": 2.0, "bf16": 2.0, "float16": 2.0, "fp16": 2.0,
-               "int8": 1.0, "fp8": 1.0, "float8": 1.0, "int4": 0.5, "fp4": 0.5, "mxfp4": 0.53}
+               "int8": 1.0, "fp8": 1.0, "float8": 1.0, "int4": 0.5, "fp4": 0.5, "mxfp4": 0.53,
+               # GGUF (llama.cpp): bits per weight of each block format, scales included (k-quants: 256-weight
+               # super-blocks, Q2_K 2.5625, Q3_K 3.4375, Q4_K 4.5, Q5_K 5.5, Q6_K 6.5625 bpw, as ggml's k-quants
+               # description gives them; Q4_0 / Q4_1 / Q5_0 / Q5_1 / Q8_0: 18 / 20 / 22 / 24 / 34 bytes per 32
+               # weights). A mix (Q4_K_M) is read as its base format: its expert tensors are mostly that.
+               "q2_k": 2.5625 / 8, "q3_k": 3.4375 / 8, "q4_k": 4.5 / 8, "q5_k": 5.5 / 8, "q6_k": 6.5625 / 8,
+               "q4_0": 18 / 32, "q4_1": 20 / 32, "q5_0": 22 / 32, "q5_1": 24 / 32, "q8_0": 34 / 32}
 
 
 def dtype_bytes(dtype: str) -> float:
