@@ -220,6 +220,6 @@ def test_a_what_if_arrival_is_the_transfers_arrival_and_changes_nothing(lanes, s
         pipe = np.r_[rng.uniform(0, 5e-3, lanes), np.zeros(lanes)]
         t, seconds = rng.uniform(0, 5e-3), rng.uniform(1e-4, 2e-3)
         before = (eng.copy(), pipe[:lanes].copy())
-        want = _arrival(t, eng, pipe, link, seconds)
+        want = _arrival(t, eng, pipe, link.latency_s, seconds, link.stripes)
         assert np.array_equal(eng, before[0]) and np.array_equal(pipe[:lanes], before[1])
-        assert _transfer(t, eng, pipe, link, seconds) == want
+        assert _transfer(t, eng, pipe, link.latency_s, seconds, link.stripes) == want

@@ -95,33 +95,33 @@ def _on_lanes(lanes, t0, seconds, stripes):
     return done
 
 
-@njit(cache=True, _nrt=False)
-def _transfer(issue_t, eng_free, pipe, link, seconds):
+@njit(cache=True, _nrt=False, inline="always")  # in the loop's own code: the one-lane path stays as cheap as it was
+def _transfer(issue_t, eng_free, pipe, latency_s, seconds, stripes):
     """Schedule one transfer whose bytes take `seconds` on one lane (its bytes / one lane's bandwidth): on the
     first free copy engine, after its latency, its parts on the first free lanes; returns its arrival time.
     pipe: each lane's free time, then as many scratch entries (for _arrival)."""
     e = _first_free_engine(eng_free)
     start = max(issue_t, eng_free[e])
-    if pipe.shape[0] == 2 and link.stripes == 1:  # one lane, one part: the shared pipe (the hot path)
-        done = max(start + link.latency_s, pipe[0]) + seconds
+    if pipe.shape[0] == 2 and stripes == 1:  # one lane, one part: the shared pipe (the hot path)
+        done = max(start + latency_s, pipe[0]) + seconds
         pipe[0] = done
     else:
-        done = _on_lanes(pipe[:pipe.shape[0] // 2], start + link.latency_s, seconds, link.stripes)
+        done = _on_lanes(pipe[:pipe.shape[0] // 2], start + latency_s, seconds, stripes)
     eng_free[e] = done
     return done
 
 
 @njit(cache=True, _nrt=False)
-def _arrival(issue_t, eng_free, pipe, link, seconds):
+def _arrival(issue_t, eng_free, pipe, latency_s, seconds, stripes):
     """When a transfer issued at issue_t would land, without scheduling it (what an action rule weighs)."""
     e = _first_free_engine(eng_free)
     start = max(issue_t, eng_free[e])
-    if pipe.shape[0] == 2 and link.stripes == 1:
-        return max(start + link.latency_s, pipe[0]) + seconds
+    if pipe.shape[0] == 2 and stripes == 1:
+        return max(start + latency_s, pipe[0]) + seconds
     n = pipe.shape[0] // 2
     for k in range(n):  # worked out on the scratch half, the lanes as they are
         pipe[n + k] = pipe[k]
-    return _on_lanes(pipe[n:], start + link.latency_s, seconds, link.stripes)
+    return _on_lanes(pipe[n:], start + latency_s, seconds, stripes)
 
 
 @njit(cache=True, _nrt=False)
@@ -188,7 +188,8 @@ def _start_prefetches(until_t, min_target, clock, q, q_end, n_inflight, plan, ca
             take_room(size, w.free, p, need)
         else:
             w.free[p] -= need
-        w.ready[x] = _transfer(start, w.eng_free, w.pipe, link, seconds_of(link.transfer_s, x))
+        w.ready[x] = _transfer(start, w.eng_free, w.pipe, link.latency_s, seconds_of(link.transfer_s, x),
+                                 link.stripes)
         flags[x] = RESIDENT | BUSY | PF_UNUSED
         w.inflight[n_inflight] = x
         n_inflight += 1
@@ -303,7 +304,8 @@ def _timed_loop(stream, cache, link, compute, host, plan, state, rule, out, w):
                 host_s = max(seg_tok[a] * host.per_token_s, host.floor_s)
                 host_done = max(cpu[1], issue) + host_s
                 # what a copy issued now would take is worked out only for a rule that weighs it
-                fetch_done = _arrival(issue, w.eng_free, w.pipe, link, seconds_of(link.transfer_s, x)) \
+                fetch_done = _arrival(issue, w.eng_free, w.pipe, link.latency_s, seconds_of(link.transfer_s, x),
+                                      link.stripes) \
                     if weighs_times(rule) else 0.0
                 if decide(rule, x, seg_tok[a], fetch_done, host_done) == HOST:
                     cpu[1] = host_done
@@ -351,7 +353,8 @@ def _timed_loop(stream, cache, link, compute, host, plan, state, rule, out, w):
                 if keep:
                     f = RESIDENT | BUSY
                     on_insert(state, x, p, i)
-            ready[x] = _transfer(issue, w.eng_free, w.pipe, link, seconds_of(link.transfer_s, x))
+            ready[x] = _transfer(issue, w.eng_free, w.pipe, link.latency_s, seconds_of(link.transfer_s, x),
+                                 link.stripes)
             flags[x] = f
             inflight[n_inflight] = x
             n_inflight += 1
