@@ -316,9 +316,10 @@ class Calibration:
                              f"(its overhead / moesim's misses, all steps)")
             if "read_rate_lane" in rt:
                 lines.append(f"  {'read rate':<20} {rt['read_rate_lane'] / GB:>9.4g} GB/s   per lane; "
-                             f"{rt['read_rate'] / GB:.4g} GB/s over {rt['lanes']} lanes (copy_engines)")
+                             f"{rt['read_rate'] / GB:.4g} GB/s over {rt['lanes']} lanes")
         rows = [("per-step MAE", "step_mape"), ("total time", "total_error"), ("compute", "compute_error"),
-                ("stall+overhead", "waiting_error"), ("overhead", "overhead_error"), ("stall", "stall_error")]
+                ("stall+overhead", "waiting_error"), ("overhead", "overhead_error"), ("stall", "stall_error"),
+                ("io", "io_error")]
         head = f"  {'':<16}" + "".join(f"{s.replace('_', ' ') + ' (' + str(self.splits[s]['steps']) + ')':>26}"
                                         for s in self.splits)
         lines += ["", head, f"  {'':<16}" + f"{'moesim':>13}{'line':>13}" * len(self.splits)]
@@ -361,7 +362,8 @@ def calibrate(trace: Trace | str, measured: MeasuredSteps | str, *, fit: str | I
     other figures the file keeps --, ...); a fitted one given here is the fit's starting point.
     loss: the robust loss on each step's relative error (soft_l1: a step off by much more than 10 % weighs
     less, so a few spikes do not set the figures); the split's total and its measured parts' totals are
-    always plain least squares. use_parts: also fit the measured parts (compute, stall + overhead, overhead).
+    always plain least squares. use_parts: also fit the measured parts (compute, stall + overhead, overhead,
+    and io: time reading summed over the lanes, which pins the bandwidth when --lanes is the runtime's readers).
     out: write the hardware file there, only if the fit converged. Raises CalibrationError if it did not.
     """
     import pandas as pd  # on first use: the CLI's start does not pay for it
@@ -463,7 +465,7 @@ def calibrate(trace: Trace | str, measured: MeasuredSteps | str, *, fit: str | I
     knobs_used = {k: getattr(cfg0, k) for k in given if k not in hw_fields and k != "hardware"
                   and getattr(cfg0, k) != getattr(default, k)}
     knobs_used.update({k: v for k, v in fitted.items() if not PARAMS[k].hardware})
-    runtime = _runtime_figures(meas, misses, int(hw.copy_engines))
+    runtime = _runtime_figures(meas, misses, int(hw.lanes))
     steps = pd.DataFrame({"step": meas.step, "split": split, "measured_s": meas.wall_s, "moesim_s": step_s,
                           "line_s": line_s, "misses": misses})
     cal = Calibration(trace=str(tr.path) if tr.path else tr.meta.model, measured=meas.path, layout=meas.layout,
@@ -490,7 +492,7 @@ class _Model:
         from .replay import replay  # on first use: the CLI's start does not pay for it
         key = (tuple(sorted(values.items())), cut, tuple(sorted(extra.items())))
         if key not in self._seen:
-            hw = dataclasses.replace(self.base, **{k: v for k, v in values.items() if PARAMS[k].hardware})
+            hw = self.hardware(values)
             knobs = {k: v for k, v in values.items() if not PARAMS[k].hardware}
             stream = self.stream if cut is None else _head(self.stream, cut)
             self._seen[key] = replay(self.trace, self.cfg, stream=stream, hardware=hw, **knobs, **extra)
@@ -505,7 +507,7 @@ class _Model:
 
     def totals(self, values: dict, runs: list[tuple[int, int]]) -> dict[str, float]:
         """Compute, stall and overhead summed over runs of consecutive replay steps (first, last)."""
-        out = {"compute": 0.0, "stall": 0.0, "overhead": 0.0}
+        out = {"compute": 0.0, "stall": 0.0, "overhead": 0.0, "io": 0.0}
         for first, last in runs:
             a = self._parts(values, int(np.searchsorted(self.stream.seg_step, first, "left")))
             b = self._parts(values, int(np.searchsorted(self.stream.seg_step, last, "right")))
@@ -515,10 +517,15 @@ class _Model:
 
     def _parts(self, values: dict, cut: int) -> dict[str, float]:
         if cut == 0:
-            return {"compute": 0.0, "stall": 0.0, "overhead": 0.0}
+            return {"compute": 0.0, "stall": 0.0, "overhead": 0.0, "io": 0.0}
         row = self._run(values, None if cut == self.stream.num_segments else cut)
+        hw = self.hardware(values)
+        # io: time the lanes spend reading, summed over lanes (what a runtime's read threads report)
         return {"compute": row["gpu_compute_s"] + row["host_compute_s"], "stall": row["stall_s"],
-                "overhead": row["overhead_s"]}
+                "overhead": row["overhead_s"], "io": row["bytes_moved"] * hw.lanes / hw.bandwidth}
+
+    def hardware(self, values: dict) -> Hardware:
+        return dataclasses.replace(self.base, **{k: v for k, v in values.items() if PARAMS[k].hardware})
 
     def step_misses(self) -> np.ndarray:
         """Misses in each measured step, from count mode (what the straight line is fitted against)."""
@@ -558,7 +565,7 @@ def _sums(meas: MeasuredSteps, idx: np.ndarray) -> dict[str, float]:
 
 
 # the parts fitted (stall alone is only reported: it leans on how much bookkeeping moesim hides)
-FIT_PARTS = ("compute", "waiting", "overhead")
+FIT_PARTS = ("compute", "waiting", "overhead", "io")
 
 
 def _compare(mine: dict[str, float], theirs: dict[str, float]) -> dict[str, tuple[float, float]]:
@@ -575,6 +582,8 @@ def _compare(mine: dict[str, float], theirs: dict[str, float]) -> dict[str, tupl
         out["overhead"] = (mine["overhead"], theirs["overhead"])
     if "stall" in theirs and "overhead" in theirs:
         out["stall"] = (mine["stall"] - mine["overhead"], theirs["stall"])
+    if "io" in theirs:  # time reading summed over lanes: what pins the link's bandwidth (--lanes: the readers)
+        out["io"] = (mine["io"], theirs["io"])
     return out
 
 
@@ -625,17 +634,29 @@ def _start(names, cfg0: ReplayConfig, base: Hardware, model: _Model, meas: Measu
     else:
         target = a
     fixed = {k: v for k, v in values.items() if k in given}
-    base_compute = model.totals(fixed, _runs(model.step_of[fit_idx]))["compute"] / n_fit
+    runs = _runs(model.step_of[fit_idx])
+    base_compute = model.totals(fixed, runs)["compute"] / n_fit
     for k in ("hbm", "gpu_flops"):
         if k in names and k not in given and base_compute > 0:
-            # the roofline is one or the other: scale whichever is fitted to make a step's compute the target
-            values[k] = float(np.clip(getattr(base, k) * base_compute / target, PARAMS[k].low, PARAMS[k].high))
+            # the roofline is one or the other: scale whichever is fitted to make a step's compute the target;
+            # again from there, twice, since launches do not scale (a start far off can end in a local minimum)
+            rate = float(getattr(base, k))
+            for _ in range(3):
+                rate = float(np.clip(rate * base_compute / target, PARAMS[k].low, PARAMS[k].high))
+                base_compute = model.totals({**fixed, k: rate}, runs)["compute"] / n_fit
+            values[k] = rate
+            fixed[k] = rate
     if "miss_overhead" in names and "miss_overhead" not in given:
         values["miss_overhead"] = (float(meas.parts["overhead"][fit_idx].sum()) / misses_fit
                                    if "overhead" in meas.parts else 0.2 * b)
     if "overlap" in names and "overlap" not in given:
         values["overlap"] = 0.5
-    if "bandwidth" in names and "bandwidth" not in given:
+    if "bandwidth" in names and "bandwidth" not in given and "io" in meas.parts and meas.read_bytes is not None \
+            and meas.parts["io"][fit_idx].sum() > 0:
+        # the measured read rate per lane, times the lanes
+        values["bandwidth"] = float(np.clip(base.lanes * meas.read_bytes[fit_idx].sum() / meas.parts["io"][fit_idx].sum(),
+                                            PARAMS["bandwidth"].low, PARAMS["bandwidth"].high))
+    elif "bandwidth" in names and "bandwidth" not in given:
         per_miss = max(b - values.get("miss_overhead", 0.0), 0.2 * b, 1e-9)
         expert_bytes = cfg0.bytes_per_expert or float(model.trace.meta.bytes_per_expert) or 1.0
         values["bandwidth"] = float(np.clip(expert_bytes / per_miss, PARAMS["bandwidth"].low, PARAMS["bandwidth"].high))

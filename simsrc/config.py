@@ -383,6 +383,13 @@ KNOBS: tuple[Knob, ...] = (
          show=lambda cfg, hw, r: hw.latency / US),
     Knob("copy_engines", None, _optional(lambda v, o: parse_count(v, o, low=1)), "transfers under way at once",
          group="hardware", show=lambda cfg, hw, r: hw.copy_engines),
+    Knob("lanes", None, _optional(lambda v, o: parse_count(v, o, low=1)), "byte pipes the transfers under way "
+         "share, each --bandwidth / lanes: 1 for PCIe (a lone copy gets the whole link), one per reader for flash "
+         "or NVMe read by several threads; at most --copy-engines x --stripes", group="hardware",
+         show=lambda cfg, hw, r: hw.lanes),
+    Knob("stripes", None, _optional(lambda v, o: parse_count(v, o, low=1)), "equal parts a transfer is split "
+         "into, each taken by the earliest free lane: 3 for a runtime that reads an expert's gate, up and down "
+         "tensors as three jobs", group="hardware", show=lambda cfg, hw, r: hw.stripes),
     Knob("gpu_flops", None, _optional(parse_flops), "dense tensor FLOP rate, e.g. 312T or 3.12e14; a bare "
          "number below 1e6 is TFLOP/s", unit="FLOP/s", group="hardware", aliases=("gpu_tflops",),
          column="gpu_tflops", show=lambda cfg, hw, r: hw.gpu_flops / TFLOPS),
@@ -418,10 +425,13 @@ KNOBS: tuple[Knob, ...] = (
          "weights, e.g. 200GB/s", unit="bytes/s", group="hardware", column="host_gbps",
          show=lambda cfg, hw, r: hw.host_bandwidth / GB),
     Knob("kv_bytes_per_token", None, _optional(lambda v, o: parse_bytes(v, o)), "KV-cache bytes per token per "
-         "layer that attention reads, so a step costs more as its context grows, e.g. 4KiB", unit="bytes",
-         group="hardware"),
+         "layer that attention reads, so a step costs more as its context grows, e.g. 4KiB (default: the hardware "
+         "file's)", unit="bytes",
+         group="hardware", show=lambda cfg, hw, r: hw.kv_bytes_per_token),
     Knob("weight_bits", None, _optional(_bits), "bits per weight of the experts as moved and read (16 bf16, 8 "
-         "int8/fp8, 4.5 Q4_K_M); sizes scale from the trace's dtype", group="hardware"),
+         "int8/fp8, 4.5 Q4_K_M); sizes scale from the trace's dtype (default: the hardware file's)",
+         group="hardware",
+         show=lambda cfg, hw, r: hw.weight_bits),
     Knob("per_step", False, parse_bool, "also report each step's time (timed mode: the row's step_s list; the "
          "CLI writes it with --per-step-csv)", flag=True, group="run", column=None),
     # serving: which requests share a step (moesim.trace.batching), and the GPU memory budget (moesim.cost)
@@ -493,6 +503,8 @@ class ReplayConfig:
     bandwidth: float | None = None
     latency: float | None = None
     copy_engines: int | None = None
+    lanes: int | None = None
+    stripes: int | None = None
     gpu_flops: float | None = None
     hbm: float | None = None
     launch: float | None = None
@@ -566,7 +578,7 @@ class ReplayConfig:
                              f"{self.batch_size}: every running request needs a token each step (vLLM refuses "
                              f"the same); raise the budget or lower the batch size")
         if self.capacity.kind == "auto":
-            if self.kv_bytes_per_token is None:
+            if self.kv_bytes_per_token is None and self.hardware_spec().kv_bytes_per_token is None:
                 raise ValueError(f"{where}--capacity auto keeps room for the KV cache: give --kv-bytes-per-token "
                                  f"(per token and layer: 2 x KV heads x head dim x bytes, e.g. 4KiB for Mixtral-8x7B "
                                  f"in bf16; 0 for none)")
@@ -595,9 +607,10 @@ class ReplayConfig:
         from .hardware import get_hardware
         hw = get_hardware(self.hardware)
         return hw.with_overrides(bandwidth=self.bandwidth, latency=self.latency, copy_engines=self.copy_engines,
-                                 gpu_flops=self.gpu_flops, hbm=self.hbm, launch=self.launch,
+                                 lanes=self.lanes, stripes=self.stripes, gpu_flops=self.gpu_flops, hbm=self.hbm, launch=self.launch,
                                  miss_overhead=self.miss_overhead, overlap=self.overlap, host_flops=self.host_flops,
-                                 host_bandwidth=self.host_bandwidth)
+                                 host_bandwidth=self.host_bandwidth, kv_bytes_per_token=self.kv_bytes_per_token,
+                                 weight_bits=self.weight_bits)
 
     def text(self, name: str) -> str | None:
         """A knob's value as the user wrote it (None if not given and no default text)."""

@@ -6,10 +6,12 @@ prefetch planner, the adaptive horizon and the predictor scorecard all use these
     dense part of a layer   max(tokens x 2 x dense params / gpu_flops, dense bytes / hbm) + launch
     an expert on the GPU    max(tokens x 2 x expert params / gpu_flops, expert bytes / hbm) + launch
                             (one kernel per expert; its weights are read once whatever the tokens)
-    a transfer              latency + bytes / bandwidth; `copy_engines` transfers may be under way at once
-                            and their bytes share one pipe, so one transfer's latency hides behind another's
-                            bytes (the engine's link, engine/timed.py); the GPU computes through `overlap`
-                            of it and waits out the rest
+    a transfer              latency + bytes / (bandwidth / lanes); `copy_engines` transfers may be under way
+                            at once and their bytes take the earliest free of `lanes` pipes (one lane: they
+                            share one pipe, so one transfer's latency hides behind another's bytes; the
+                            engine's link, engine/timed.py); each moves its own layer's expert bytes where
+                            sizes differ by layer; the GPU computes through `overlap` of it and waits out
+                            the rest
     a miss                  `miss_overhead` of host bookkeeping, one miss after another, before its action
     an expert on the host   max(tokens x 2 x params / host_flops, expert bytes / host_bandwidth), on one
                             host lane beside the GPU (the host action, moesim.actions)
@@ -61,7 +63,7 @@ def lowbit_copy(hw: Hardware, expert_bytes: float, params: float, bits: float) -
         raise ValueError(f"--lowbit-bits {bits:g}: a copy at {bits:g} bits per weight is not smaller than the "
                          f"experts it stands for ({8 * expert_bytes / params:g} bits per weight); give fewer bits, "
                          f"e.g. 4 or 2")
-    return nbytes, nbytes / hw.bandwidth, nbytes / hw.hbm
+    return nbytes, lane_seconds(nbytes, hw), nbytes / hw.hbm
 
 
 def segment_context(trace, stream) -> np.ndarray:
@@ -75,9 +77,15 @@ def expert_seconds(tokens: np.ndarray, cost: ExpertCost) -> np.ndarray:
     return np.maximum(tokens * cost.per_token, cost.floor) + cost.launch
 
 
+def lane_seconds(nbytes, hw: Hardware):
+    """Seconds the bytes of a transfer take on one lane of the link (bandwidth / lanes; the whole link with
+    one lane). nbytes: a number or an array."""
+    return nbytes / (hw.bandwidth / hw.lanes)
+
+
 def transfer_seconds(nbytes: float, hw: Hardware) -> float:
-    """One transfer on an idle link: latency, then the bytes."""
-    return hw.latency + nbytes / hw.bandwidth
+    """One transfer on an idle link: latency, then the bytes on one lane."""
+    return hw.latency + lane_seconds(nbytes, hw)
 
 
 def dense_seconds(stream, meta, hw: Hardware, expert_bytes: float, context: np.ndarray | None = None,

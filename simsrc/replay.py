@@ -119,13 +119,14 @@ def _replay(tr: Trace, cfg: ReplayConfig, stream: AccessStream | None, prefetch:
     reuse_stream = stream is not None  # the caller keeps it for more replays: predictions for it may be reused
     stream = stream if stream is not None else access_stream(tr, prefill_chunk=cfg.prefill_chunk)
     hw = cfg.hardware_spec()
-    expert_bytes, params = expert_size(tr.meta, cfg)
+    expert_bytes, params = expert_size(tr.meta, cfg, hw)
+    layer_bytes = layer_expert_bytes(tr.meta, cfg, hw)
     budget = None
     if cfg.capacity.kind == "auto":
         context = cfg.context or int(tr.column("token_pos").max()) + 1
-        budget = cost.memory_budget(hw, tr.meta, expert_bytes, kv_bytes_per_token=cfg.kv_bytes_per_token,
+        budget = cost.memory_budget(hw, tr.meta, expert_bytes, kv_bytes_per_token=hw.kv_bytes_per_token,
                                     context=context, batch=cfg.batch_size, reserve=cfg.reserve)
-    cache = cache_for(tr, stream, cfg, expert_bytes, hw.gpu_memory, budget)
+    cache = cache_for(tr, stream, cfg, expert_bytes, hw.gpu_memory, budget, layer_bytes=layer_bytes)
     pinned_experts = int(cache.pinned.sum())  # the user's pins (a policy's own are part of its capacity)
     state, cache = policy_state(cfg, stream, cache)
     horizon = 0
@@ -137,7 +138,12 @@ def _replay(tr: Trace, cfg: ReplayConfig, stream: AccessStream | None, prefetch:
             step_cap_bytes=cfg.prefetch_bytes_per_step)
     prefetch = prefetch or Prefetch.none(stream.num_segments)
     plan = PrefetchPlan(prefetch.offsets, prefetch.item, prefetch.target_seg, int(prefetch.step_cap))
-    n_items, held = len(cache.pinned), int(cache.part_capacity.sum()) + int(cache.pinned.sum())
+    n_items = len(cache.pinned)
+    if cache.size is None:
+        held = int(cache.part_capacity.sum()) + int(cache.pinned.sum())
+    else:  # a cache of bytes holds as many experts as fit: reported at the mean size, as a count
+        held_bytes = int(cache.part_capacity.sum()) + int(cache.size[cache.pinned.astype(bool)].sum())
+        held = min(int(held_bytes // expert_bytes), n_items)
     resolved = {"horizon": horizon, "top_n": cfg.top_n if cfg.top_n is not None else
                 (stream.top_k if cfg.predictor != "none" else 0), "capacity_experts": held,
                 "capacity_fraction": held / n_items, "bytes_per_expert": expert_bytes,
@@ -170,11 +176,12 @@ def _replay(tr: Trace, cfg: ReplayConfig, stream: AccessStream | None, prefetch:
         stall, step_end = None, None
     else:
         hits, misses, stall, step_end, seg_hits, seg_misses, c, acted = _timed(
-            tr, stream, engine_stream, cache, plan, state, rule, rule_takes, cfg, hw, expert_bytes, params)
+            tr, stream, engine_stream, cache, plan, state, rule, rule_takes, cfg, hw, expert_bytes, params,
+            layer_bytes)
     _raise_engine_error(c, cfg)
     row.update(_hit_fields(hits, misses, stream, seg_hits, seg_misses))
     row.update(_time_fields(stream, step_end, stall, c, cfg.per_step, tr, cfg.prefill_chunk, arrivals))
-    row.update(_transfer_fields(c, misses, expert_bytes, acted, lowbit_bytes))
+    row.update(_transfer_fields(c, misses, expert_bytes, acted, lowbit_bytes, layer_bytes))
     row.update(_action_fields(c, acted, weights_known=weight is not None))
     if cfg.per_layer:
         # per MoE layer, in order; moe_layers says which of the model's layers each entry is
@@ -189,16 +196,19 @@ def _replay(tr: Trace, cfg: ReplayConfig, stream: AccessStream | None, prefetch:
     return row, (stream.step_tokens, seconds)
 
 
-def _timed(tr, stream, engine_stream, cache, plan, state, rule, rule_takes, cfg, hw, expert_bytes, params):
+def _timed(tr, stream, engine_stream, cache, plan, state, rule, rule_takes, cfg, hw, expert_bytes, params,
+           layer_bytes=None):
     """The timed engine's inputs from the cost model, and its run."""
     if not expert_bytes:
         raise ValueError(f"{tr.path or tr.meta.model}: the trace does not say how many bytes an expert has "
                          f"(bytes_per_expert=0); timed mode needs it: pass bytes_per_expert (--bytes-per-expert)")
     ec = cost.expert_cost(hw, expert_bytes, tr.meta.dtype, params=params)
-    link = Link(expert_bytes / hw.bandwidth, hw.latency, int(hw.copy_engines), float(hw.overlap))
-    context = cost.segment_context(tr, stream) if cfg.kv_bytes_per_token else None
+    item_bytes = float(expert_bytes) if layer_bytes is None else np.repeat(layer_bytes, stream.num_experts)
+    link = Link(cost.lane_seconds(item_bytes, hw), hw.latency, int(hw.copy_engines), int(hw.lanes),
+                float(hw.overlap), int(hw.stripes))
+    context = cost.segment_context(tr, stream) if hw.kv_bytes_per_token else None
     dense = cost.dense_seconds(stream, tr.meta, hw, expert_bytes, context=context,
-                               kv_bytes_per_token=cfg.kv_bytes_per_token or 0.0)
+                               kv_bytes_per_token=hw.kv_bytes_per_token or 0.0)
     host = Host(hw.miss_overhead, *cost.host_expert_cost(hw, expert_bytes, params))
     lowbit = None
     if LOWBIT in rule_takes:
@@ -265,14 +275,39 @@ def ranked_alternatives(tr: Trace, stream: AccessStream, max_rank: int | None) -
     return np.where(np.arange(width)[None, :] < count[:, None], items, -1).astype(np.int32)
 
 
-def expert_size(meta, cfg: ReplayConfig) -> tuple[float, float]:
-    """(bytes an expert moves and is read as, its parameters): the trace's or --bytes-per-expert, in the
-    trace's dtype, or rescaled to --weight-bits."""
+def expert_size(meta, cfg: ReplayConfig, hw=None) -> tuple[float, float]:
+    """(bytes an expert moves and is read as, its parameters): the trace's (the mean over layers where they
+    differ) or --bytes-per-expert, in the trace's dtype, or rescaled to --weight-bits (the knob, else the
+    hardware file's)."""
     nbytes = cfg.bytes_per_expert if cfg.bytes_per_expert is not None else float(meta.bytes_per_expert)
     params = nbytes / dtype_bytes(meta.dtype)
-    if cfg.weight_bits is not None:
-        nbytes = params * cfg.weight_bits / 8
+    bits = (hw or cfg.hardware_spec()).weight_bits
+    if bits is not None:
+        nbytes = params * bits / 8
     return nbytes, params
+
+
+LAYER_BYTES_KEY = "expert_bytes_per_layer"  # trace metadata (extra): one expert's bytes per MoE layer
+
+
+def layer_expert_bytes(meta, cfg: ReplayConfig, hw=None) -> np.ndarray | None:
+    """One expert's bytes in each MoE layer where they differ by layer (a quantised model whose layers
+    mix formats: the trace's extra.expert_bytes_per_layer), rescaled like expert_size; None when every
+    expert is one size, or --bytes-per-expert sets it."""
+    sizes = meta.extra.get(LAYER_BYTES_KEY) if isinstance(meta.extra, dict) else None
+    if cfg.bytes_per_expert is not None or sizes is None:
+        return None
+    sizes = np.asarray(sizes, np.float64)
+    if sizes.shape != (len(meta.moe_layers),) or not (sizes > 0).all():
+        raise ValueError(f"{meta.model}: the trace's {LAYER_BYTES_KEY} has {sizes.size} entries, not one "
+                         f"positive size per MoE layer ({len(meta.moe_layers)}); rewrite it, or pass "
+                         f"--bytes-per-expert")
+    if (sizes == sizes[0]).all():
+        return None
+    bits = (hw or cfg.hardware_spec()).weight_bits
+    if bits is not None:
+        sizes = sizes / dtype_bytes(meta.dtype) * bits / 8
+    return sizes
 
 
 def policy_state(cfg: ReplayConfig, stream: AccessStream, cache: Cache):
@@ -286,7 +321,8 @@ def policy_state(cfg: ReplayConfig, stream: AccessStream, cache: Cache):
                              "(--train TRACE)")
         params["train_counts"] = expert_counts(_load(cfg.train), num_layers=stream.num_layers,
                                                num_experts=stream.num_experts)
-    state = module.init(len(cache.pinned), cache.part_of, cache.part_capacity, stream, params)
+    places = hasattr(module, "warm") or hasattr(module, "pins")  # what it places must fit, whichever experts
+    state = module.init(len(cache.pinned), cache.part_of, policy_slots(cache, warm=places), stream, params)
     warm = np.asarray(module.warm(state) if hasattr(module, "warm") else [], np.int32)
     cache = cache._replace(warm=warm)
     if hasattr(module, "pins"):  # the policy's own pins: held by the engine, outside the policy, like --pin
@@ -294,36 +330,68 @@ def policy_state(cfg: ReplayConfig, stream: AccessStream, cache: Cache):
         hot = hot[cache.pinned[hot] == 0]  # the user's pins are out of the capacity already
         pinned, part_capacity = cache.pinned.copy(), cache.part_capacity.copy()
         pinned[hot] = 1
-        np.subtract.at(part_capacity, cache.part_of[hot], 1)
-        cache = cache._replace(pinned=pinned, part_capacity=part_capacity)
+        np.subtract.at(part_capacity, cache.part_of[hot], 1 if cache.size is None else cache.size[hot])
+        cache = cache._replace(pinned=pinned, part_capacity=np.maximum(part_capacity, 0))
     return state, cache
 
 
 def cache_for(trace: Trace, stream: AccessStream, cfg: ReplayConfig, expert_bytes: float,
-              gpu_memory: float | None = None, budget: cost.MemoryBudget | None = None) -> Cache:
+              gpu_memory: float | None = None, budget: cost.MemoryBudget | None = None, *,
+              layer_bytes: np.ndarray | None = None) -> Cache:
     """The engine's cache for a config: partitions and their capacity in experts, pins taken out of them;
-    budget: the GPU memory budget `--capacity auto` takes its experts from (cost.memory_budget)."""
+    budget: the GPU memory budget `--capacity auto` takes its experts from (cost.memory_budget).
+    layer_bytes (layer_expert_bytes): with a capacity in bytes (or auto), the cache fills by bytes, each
+    layer's experts at their own size, and its capacities are bytes."""
     L, E = stream.num_layers, stream.num_experts
     n_items = L * E
     cap, _ = cfg.capacity.experts(num_items=n_items, num_layers=L, bytes_per_expert=expert_bytes,
                                   gpu_memory=gpu_memory, budget=budget)
+    if layer_bytes is not None and cfg.capacity.kind in ("bytes", "auto"):
+        return _byte_cache(trace, stream, cfg, layer_bytes, budget)
     if cfg.capacity.kind == "layers":  # a budget per MoE layer (moesim plan --target dynamic)
         part_of = np.repeat(np.arange(L, dtype=np.int32), E)
         part_cap = np.array(cfg.capacity.per_moe_layer(trace.meta.moe_layers, E), np.int64)
     else:
         part_of, part_cap = partitions(stream, cfg.scope, cap)
-    pinned = np.zeros(n_items, np.uint8)
-    for layer, expert in cfg.pin or ():
-        pinned[_item(trace.meta, layer, expert)] = 1
-    for layer, expert in cfg.pin_file.pins if cfg.pin_file else ():
-        try:
-            pinned[_item(trace.meta, layer, expert)] = 1
-        except ValueError as e:
-            raise ValueError(f"--pin-file {cfg.pin_file.path}: {e}") from None
+    pinned = _pins(trace, cfg, n_items)
     # pins use cache memory: the policy gets what is left in each partition
     np.subtract.at(part_cap, part_of[pinned.astype(bool)], 1)
     part_cap = np.maximum(part_cap, 0)
     return Cache(part_of, part_cap, pinned, np.zeros(0, np.int32))
+
+
+def _byte_cache(trace: Trace, stream: AccessStream, cfg: ReplayConfig, layer_bytes: np.ndarray,
+                budget: cost.MemoryBudget | None) -> Cache:
+    """A cache whose capacity is bytes: each partition holds what fits of its budget, pins taken out."""
+    L, E = stream.num_layers, stream.num_experts
+    size = np.repeat(np.round(layer_bytes).astype(np.int64), E)
+    total = int(budget.expert_bytes if cfg.capacity.kind == "auto" else cfg.capacity.value)
+    if cfg.scope == "global":
+        part_of = np.zeros(L * E, np.int32)
+        part_cap = np.array([min(total, int(size.sum()))], np.int64)
+    else:
+        part_of = np.repeat(np.arange(L, dtype=np.int32), E)
+        part_cap = np.minimum(total // L, size.reshape(L, E).sum(axis=1)).astype(np.int64)
+    pinned = _pins(trace, cfg, L * E)
+    np.subtract.at(part_cap, part_of[pinned.astype(bool)], size[pinned.astype(bool)])
+    return Cache(part_of, np.maximum(part_cap, 0), pinned, np.zeros(0, np.int32), size)
+
+
+def policy_slots(cache: Cache, warm: bool = False) -> np.ndarray:
+    """Per partition, the experts a policy may have to keep track of: its capacity in experts, or with
+    capacities in bytes the most that fit (its smallest experts first). warm: the fewest that fit (its
+    largest first), so that any set of that many experts a policy places before the start fits."""
+    if cache.size is None:
+        return cache.part_capacity
+    part_of = np.zeros(len(cache.size), np.int32) if cache.part_of is None else cache.part_of
+    free = ~cache.pinned.astype(bool)
+    out = np.zeros(len(cache.part_capacity), np.int64)
+    for p, cap in enumerate(cache.part_capacity):
+        sizes = np.sort(cache.size[free & (part_of == p)])
+        if warm:
+            sizes = sizes[::-1]
+        out[p] = int(np.searchsorted(np.cumsum(sizes), cap, side="right"))
+    return out
 
 
 def partitions(stream: AccessStream, scope: str, capacity_experts: int) -> tuple[np.ndarray, np.ndarray]:
@@ -332,6 +400,19 @@ def partitions(stream: AccessStream, scope: str, capacity_experts: int) -> tuple
     if scope == "global":
         return np.zeros(L * E, np.int32), np.array([min(capacity_experts, L * E)], np.int64)
     return np.repeat(np.arange(L, dtype=np.int32), E), np.full(L, min(capacity_experts // L, E), np.int64)
+
+
+def _pins(trace: Trace, cfg: ReplayConfig, n_items: int) -> np.ndarray:
+    """uint8 per item: pinned by --pin or --pin-file."""
+    pinned = np.zeros(n_items, np.uint8)
+    for layer, expert in cfg.pin or ():
+        pinned[_item(trace.meta, layer, expert)] = 1
+    for layer, expert in cfg.pin_file.pins if cfg.pin_file else ():
+        try:
+            pinned[_item(trace.meta, layer, expert)] = 1
+        except ValueError as e:
+            raise ValueError(f"--pin-file {cfg.pin_file.path}: {e}") from None
+    return pinned
 
 
 def _raise_engine_error(c: np.ndarray, cfg: ReplayConfig) -> None:
@@ -360,12 +441,16 @@ def expert_counts(trace: Trace, *, num_layers: int, num_experts: int) -> np.ndar
 
 
 def _transfer_fields(c: np.ndarray, misses: np.ndarray, expert_bytes: float, acted: np.ndarray,
-                     lowbit_bytes: float) -> dict[str, Any]:
-    """Prefetch counts and bytes over the link: every fetched miss is a demand fetch, every prefetch one more."""
+                     lowbit_bytes: float, layer_bytes: np.ndarray | None = None) -> dict[str, Any]:
+    """Prefetch counts and bytes over the link: every fetched miss is a demand fetch, every prefetch one more.
+    With sizes by layer a fetched miss moves its layer's bytes; prefetches count at the mean (the engine
+    counts them, not their layers)."""
     # a miss computed on the host, skipped or substituted moves nothing; a low-bit copy moves its own bytes
-    demand, prefetch = (float(misses.sum()) - float(acted[:, 1:].sum())) * expert_bytes, c[PF_ISSUED] * expert_bytes
+    fetched = misses - acted[:, 1:].sum(axis=1)
+    demand = float(fetched.sum()) * expert_bytes if layer_bytes is None else float(fetched @ layer_bytes)
     if acted[:, LOWBIT].any():
         demand += float(acted[:, LOWBIT].sum()) * lowbit_bytes
+    prefetch = c[PF_ISSUED] * expert_bytes
     return {"prefetch_issued": int(c[PF_ISSUED]), "prefetch_used": int(c[PF_USED]), "prefetch_late": int(c[PF_LATE]),
             "prefetch_wasted": int(c[PF_WASTED]), "prefetch_harmful": int(c[PF_HARMFUL]),
             "prefetch_cancelled": int(c[PF_CANCELLED]),

@@ -19,19 +19,27 @@ class Stream(NamedTuple):
 
 
 class Cache(NamedTuple):
-    """The GPU expert cache: partitions, their capacity in experts, pins, and what is resident at start."""
+    """The GPU expert cache: partitions, their capacity, pins, what is resident at start, and expert sizes.
+
+    With `size` None every expert takes one slot and capacities count experts; with a size per item
+    (experts whose quantised sizes differ by layer), capacities are bytes and a miss evicts until its
+    expert fits."""
     part_of: object          # int32 partition of each item, or None when the whole cache is one partition
-    part_capacity: np.ndarray  # int64 experts per partition (pins already taken out)
+    part_capacity: np.ndarray  # int64 per partition, experts (size None) or bytes; pins already taken out
     pinned: np.ndarray       # uint8 per item: resident throughout, outside the policy
     warm: np.ndarray         # int32 items the policy places before the replay starts
+    size: object = None      # int64 bytes of each item, or None: every expert one slot
 
 
 class Link(NamedTuple):
     """The host -> GPU link as the timed loop sees it (cost.py says how these are derived)."""
-    transfer_s: float        # one expert's bytes / bandwidth
+    transfer_s: object       # s of an expert's bytes on one lane (bytes / (bandwidth / lanes)): a float when
+                             # every expert is one size, else float64 per item
     latency_s: float         # per transfer, before its bytes flow
-    copy_engines: int        # transfers under way at once; their bytes share one pipe
+    copy_engines: int        # transfers under way at once
+    lanes: int               # byte pipes: a transfer's bytes take the earliest free one (1: all share one pipe)
     overlap: float           # fraction of a transfer the GPU computes through (1: asynchronous)
+    stripes: int = 1         # equal parts a transfer's bytes are split into, each taken by the earliest free lane
 
 
 class Host(NamedTuple):

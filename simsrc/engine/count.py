@@ -15,7 +15,8 @@ from numba.extending import overload
 from .bundles import Cache, PrefetchPlan, Stream
 from .experts import (BUSY, NUM_COUNTERS, PF_UNUSED, PF_USED, PINNED, RESIDENT, count_harmful, count_unused, evict,
                       evictable, insert_plan, none_evictable, place_at_start)
-from .ops import compiled_loop, decide, decides, on_hit, on_insert, partition, partition_map, victim
+from .ops import (compiled_loop, decide, decides, freed_enough, on_hit, on_insert, partition, partition_map, size_of,
+                  take_room, victim)
 from .routing import (FETCH, HOST, NUM_ACTIONS, SUBSTITUTE, add_weight, count_action, mass_of, pick_substitutes,
                       weight_of)
 
@@ -24,7 +25,7 @@ class CountWork(NamedTuple):
     """The count loop's state and outputs (allocated by count_replay: the loop allocates nothing)."""
     flags: np.ndarray      # uint8 per item (experts.py)
     evictor: np.ndarray    # int32 per item: the prefetch that pushed it out
-    free: np.ndarray       # int64 per partition: slots not yet taken
+    free: np.ndarray       # int64 per partition: capacity not yet taken (experts, or bytes with sizes)
     hits_of: np.ndarray    # int64 per item
     misses_of: np.ndarray  # int64 per item
     seg_hits: np.ndarray   # int32 per segment (segment accounting; access accounting derives it from `record`)
@@ -108,7 +109,7 @@ def mark_hit_store(record, i):
 
 @compiled_loop
 def _count_loop(item, pf_at, pf_segs, cache, plan, state, work, record):
-    part_of, part_capacity, pinned, warm = cache
+    part_of, part_capacity, pinned, warm, size = cache
     flags, evictor, free, hits_of, misses_of, seg_hits, seg_misses, c, acted = work
     place_at_start(cache, flags, free, state)
     # the stream in chunks that end where a segment's prefetch plan goes in (one chunk without a plan)
@@ -132,16 +133,21 @@ def _count_loop(item, pf_at, pf_segs, cache, plan, state, work, record):
             misses_of[x] += 1
             count_harmful(x, flags, evictor, c)
             p = partition(part_of, x)
-            if free[p] == 0:
-                if part_capacity[p] == 0:
+            need = size_of(size, x)
+            if free[p] < need:
+                if part_capacity[p] < need:
                     flags[x] = 0
-                    continue  # nothing can be cached in this partition: every access streams
-                v = victim(state, p, None, i)
-                if not evictable(v, p, part_of, flags, c):
-                    return
-                evict(v, p, flags, c, state)
+                    continue  # x can never be cached in this partition: every access streams
+                while True:  # evict until x fits (one slot per expert: one eviction)
+                    v = victim(state, p, None, i)
+                    if not evictable(v, p, part_of, flags, c):
+                        return
+                    evict(v, p, flags, c, state)
+                    if freed_enough(size, free, p, v, need):
+                        break
+                take_room(size, free, p, need)
             else:
-                free[p] -= 1
+                free[p] -= need
             flags[x] = RESIDENT
             on_insert(state, x, p, i)
         start = end
@@ -149,7 +155,7 @@ def _count_loop(item, pf_at, pf_segs, cache, plan, state, work, record):
             break
         clock = end - 1
         s = pf_segs[k]
-        if not insert_plan(s, clock, plan, part_of, part_capacity, None, flags, evictor, free, c, state):
+        if not insert_plan(s, clock, plan, cache, None, flags, evictor, free, c, state):
             return
     count_unused(flags, c)
 
@@ -162,7 +168,7 @@ def _segment_loop(stream, cache, plan, state, rule, work, seg):
     use, the missing expert streams through (loaded for this layer, not kept). Then the segment's prefetch
     plan goes in, as in _count_loop. The timed loop follows the same rule, and takes the same actions."""
     item, seg_offsets, seg_layer = stream.item, stream.seg_offsets, stream.seg_layer
-    part_of, part_capacity, pinned, warm = cache
+    part_of, part_capacity, pinned, warm, size = cache
     flags, evictor, free, hits_of, misses_of, seg_hits, seg_misses, c, acted = work
     in_seg, seg_items, seg_last, seg_tok = seg.in_seg, seg.seg_items, seg.seg_last, seg.seg_tok
     place_at_start(cache, flags, free, state)
@@ -228,19 +234,28 @@ def _segment_loop(stream, cache, plan, state, rule, work, seg):
                                 flags[y] = fy | BUSY
                     continue
             p = partition(part_of, x)
-            if free[p] == 0:
-                if part_capacity[p] == 0:
+            need = size_of(size, x)
+            if free[p] < need:
+                if part_capacity[p] < need:
                     continue
-                v = victim(state, p, flags, seg_last[a])
-                if v < 0:
-                    if not none_evictable(p, part_of, flags, c):
+                fits = True
+                while True:  # evict until x fits (one slot per expert: one eviction)
+                    v = victim(state, p, flags, seg_last[a])
+                    if v < 0:
+                        if not none_evictable(p, part_of, flags, c):
+                            return
+                        fits = False  # the segment fills its partition: x streams through
+                        break
+                    if not evictable(v, p, part_of, flags, c):
                         return
-                    continue  # the segment fills its partition: x streams through
-                if not evictable(v, p, part_of, flags, c):
-                    return
-                evict(v, p, flags, c, state)
+                    evict(v, p, flags, c, state)
+                    if freed_enough(size, free, p, v, need):
+                        break
+                if not fits:
+                    continue  # with sizes, what it evicted stays out: the room is free for the next
+                take_room(size, free, p, need)
             else:
-                free[p] -= 1
+                free[p] -= need
             flags[x] = RESIDENT | BUSY
             on_insert(state, x, p, seg_last[a])
         for a in range(n_seg):
@@ -248,6 +263,6 @@ def _segment_loop(stream, cache, plan, state, rule, work, seg):
             in_seg[x] = -1
             flags[x] &= ~BUSY
         clock = seg_offsets[s + 1] - 1
-        if not insert_plan(s, clock, plan, part_of, part_capacity, flags, flags, evictor, free, c, state):
+        if not insert_plan(s, clock, plan, cache, flags, flags, evictor, free, c, state):
             return
     count_unused(flags, c)

@@ -6,7 +6,7 @@ a policy's victim search (policies test it with `_busy.is_busy`).
 """
 from numba import njit
 
-from .ops import compiled_loop, on_evict, on_insert, partition, victim
+from .ops import compiled_loop, freed_enough, on_evict, on_insert, partition, size_of, take_room, victim
 
 BUSY, RESIDENT, PINNED, PF_UNUSED, PF_VICTIM = 1, 2, 4, 8, 16
 # BUSY: in use by the current layer, or in flight (segment accounting and timed mode)
@@ -87,7 +87,7 @@ def none_evictable(p, part_of, flags, c):
 def place_at_start(cache, flags, free, state):
     """Before the first access: pins resident outside the policy and its capacity; the policy's warm experts
     resident in their partitions (what every loop starts from)."""
-    part_of, part_capacity, pinned, warm = cache
+    part_of, part_capacity, pinned, warm, size = cache
     for x in range(flags.shape[0]):
         if pinned[x]:
             flags[x] = RESIDENT | PINNED
@@ -95,26 +95,32 @@ def place_at_start(cache, flags, free, state):
         x = warm[j]
         p = partition(part_of, x)
         flags[x] = RESIDENT
-        free[p] -= 1
+        free[p] -= size_of(size, x)
         on_insert(state, x, p, -1)
 
 
 @compiled_loop  # it inlines the policy's victim and on_insert
-def insert_plan(s, clock, plan, part_of, part_capacity, busy, flags, evictor, free, c, state):
+def insert_plan(s, clock, plan, cache, busy, flags, evictor, free, c, state):
     """Count mode: segment s's prefetch plan goes in at once, after its accesses (clock: the last of them).
     Returns False when the policy's victim broke its contract (the loop then stops)."""
+    part_of, part_capacity, pinned, warm, size = cache
     for j in range(plan.offsets[s], plan.offsets[s + 1]):
         x = plan.item[j]
         p = partition(part_of, x)
-        if flags[x] & RESIDENT or part_capacity[p] == 0:
+        need = size_of(size, x)
+        if flags[x] & RESIDENT or part_capacity[p] < need:
             continue
-        if free[p] == 0:
-            v = victim(state, p, busy, clock)
-            if not evictable(v, p, part_of, flags, c):
-                return False
-            evict_for_prefetch(v, x, p, flags, evictor, c, state)
+        if free[p] < need:
+            while True:  # evict until x fits (one slot per expert: one eviction)
+                v = victim(state, p, busy, clock)
+                if not evictable(v, p, part_of, flags, c):
+                    return False
+                evict_for_prefetch(v, x, p, flags, evictor, c, state)
+                if freed_enough(size, free, p, v, need):
+                    break
+            take_room(size, free, p, need)
         else:
-            free[p] -= 1
+            free[p] -= need
         flags[x] = RESIDENT | PF_UNUSED
         on_insert(state, x, p, clock)
         c[PF_ISSUED] += 1

@@ -153,6 +153,34 @@ def partition(part_of, x):
     return 0 if part_of is None else part_of[x]
 
 
+def size_of(size, x):
+    """What expert x takes of its partition's capacity: one slot when size is None (every expert the same
+    size, capacities in experts), else its bytes (capacities in bytes)."""
+    return 1 if size is None else size[x]
+
+
+def seconds_of(transfer_s, x):
+    """A transfer's seconds on a lane: the one figure when every expert is one size, else expert x's."""
+    return transfer_s if isinstance(transfer_s, float) else transfer_s[x]
+
+
+def freed_enough(size, free, p, v, need):
+    """After evicting v from partition p to make room for an expert of `need`: whether it fits now. With
+    one slot per expert (size None) always: it takes v's slot, and free[p] is not touched. With sizes,
+    v's bytes are freed first."""
+    if size is None:
+        return True
+    free[p] += size[v]
+    return free[p] >= need
+
+
+def take_room(size, free, p, need):
+    """The expert goes into the room its evictions made: with one slot per expert, the victim's slot (nothing
+    to count); with sizes, its bytes."""
+    if size is not None:
+        free[p] -= need
+
+
 def partition_map(part_of, part_capacity):
     """What the engine loops take as part_of: None for a single partition (see _partition below)."""
     return None if len(part_capacity) == 1 else part_of
@@ -190,3 +218,41 @@ def _partition(part_of, x):
     if isinstance(part_of, types.NoneType):
         return lambda part_of, x: 0
     return lambda part_of, x: part_of[x]
+
+
+# Likewise experts of one size pass size=None: a slot is the constant 1, and "evict until the expert fits"
+# (a `while True` that breaks on freed_enough) compiles to the single eviction of a full partition it always
+# was, with no store to the free count.
+@overload(size_of)
+def _size_of(size, x):
+    if isinstance(size, types.NoneType):
+        return lambda size, x: 1
+    return lambda size, x: size[x]
+
+
+@overload(seconds_of)
+def _seconds_of(transfer_s, x):
+    if isinstance(transfer_s, types.Float):
+        return lambda transfer_s, x: transfer_s
+    return lambda transfer_s, x: transfer_s[x]
+
+
+@overload(freed_enough)
+def _freed_enough(size, free, p, v, need):
+    if isinstance(size, types.NoneType):
+        return lambda size, free, p, v, need: True
+
+    def freed(size, free, p, v, need):
+        free[p] += size[v]
+        return free[p] >= need
+    return freed
+
+
+@overload(take_room)
+def _take_room(size, free, p, need):
+    if isinstance(size, types.NoneType):
+        return lambda size, free, p, need: None
+
+    def take(size, free, p, need):
+        free[p] -= need
+    return take

@@ -14,8 +14,13 @@ Per step, per layer (a *segment*):
      *stall* -- for the ones still in flight, and at the end for the host's;
   5. the segment's prefetch plan joins the link queue behind its demand fetches.
 The link: `copy_engines` transfers may be under way at once; each pays `latency` before its bytes flow,
-and bytes share one pipe of `bandwidth`, so with two or more engines one transfer's latency hides behind
-another's bytes. An expert in use by the current layer or still in flight is never evicted.
+then its bytes, in `stripes` equal parts, are taken by the earliest free of `lanes` pipes, each
+`bandwidth / lanes` (one lane: every transfer's bytes share one pipe of `bandwidth`, so with two or more
+engines one transfer's latency hides behind another's bytes; four lanes: four reads flow side by side, each
+at a quarter of the rate, as a phone's flash serves four read threads; three stripes: an expert's three
+projection tensors read as three jobs). A transfer moves its own expert's bytes. With sizes per expert
+(cache.size), capacities are bytes and a miss evicts until its expert fits. An expert in use by the current
+layer or still in flight is never evicted.
 Times are float64 seconds.
 """
 from typing import NamedTuple
@@ -28,8 +33,8 @@ from .experts import (BUSY, ERROR, GPU_S, HOST_COMPUTED, HOST_S, NUM_COUNTERS, O
                       PF_LATE, PF_UNUSED, PF_USED,
                       PINNED, RESIDENT, count_harmful, count_unused, evict, evict_for_prefetch, evictable,
                       none_evictable, place_at_start)
-from .ops import (compiled_loop, decide, decides, may_host, may_lowbit, on_hit, on_insert, partition, partition_map,
-                  victim, weighs_times)
+from .ops import (compiled_loop, decide, decides, freed_enough, may_host, may_lowbit, on_hit, on_insert, partition,
+                  partition_map, seconds_of, size_of, take_room, victim, weighs_times)
 from .routing import (FETCH, HOST, LOWBIT, NUM_ACTIONS, SUBSTITUTE, add_weight, count_action, mass_of,
                       pick_substitutes, weight_of)
 
@@ -50,9 +55,9 @@ class TimedWork(NamedTuple):
     in_seg: np.ndarray      # int64: its entry in the current segment's arrays, or -1
     evictor: np.ndarray     # int32: the prefetch that pushed it out
     target: np.ndarray      # int64 per planned prefetch: its target segment (-1: over the step's budget)
-    free: np.ndarray        # int64 per partition: slots not yet taken
+    free: np.ndarray        # int64 per partition: capacity not yet taken (experts, or bytes with sizes)
     eng_free: np.ndarray    # float64 per copy engine: when it is free
-    pipe: np.ndarray        # float64 [1]: when the link's pipe is free
+    pipe: np.ndarray        # float64 per lane: when it is free; then as many scratch entries
     inflight: np.ndarray    # int32: experts in flight (first n_inflight)
     seg_items: np.ndarray   # int32: the segment's distinct experts
     seg_tok: np.ndarray     # int64: tokens routed to each
@@ -88,22 +93,47 @@ class TimedOut(NamedTuple):
 
 
 @njit(cache=True, _nrt=False)
-def _transfer(issue_t, eng_free, pipe, link):
-    """Schedule one transfer; returns its arrival time."""
+def _on_lanes(lanes, t0, seconds, stripes):
+    """A transfer's bytes as `stripes` equal parts, each taken by the earliest free lane (a work queue, as
+    read threads take jobs), none before t0; returns when the last part lands. seconds: all its bytes on one
+    lane."""
+    part = seconds / stripes
+    done = 0.0
+    for k in range(stripes):
+        lane = _first_free_engine(lanes)
+        d = max(t0, lanes[lane]) + part
+        lanes[lane] = d
+        done = max(done, d)
+    return done
+
+
+@njit(cache=True, _nrt=False, inline="always")  # in the loop's own code: the one-lane path stays as cheap as it was
+def _transfer(issue_t, eng_free, pipe, latency_s, seconds, stripes):
+    """Schedule one transfer whose bytes take `seconds` on one lane (its bytes / one lane's bandwidth): on the
+    first free copy engine, after its latency, its parts on the first free lanes; returns its arrival time.
+    pipe: each lane's free time, then as many scratch entries (for _arrival)."""
     e = _first_free_engine(eng_free)
     start = max(issue_t, eng_free[e])
-    done = max(start + link.latency_s, pipe[0]) + link.transfer_s
-    pipe[0] = done
+    if pipe.shape[0] == 2 and stripes == 1:  # one lane, one part: the shared pipe (the hot path)
+        done = max(start + latency_s, pipe[0]) + seconds
+        pipe[0] = done
+    else:
+        done = _on_lanes(pipe[:pipe.shape[0] // 2], start + latency_s, seconds, stripes)
     eng_free[e] = done
     return done
 
 
 @njit(cache=True, _nrt=False)
-def _arrival(issue_t, eng_free, pipe, link):
+def _arrival(issue_t, eng_free, pipe, latency_s, seconds, stripes):
     """When a transfer issued at issue_t would land, without scheduling it (what an action rule weighs)."""
     e = _first_free_engine(eng_free)
     start = max(issue_t, eng_free[e])
-    return max(start + link.latency_s, pipe[0]) + link.transfer_s
+    if pipe.shape[0] == 2 and stripes == 1:
+        return max(start + latency_s, pipe[0]) + seconds
+    n = pipe.shape[0] // 2
+    for k in range(n):  # worked out on the scratch half, the lanes as they are
+        pipe[n + k] = pipe[k]
+    return _on_lanes(pipe[n:], start + latency_s, seconds, stripes)
 
 
 @njit(cache=True, _nrt=False)
@@ -131,7 +161,7 @@ def _start_prefetches(until_t, min_target, clock, q, q_end, n_inflight, plan, ca
     budget. If every slot it could take is in use or in flight, it waits at the
     head of the queue (hold[0]: the earliest it may start) and is tried again.
     """
-    part_of, part_capacity = cache.part_of, cache.part_capacity
+    part_of, part_capacity, size = cache.part_of, cache.part_capacity, cache.size
     flags, c = w.flags, w.c
     while q < q_end:
         q_seg = np.searchsorted(plan.offsets, q, side="right") - 1  # the segment that issued it
@@ -140,8 +170,9 @@ def _start_prefetches(until_t, min_target, clock, q, q_end, n_inflight, plan, ca
             break
         x = plan.item[q]
         p = partition(part_of, x)
+        need = size_of(size, x)
         # too late (its layer has routed), over budget, or nowhere to go: cancelled, whether or not x is here
-        if w.target[q] < min_target or part_capacity[p] == 0:
+        if w.target[q] < min_target or part_capacity[p] < need:
             q += 1
             c[PF_CANCELLED] += 1
             continue
@@ -149,19 +180,28 @@ def _start_prefetches(until_t, min_target, clock, q, q_end, n_inflight, plan, ca
             q += 1
             continue
         n_inflight = _settle(start, flags, w.ready, w.in_seg, w.inflight, n_inflight)
-        if w.free[p] == 0:
-            v = victim(state, p, flags, clock)
-            if v < 0:
-                if not none_evictable(p, part_of, flags, c):
+        if w.free[p] < need:
+            held = False
+            while True:  # evict until x fits (one slot per expert: one eviction)
+                v = victim(state, p, flags, clock)
+                if v < 0:
+                    if not none_evictable(p, part_of, flags, c):
+                        return q_end, n_inflight
+                    w.hold[0] = until_t
+                    held = True
+                    break
+                if not evictable(v, p, part_of, flags, c):
                     return q_end, n_inflight
-                w.hold[0] = until_t
+                evict_for_prefetch(v, x, p, flags, w.evictor, c, state)
+                if freed_enough(size, w.free, p, v, need):
+                    break
+            if held:
                 break
-            if not evictable(v, p, part_of, flags, c):
-                return q_end, n_inflight
-            evict_for_prefetch(v, x, p, flags, w.evictor, c, state)
+            take_room(size, w.free, p, need)
         else:
-            w.free[p] -= 1
-        w.ready[x] = _transfer(start, w.eng_free, w.pipe, link)
+            w.free[p] -= need
+        w.ready[x] = _transfer(start, w.eng_free, w.pipe, link.latency_s, seconds_of(link.transfer_s, x),
+                                 link.stripes)
         flags[x] = RESIDENT | BUSY | PF_UNUSED
         w.inflight[n_inflight] = x
         n_inflight += 1
@@ -186,7 +226,8 @@ def timed_replay(stream: Stream, cache: Cache, link: Link, compute: Compute, hos
     longest = int(np.diff(stream.seg_offsets).max()) if stream.ranked is not None and n_segs else 0
     work = TimedWork(np.zeros(n, np.uint8), np.zeros(n, np.float64), np.full(n, -1, np.int64),
                      np.full(n, -1, np.int32), plan.target_seg.copy(), cache.part_capacity.copy(),
-                     np.zeros(max(link.copy_engines, 1), np.float64), np.zeros(1, np.float64), np.empty(n, np.int32),
+                     np.zeros(max(link.copy_engines, 1), np.float64), np.zeros(2 * max(link.lanes, 1), np.float64),
+                     np.empty(n, np.int32),
                      np.empty(n, np.int32), np.empty(n, np.int64), np.empty(n, np.float64), np.empty(n, np.int64),
                      np.empty(n, np.int32), np.zeros(len(stream.seg_layer), np.float64), np.zeros(1, np.float64),
                      np.zeros(n, np.uint8), np.zeros(2, np.float64), np.zeros(NUM_COUNTERS, np.float64))
@@ -201,7 +242,7 @@ def timed_replay(stream: Stream, cache: Cache, link: Link, compute: Compute, hos
 @compiled_loop
 def _timed_loop(stream, cache, link, compute, host, lowbit, plan, state, rule, out, w, aw):
     item, seg_offsets, seg_layer, seg_step = stream.item, stream.seg_offsets, stream.seg_layer, stream.seg_step
-    part_of, part_capacity, pinned, warm = cache
+    part_of, part_capacity, pinned, warm, size = cache
     seg_dense_s, token_s, weights_s, launch_s = compute
     hits, misses, stall, step_end, seg_hits, seg_misses, acted = out
     seg_host, cpu = w.seg_host, w.cpu
@@ -284,7 +325,8 @@ def _timed_loop(stream, cache, link, compute, host, lowbit, plan, state, rule, o
                 host_s = max(seg_tok[a] * host.per_token_s, host.floor_s) if may_host(rule) else 0.0
                 host_done = max(cpu[1], issue) + host_s if may_host(rule) else 0.0
                 # what a copy issued now would take is worked out only for a rule that weighs it
-                fetch_done = _arrival(issue, w.eng_free, w.pipe, link) if weighs_times(rule) else 0.0
+                fetch_done = _arrival(issue, w.eng_free, w.pipe, link.latency_s, seconds_of(link.transfer_s, x),
+                                      link.stripes) if weighs_times(rule) else 0.0
                 act = decide(rule, x, seg_tok[a], weight_of(stream.weight, aw.seg_wmax, a), fetch_done, host_done)
                 if act == SUBSTITUTE and not pick_substitutes(stream.ranked, x, s, seg_offsets[s], seg_offsets[s + 1],
                                                               item, flags, aw.pick, aw.pick_seg):
@@ -301,8 +343,10 @@ def _timed_loop(stream, cache, link, compute, host, lowbit, plan, state, rule, o
                     count_action(c, act, seg_tok[a], mass_of(stream.weight, aw.seg_wsum, a))
                     if act == LOWBIT:
                         # the copy is used for this layer and not kept (as an expert that streams through)
-                        sync_s += (1.0 - lowbit.link.overlap) * lowbit.link.transfer_s
-                        ready[x] = _transfer(issue, w.eng_free, w.pipe, lowbit.link)
+                        copy_s = seconds_of(lowbit.link.transfer_s, x)
+                        sync_s += (1.0 - lowbit.link.overlap) * copy_s
+                        ready[x] = _transfer(issue, w.eng_free, w.pipe, lowbit.link.latency_s, copy_s,
+                                             lowbit.link.stripes)
                         flags[x] = BUSY
                         inflight[n_inflight] = x
                         n_inflight += 1
@@ -333,39 +377,47 @@ def _timed_loop(stream, cache, link, compute, host, lowbit, plan, state, rule, o
                                 flags[y] = fy | BUSY
                             seg_tok[in_seg[y]] += 1
                     continue
-            sync_s += (1.0 - link.overlap) * link.transfer_s
+            sync_s += (1.0 - link.overlap) * seconds_of(link.transfer_s, x)
             p = partition(part_of, x)
             f = BUSY  # with no room in its partition, x streams through for this layer and is not kept
-            if part_capacity[p] > 0:
+            need = size_of(size, x)
+            if part_capacity[p] >= need:
                 keep = True
-                if w.free[p] == 0:
-                    v = victim(state, p, flags, i)
-                    while v < 0:
-                        if not none_evictable(p, part_of, flags, c):
-                            return
-                        # wait for the earliest transfer this layer does not need, then take its slot
-                        wx = -1
-                        for j in range(n_inflight):
-                            y = inflight[j]
-                            if flags[y] & BUSY and in_seg[y] < 0 and partition(part_of, y) == p and \
-                                    (wx < 0 or ready[y] < ready[wx]):
-                                wx = y
-                        if wx < 0:
-                            keep = False  # the layer's own experts fill the partition: x streams through
-                            break
-                        issue = max(issue, ready[wx])
-                        flags[wx] &= ~BUSY
+                if w.free[p] < need:
+                    while True:  # evict until x fits (one slot per expert: one eviction)
                         v = victim(state, p, flags, i)
-                    if keep:
+                        while v < 0:
+                            if not none_evictable(p, part_of, flags, c):
+                                return
+                            # wait for the earliest transfer this layer does not need, then take its slot
+                            wx = -1
+                            for j in range(n_inflight):
+                                y = inflight[j]
+                                if flags[y] & BUSY and in_seg[y] < 0 and partition(part_of, y) == p and \
+                                        (wx < 0 or ready[y] < ready[wx]):
+                                    wx = y
+                            if wx < 0:
+                                keep = False  # the layer's own experts fill the partition: x streams through
+                                break
+                            issue = max(issue, ready[wx])
+                            flags[wx] &= ~BUSY
+                            v = victim(state, p, flags, i)
+                        if not keep:
+                            break
                         if not evictable(v, p, part_of, flags, c):
                             return
                         evict(v, p, flags, c, state)
+                        if freed_enough(size, w.free, p, v, need):
+                            break
+                    if keep:
+                        take_room(size, w.free, p, need)
                 else:
-                    w.free[p] -= 1
+                    w.free[p] -= need
                 if keep:
                     f = RESIDENT | BUSY
                     on_insert(state, x, p, i)
-            ready[x] = _transfer(issue, w.eng_free, w.pipe, link)
+            ready[x] = _transfer(issue, w.eng_free, w.pipe, link.latency_s, seconds_of(link.transfer_s, x),
+                                 link.stripes)
             flags[x] = f
             inflight[n_inflight] = x
             n_inflight += 1

@@ -7,9 +7,16 @@ PCIe line rate; GPU figures are datasheet peaks for dense bf16/fp16 tensor math 
 
 Fields (a file writes them with units, e.g. "25GB/s", "10us", "312T", "80GiB"):
 
-    bandwidth     host -> GPU link, bytes/s
+    bandwidth     host -> GPU link, bytes/s, over all its lanes
     latency       per transfer before its bytes flow (driver call, DMA set-up), s
-    copy_engines  transfers that may be under way at once (their bytes share one pipe)
+    copy_engines  transfers that may be under way at once
+    lanes         independent byte pipes the transfers under way share, each bandwidth / lanes; default 1
+                  (PCIe: one pipe, so a lone copy gets the whole bandwidth; a phone's flash or an NVMe
+                  drive read by several threads: one lane per reader, a lone read at its lane's rate);
+                  at most copy_engines x stripes
+    stripes       equal parts a transfer's bytes are split into, each taken by the earliest free lane (a
+                  runtime that reads an expert's projection tensors as separate jobs: 3 for gate, up and
+                  down); default 1
     gpu_flops     dense bf16/fp16 tensor FLOP/s
     hbm           GPU memory bandwidth, bytes/s
     launch        per kernel (a layer's dense part, one expert's GEMMs), s; default 5 us
@@ -20,6 +27,10 @@ Fields (a file writes them with units, e.g. "25GB/s", "10us", "312T", "80GiB"):
                   0: a synchronous read the GPU waits out); default 1
     host_flops    the host's FLOP/s for experts computed there (the host action); default 1 TFLOP/s
     host_bandwidth  the host's memory bandwidth for reading an expert's weights, bytes/s; default 100 GB/s
+    kv_bytes_per_token  KV-cache bytes per token per layer attention reads (a property of the model and its
+                  KV dtype, carried here so a calibrated file replays as it was fitted); default none
+    weight_bits   bits per weight of the experts as moved and read (4.5 for GGUF Q4_K_M); default: the
+                  trace's dtype
     source        where each figure comes from
 """
 from __future__ import annotations
@@ -51,6 +62,10 @@ class Hardware:
     # a server CPU: AVX-512/AMX bf16 reaches 1-3 TFLOP/s, 8-12 DDR5 channels 100-400 GB/s (vendor sheets)
     host_flops: float = 1e12    # FLOP/s
     host_bandwidth: float = 100e9  # bytes/s
+    lanes: int = 1
+    stripes: int = 1
+    kv_bytes_per_token: float | None = None  # bytes; None: attention's KV reads not charged
+    weight_bits: float | None = None  # None: the trace's dtype
     source: str = ""
 
     def __post_init__(self):
@@ -64,6 +79,18 @@ class Hardware:
                 raise ValueError(f"hardware {self.name!r}: {f} must be zero or more, got {getattr(self, f)!r}")
         if int(self.copy_engines) < 1:
             raise ValueError(f"hardware {self.name!r}: copy_engines must be at least 1, got {self.copy_engines!r}")
+        if int(self.stripes) < 1:
+            raise ValueError(f"hardware {self.name!r}: stripes must be at least 1, got {self.stripes!r}")
+        if not 1 <= int(self.lanes) <= int(self.copy_engines) * int(self.stripes):
+            raise ValueError(f"hardware {self.name!r}: lanes is {self.lanes!r} with {self.copy_engines} copy engines "
+                             f"of {self.stripes} stripe(s) each; a lane carries one part of a transfer at a time, so "
+                             f"give 1 to copy_engines x stripes lanes (raise copy_engines or stripes with lanes)")
+        if self.kv_bytes_per_token is not None and not self.kv_bytes_per_token >= 0:
+            raise ValueError(f"hardware {self.name!r}: kv_bytes_per_token must be zero or more, got "
+                             f"{self.kv_bytes_per_token!r}")
+        if self.weight_bits is not None and not 0 < self.weight_bits <= 32:
+            raise ValueError(f"hardware {self.name!r}: weight_bits is bits per weight in (0, 32], got "
+                             f"{self.weight_bits!r}")
 
     def with_overrides(self, **figures) -> "Hardware":
         """The same hardware with some figures replaced (SI values; None keeps the preset's)."""
@@ -74,7 +101,7 @@ class Hardware:
         """The hardware as a file `--hardware FILE.toml` reads back exactly (figures in SI, as floats)."""
         lines = [f'name = "{self.name}"']
         for f in dataclasses.fields(self):
-            if f.name in ("name", "source"):
+            if f.name in ("name", "source") or getattr(self, f.name) is None:
                 continue
             lines.append(f"{f.name} = {getattr(self, f.name)!r}")
         lines.append(f"source = {_toml_string(self.source)}")
@@ -98,6 +125,10 @@ _FIELDS = {
     "overlap": lambda v, o: _fraction(v, o),
     "host_flops": lambda v, o: parse_flops(v, o) if isinstance(v, str) else _si(v, o, low=0, strict=True),
     "host_bandwidth": lambda v, o: parse_rate(v, o) if isinstance(v, str) else _si(v, o, low=0, strict=True),
+    "lanes": lambda v, o: parse_count(v, o, low=1),
+    "stripes": lambda v, o: parse_count(v, o, low=1),
+    "kv_bytes_per_token": lambda v, o: parse_bytes(v, o) if isinstance(v, str) else _si(v, o),
+    "weight_bits": lambda v, o: _si(v, o, low=0, strict=True) if _si(v, o) <= 32 else _bits_error(v, o),
     "source": lambda v, o: str(v),
 }
 
@@ -109,6 +140,10 @@ def _si(v, option: str, low: float = 0.0, strict: bool = False) -> float:
     if not (v > low if strict else v >= low) or v != v:
         raise ValueError(f"{option}: {v!r} must be {'more than' if strict else 'at least'} {low}")
     return v
+
+
+def _bits_error(v, option: str):
+    raise ValueError(f"{option}: {v!r} bits per weight; write e.g. 16, 8 or 4.5")
 
 
 def _fraction(v, option: str) -> float:
@@ -167,7 +202,13 @@ def get_hardware(name: str | Path | Hardware) -> Hardware:
 
 
 DTYPE_BYTES = {"float32": 4.0, "fp32": 4.0, "bfloat16": 2.0, "bf16": 2.0, "float16": 2.0, "fp16": 2.0,
-               "int8": 1.0, "fp8": 1.0, "float8": 1.0, "int4": 0.5, "fp4": 0.5, "mxfp4": 0.53}
+               "int8": 1.0, "fp8": 1.0, "float8": 1.0, "int4": 0.5, "fp4": 0.5, "mxfp4": 0.53,
+               # GGUF (llama.cpp): bits per weight of each block format, scales included (k-quants: 256-weight
+               # super-blocks, Q2_K 2.5625, Q3_K 3.4375, Q4_K 4.5, Q5_K 5.5, Q6_K 6.5625 bpw, as ggml's k-quants
+               # description gives them; Q4_0 / Q4_1 / Q5_0 / Q5_1 / Q8_0: 18 / 20 / 22 / 24 / 34 bytes per 32
+               # weights). A mix (Q4_K_M) is read as its base format: its expert tensors are mostly that.
+               "q2_k": 2.5625 / 8, "q3_k": 3.4375 / 8, "q4_k": 4.5 / 8, "q5_k": 5.5 / 8, "q6_k": 6.5625 / 8,
+               "q4_0": 18 / 32, "q4_1": 20 / 32, "q5_0": 22 / 32, "q5_1": 24 / 32, "q8_0": 34 / 32}
 
 
 def dtype_bytes(dtype: str) -> float:
