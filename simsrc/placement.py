@@ -208,17 +208,17 @@ def memory_budget(meta, cfg: ReplayConfig, *, gpu_memory=None, reserve=DEFAULT_R
         raise ValueError(f"{meta.model}: the trace does not say how many bytes an expert has; pass "
                          f"--bytes-per-expert")
     # a quantised model (--weight-bits) is quantised throughout, its non-expert weights too
-    scale = cfg.weight_bits / 8 / dtype_bytes(meta.dtype) if cfg.weight_bits is not None else 1.0
+    scale = hw.weight_bits / 8 / dtype_bytes(meta.dtype) if hw.weight_bits is not None else 1.0
     dense_layers = meta.num_layers - meta.num_moe_layers
     non_expert = scale * (meta.dense_bytes_per_layer * meta.num_layers + dense_layers * meta.bytes_per_expert)
     kv = 0.0
     if context is not None:
         context = parse_count(context, "--context", low=1)
         batch = parse_count(batch, "--batch", low=1)
-        if cfg.kv_bytes_per_token is None:
+        if hw.kv_bytes_per_token is None:
             raise ValueError("--context: the KV cache's size needs --kv-bytes-per-token, the bytes one token keeps "
                              "per layer (Mixtral-8x7B in bf16: 8 KV heads x 128 x 2 (K and V) x 2 bytes = 4KiB)")
-        kv = float(context) * batch * cfg.kv_bytes_per_token * meta.num_layers
+        kv = float(context) * batch * hw.kv_bytes_per_token * meta.num_layers
     budget = Budget(float(gpu), float(non_expert), kv, float(reserve), float(expert_bytes), meta.num_experts,
                     meta.num_moe_layers)
     if budget.for_experts < 0:

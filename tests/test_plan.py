@@ -3,6 +3,7 @@ plan replayed to the prediction it states."""
 import itertools
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -207,6 +208,18 @@ def test_the_memory_budget_is_the_gpu_less_what_else_it_holds():
         memory_budget(meta, ReplayConfig.make(), context=4096)
     with pytest.raises(ValueError, match="holds no experts"):
         memory_budget(meta, ReplayConfig.make(), gpu_memory="2GiB")
+
+
+def test_the_memory_budget_reads_weight_bits_and_kv_size_from_a_hardware_file(tmp_path):
+    # a calibrated hardware file carries them (moesim calibrate writes it): the plan must not ignore them
+    meta = moesim.read_trace(MIXTRAL).meta
+    hw = tmp_path / "q4.toml"
+    preset = Path(moesim.__file__).parent / "hardware" / "presets" / "rtx4090-pcie4.toml"
+    hw.write_text(preset.read_text().replace('name = "rtx4090-pcie4"', 'name = "q4"') +
+                  "\nweight_bits = 4.5\nkv_bytes_per_token = 4096\n")
+    b = memory_budget(meta, ReplayConfig.make(hardware=str(hw)), gpu_memory="24GiB", context=8192, batch=2)
+    assert b.expert_bytes == 176_160_768 * 4.5 / 8
+    assert b.kv_cache == 8192 * 2 * 4096 * 32
 
 
 def test_a_plan_refuses_the_knobs_it_chooses():
