@@ -552,10 +552,12 @@ def inspect(trace: str, as_json: bool, batch_rows: int) -> None:
 @click.option("--prefill-chunk", type=int, default=1, show_default=True, help="as in replay")
 @click.option("--train", default=None, type=click.Path(dir_okay=False), help="training trace (static policy)")
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="also write the rows: .csv, .parquet or .json")
+@click.option("--plot", "figure", default=None, type=click.Path(dir_okay=False),
+              help="also draw the curves (as plot --kind hit-rate): .png, .svg or .pdf")
 @click.option("--json", "as_json", is_flag=True, help="print the rows as JSON")
 @friendly_errors
 def curve(trace, policies, capacities, points, scope, accounting, batch_size, method, sample_rate, seed,
-          prefill_chunk, train, out, as_json) -> None:
+          prefill_chunk, train, out, figure, as_json) -> None:
     """Hit rate of one or more policies at many capacities of TRACE (count mode)."""
     import pandas as pd
 
@@ -571,12 +573,16 @@ def curve(trace, policies, capacities, points, scope, accounting, batch_size, me
                    ignore_index=True)
     if out:
         write_curve(df, out)
+    if figure:
+        from .plots import hit_rate_vs_capacity, save
+        save(hit_rate_vs_capacity(df.assign(trace=trace, model=tr.meta.model, mode="count")), figure)
     if as_json:
         echo_json(df.astype(object).where(df.notna(), None).to_dict(orient="records"))  # NaN is not JSON
     else:
         click.echo(format_curve(df))
-        if out:
-            click.echo(f"wrote {out}")
+        for path in (out, figure):
+            if path:
+                click.echo(f"wrote {path}")
 
 
 # ---- synth

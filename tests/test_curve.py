@@ -352,3 +352,18 @@ def test_a_stack_window_past_64_words_gives_the_same_curve():
     assert curve["hits"].tolist() == [int(by_capacity[c]) for c in caps]
     segment = hit_rate_curve(trace, "lru", caps, stream=stream, accounting="segment")
     assert segment["hits"].tolist() == replayed(trace, stream, "lru", "global", caps, "segment")
+
+
+def test_the_cli_draws_the_curves_and_says_which_are_sampled(tmp_path):
+    from moesim.plots import hit_rate_vs_capacity
+    fig_path = tmp_path / "curves.png"
+    res = CliRunner().invoke(main, ["curve", str(MIXTRAL), "--policy", "lru,lfu", "--capacities", "10%..60%",
+                                    "--points", "6", "--plot", str(fig_path)])
+    assert res.exit_code == 0, res.output
+    assert fig_path.read_bytes().startswith(b"\x89PNG") and f"wrote {fig_path}" in res.output
+    sampled = hit_rate_curve(MIXTRAL, "lfu", "10%..60%", points=6, method="sampled", sample_rate=0.5)
+    exact = hit_rate_curve(MIXTRAL, "lru", "10%..60%", points=6)
+    ax = hit_rate_vs_capacity(pd.concat([exact, sampled]).assign(mode="count")).axes[0]
+    drawn = {line.get_label(): line.get_ydata() for line in ax.get_lines()}
+    assert set(drawn) == {"LRU", "LFU (sampled, 50%)"}
+    assert list(drawn["LRU"]) == pytest.approx(list(100 * exact["hit_rate"]))
