@@ -41,6 +41,7 @@ from typing import NamedTuple
 
 import numba
 import numpy as np
+from numba.extending import overload
 
 from .trace.stats import (SHORT_WINDOW_WORDS, _move_mark_long, _move_mark_short, _popcount, _renumber,
                           lru_stack)
@@ -104,12 +105,17 @@ def lru_group_counts(stream, part_of: np.ndarray, pinned: np.ndarray, accounting
         _access_pass(stream.item, stream.seg_offsets, seg_group, part_of, pinned, maxc, stack, frm, lookups, pins)
     else:
         lk_item, seg_lk = _lookups(stream.item, stream.seg_offsets, seg_group, pinned, n_items, lookups, pins)
-        if len(seg_lk) > 1 and int(np.diff(seg_lk).max()) > MAX_SEGMENT:
+        widest = int(np.diff(seg_lk).max()) if len(seg_lk) > 1 else 0
+        if widest > MAX_SEGMENT:
             return None
         n = len(lk_item)
-        _segment_pass(lk_item, seg_lk, seg_group, part_of, maxc, stack,
+        # a lookup's window in the narrowest types that hold it: the pass writes and reads one per lookup
+        # (16 bytes a lookup measured 0.1-0.2 s of page faults alone on the 14.7 M-lookup trace)
+        win_type = np.int16 if maxc + 1 < np.iinfo(np.int16).max - MAX_SEGMENT else np.int32
+        mask_type = next(t for t in (np.uint8, np.uint16, np.uint32, np.uint64) if widest <= 8 * np.dtype(t).itemsize)
+        _segment_pass(lk_item, seg_lk, seg_group, part_of, maxc, stack, _row_kind(stack),
                       np.full(n_items, -1, np.int64), np.full(n_items, -1, np.int64),
-                      np.zeros(len(seg_group), np.uint64), np.empty((n, 2), np.int32), np.empty(n, np.uint64),
+                      np.zeros(len(seg_group), np.uint64), np.empty((n, 2), win_type), np.empty(n, mask_type),
                       np.empty(MAX_SEGMENT, np.uint64), frm, point)
     return np.cumsum(frm[:, :maxc + 1], axis=1) + point[:, :maxc + 1], lookups, pins
 
@@ -121,56 +127,64 @@ def _marks_after(words, after, prev):
     return np.int64(after[w]) + _popcount(words[w] >> np.uint64(prev & 63) >> np.uint64(1))
 
 
-@numba.njit(cache=True, _nrt=False)
+class _ShortRow(NamedTuple):
+    """Marks move by trace.stats' short-row update (a window of at most SHORT_WINDOW_WORDS words)."""
+    words: int
+
+
+class _LongRow(NamedTuple):
+    """Marks move by the long-row update."""
+    words: int
+
+
+def _row_kind(stack):
+    # the update is chosen by the type of this argument, when the loop compiles: a test per access measured
+    # two to three times slower in trace.stats, and both updates in one loop 28-40 % slower here
+    n = stack.words.shape[1]
+    return _ShortRow(n) if n <= SHORT_WINDOW_WORDS else _LongRow(n)
+
+
+def _move(row, words, after, owner, last, t, x):
+    mover = _move_mark_short if isinstance(row, _ShortRow) else _move_mark_long
+    return mover(words, after, owner, last, t, x)
+
+
+@overload(_move, inline="always")
+def _move_compiled(row, words, after, owner, last, t, x):
+    if getattr(row, "instance_class", None) is _ShortRow:
+        return lambda row, words, after, owner, last, t, x: _move_mark_short(words, after, owner, last, t, x)
+    return lambda row, words, after, owner, last, t, x: _move_mark_long(words, after, owner, last, t, x)
+
+
 def _access_pass(item, seg_offsets, seg_group, part_of, pinned, maxc, stack, frm, lookups, pins):
-    # trace.stats.stack_histogram's loop, counted by layer and phase; the row update is chosen outside the
-    # loop, as there (a test per access measured two to three times slower); a segment's partition (the
-    # same for all its experts) is read once per segment
+    _access_loop(item, seg_offsets, seg_group, part_of, pinned, maxc, stack, _row_kind(stack), frm, pins)
+    np.add.at(lookups, seg_group, np.diff(seg_offsets))
+    lookups -= pins
+
+
+@numba.njit(cache=True, _nrt=False)
+def _access_loop(item, seg_offsets, seg_group, part_of, pinned, maxc, stack, row, frm, pins):
+    # trace.stats.stack_histogram's loop, counted by group
     window = stack.owner.shape[1]
-    if stack.words.shape[1] <= SHORT_WINDOW_WORDS:
-        for s in range(seg_group.shape[0]):
-            grp = seg_group[s]
-            i0, i1 = seg_offsets[s], seg_offsets[s + 1]
-            if i0 == i1:
-                continue
-            p = part_of[item[i0]]
-            for i in range(i0, i1):
-                x = np.uint32(item[np.uint64(i)])
-                if pinned[x]:
-                    pins[grp] += 1
-                    continue
-                t = stack.clock[p]
-                if t == window:  # renumbered in the loop: a helper function for these lines measured 4x slower
-                    _renumber(stack, p)
-                    t = stack.clock[p]
-                d = _move_mark_short(stack.words[p], stack.after[p], stack.owner[p], stack.last, t, x)
-                stack.clock[p] = t + 1
-                if 0 <= d < maxc:
-                    frm[grp, d + 1] += 1
-    else:
-        for s in range(seg_group.shape[0]):
-            grp = seg_group[s]
-            i0, i1 = seg_offsets[s], seg_offsets[s + 1]
-            if i0 == i1:
-                continue
-            p = part_of[item[i0]]
-            for i in range(i0, i1):
-                x = np.uint32(item[np.uint64(i)])
-                if pinned[x]:
-                    pins[grp] += 1
-                    continue
-                t = stack.clock[p]
-                if t == window:  # renumbered in the loop: a helper function for these lines measured 4x slower
-                    _renumber(stack, p)
-                    t = stack.clock[p]
-                d = _move_mark_long(stack.words[p], stack.after[p], stack.owner[p], stack.last, t, x)
-                stack.clock[p] = t + 1
-                if 0 <= d < maxc:
-                    frm[grp, d + 1] += 1
     for s in range(seg_group.shape[0]):
-        lookups[seg_group[s]] += seg_offsets[s + 1] - seg_offsets[s]
-    for g in range(lookups.shape[0]):
-        lookups[g] -= pins[g]
+        grp = seg_group[s]
+        i0, i1 = seg_offsets[s], seg_offsets[s + 1]
+        if i0 == i1:
+            continue
+        p = part_of[item[i0]]  # a segment's experts share a partition
+        for i in range(i0, i1):
+            x = np.uint32(item[np.uint64(i)])
+            if pinned[x]:
+                pins[grp] += 1
+                continue
+            t = stack.clock[p]
+            if t == window:  # renumbered in the loop: a helper function for these lines measured 4x slower
+                _renumber(stack, p)
+                t = stack.clock[p]
+            d = _move(row, stack.words[p], stack.after[p], stack.owner[p], stack.last, t, x)
+            stack.clock[p] = t + 1
+            if 0 <= d < maxc:
+                frm[grp, d + 1] += 1
 
 
 def _lookups(item, seg_offsets, seg_group, pinned, n_items, lookups, pins):
@@ -219,13 +233,14 @@ def _fill_lookups(item, seg_offsets, seg_group, pinned, in_seg, seg_lk, lk_item,
 
 
 ALL = np.uint64(0xFFFFFFFFFFFFFFFF)
-# bit k of each lane's index, lane i at bit i
-LANE0 = np.uint64(0xAAAAAAAAAAAAAAAA)
-LANE1 = np.uint64(0xCCCCCCCCCCCCCCCC)
-LANE2 = np.uint64(0xF0F0F0F0F0F0F0F0)
-LANE3 = np.uint64(0xFF00FF00FF00FF00)
-LANE4 = np.uint64(0xFFFF0000FFFF0000)
-LANE5 = np.uint64(0xFFFFFFFF00000000)
+# a byte per lane, for up to 8 lanes: the lane's index, each byte's top bit, ones, and the multiplier that
+# gathers bit 0 of each byte into bits 56..63
+LANE_INDEX = np.uint64(0x0706050403020100)
+BYTE_TOPS = np.uint64(0x8080808080808080)
+BYTE_ONES = np.uint64(0x0101010101010101)
+GATHER = np.uint64(0x0102040810204080)
+# BYTES_BELOW[t]: a one in each of the bytes (lanes) below t
+BYTES_BELOW = np.array([(1 << (8 * t)) - 1 & 0x0101010101010101 for t in range(9)], np.uint64)
 
 
 @numba.njit(cache=True, _nrt=False, inline="always")
@@ -254,22 +269,11 @@ def _lane_hits(win, mask, m, first):
 
 
 @numba.njit(cache=True, _nrt=False, inline="always")
-def _at_most_lane(c0, c1, c2, c3, c4, c5):
-    # the lanes whose bit-sliced count (planes c0..c5) is at most the lane's index, compared from the top bit
-    gt = np.uint64(0)
-    eq = ALL
-    gt |= eq & c5 & ~LANE5
-    eq &= ~(c5 ^ LANE5)
-    gt |= eq & c4 & ~LANE4
-    eq &= ~(c4 ^ LANE4)
-    gt |= eq & c3 & ~LANE3
-    eq &= ~(c3 ^ LANE3)
-    gt |= eq & c2 & ~LANE2
-    eq &= ~(c2 ^ LANE2)
-    gt |= eq & c1 & ~LANE1
-    eq &= ~(c1 ^ LANE1)
-    gt |= eq & c0 & ~LANE0
-    return ~gt
+def _at_most_lane(counts):
+    # lanes 0..7 (bit i) whose count (byte i, below 128) is at most i: each byte of (i | 0x80) - count keeps its
+    # top bit when i >= count, and a multiply gathers the top bits
+    top = ((LANE_INDEX | BYTE_TOPS) - counts) & BYTE_TOPS
+    return ((top >> np.uint64(7)) * GATHER) >> np.uint64(56)
 
 
 @numba.njit(cache=True, _nrt=False, inline="always")
@@ -280,24 +284,14 @@ def _lanes(win, mask, li, r0, nr, gbits, d, lanes, hb):
     first = d + 1
     full = ALL >> np.uint64(64 - lanes)
     hx = _lane_hits(win, mask, li, first) & full
-    if first >= nr and mask[li] == 0:
+    if first >= nr and lanes <= 8 and mask[li] == 0:
         # No lane where r streamed: r's misses all went in, ahead of its hits. When every expert of G hit at r
         # from some capacity on (no window), x hits at lane i (capacity first + i) when
         #   x missed at r: misses[after x](i) <= i;   x hit at r: |G after x| + misses[before x](i) <= i,
-        # counted for all lanes at once in bit-sliced counters (plane k: bit k of each lane's count), with
-        # no branch on the data: a loop over lanes and experts measured 60 ns a lookup, mostly mispredictions
-        a0 = np.uint64(0)
-        a1 = np.uint64(0)
-        a2 = np.uint64(0)
-        a3 = np.uint64(0)
-        a4 = np.uint64(0)
-        a5 = np.uint64(0)
-        b0 = np.uint64(0)
-        b1 = np.uint64(0)
-        b2 = np.uint64(0)
-        b3 = np.uint64(0)
-        b4 = np.uint64(0)
-        b5 = np.uint64(0)
+        # counted for up to 8 lanes at once, a byte a lane (a loop over lanes and experts measured 60 ns a
+        # lookup, mostly mispredicted branches)
+        after_miss = np.uint64(0)
+        before_miss = np.uint64(0)
         windows = np.uint64(0)
         b = gbits
         while b:
@@ -305,32 +299,17 @@ def _lanes(win, mask, li, r0, nr, gbits, d, lanes, hb):
             m = r0 + _popcount(low - one)
             b ^= low
             windows |= mask[m]
-            miss = ~_ones_from(np.int64(win[m, 0]) - first) & full
-            later = ALL if m > li else np.uint64(0)
-            ma = miss & later
-            mb = miss & ~later
-            a0, ma = a0 ^ ma, a0 & ma
-            a1, ma = a1 ^ ma, a1 & ma
-            a2, ma = a2 ^ ma, a2 & ma
-            a3, ma = a3 ^ ma, a3 & ma
-            a4, ma = a4 ^ ma, a4 & ma
-            a5 ^= ma
-            b0, mb = b0 ^ mb, b0 & mb
-            b1, mb = b1 ^ mb, b1 & mb
-            b2, mb = b2 ^ mb, b2 & mb
-            b3, mb = b3 ^ mb, b3 & mb
-            b4, mb = b4 ^ mb, b4 & mb
-            b5 ^= mb
-        if windows == 0:
-            after_all = np.int64(_popcount(gbits >> np.uint64(li - r0)))
-            run = _ones_from(np.int64(win[li, 0]) - first)  # the lanes where x hit at r
-            miss_run = _at_most_lane(a0, a1, a2, a3, a4, a5) & ~run
-            if after_all < 64:
-                sh = np.uint64(after_all)
-                hit_run = _at_most_lane(b0 >> sh, b1 >> sh, b2 >> sh, b3 >> sh, b4 >> sh, b5 >> sh) << sh
+            below = BYTES_BELOW[min(max(np.int64(win[m, 0]) - first, 0), 8)]  # the lanes where m missed
+            if m > li:
+                after_miss += below
             else:
-                hit_run = np.uint64(0)
-            return (miss_run | (hit_run & run)) & full
+                before_miss += below
+        if windows == 0:
+            after_all = np.uint64(_popcount(gbits >> np.uint64(li - r0)))
+            run = _ones_from(np.int64(win[li, 0]) - first)  # the lanes where x hit at r
+            ok_missed = _at_most_lane(after_miss)
+            ok_hit = _at_most_lane(before_miss + after_all * BYTE_ONES)
+            return ((ok_missed & ~run) | (ok_hit & run)) & full
     for m in range(r0, r0 + nr):
         hb[m - r0] = _lane_hits(win, mask, m, first)
     bits = np.uint64(0)
@@ -376,12 +355,11 @@ def _lanes(win, mask, li, r0, nr, gbits, d, lanes, hb):
 
 
 @numba.njit(cache=True, _nrt=False)
-def _segment_pass(lk_item, seg_lk, seg_group, part_of, maxc, stack, last_lk, last_seg, live,
+def _segment_pass(lk_item, seg_lk, seg_group, part_of, maxc, stack, row, last_lk, last_seg, live,
                   win, mask, hb, frm, point):
     never = maxc + 1
     one = np.uint64(1)
     window = stack.owner.shape[1]
-    short = stack.words.shape[1] <= SHORT_WINDOW_WORDS
     for s in range(seg_group.shape[0]):
         a0 = seg_lk[s]
         a1 = seg_lk[s + 1]
@@ -446,10 +424,7 @@ def _segment_pass(lk_item, seg_lk, seg_group, part_of, maxc, stack, last_lk, las
             if t == window:
                 _renumber(stack, p)
                 t = stack.clock[p]
-            if short:
-                _move_mark_short(stack.words[p], stack.after[p], stack.owner[p], stack.last, t, x)
-            else:
-                _move_mark_long(stack.words[p], stack.after[p], stack.owner[p], stack.last, t, x)
+            _move(row, stack.words[p], stack.after[p], stack.owner[p], stack.last, t, x)
             stack.clock[p] = t + 1
             li = last_lk[x]
             if li >= 0:
