@@ -194,6 +194,7 @@ def main(argv=None) -> int:
     ap.add_argument("--slow-points", type=int, default=12, help="capacities MoE-Infinity's exact curve is replayed at")
     ap.add_argument("--quick", action="store_true", help="per segment only, 20 capacities checked, one seed")
     ap.add_argument("--spatial", action="store_true", help="also section 3 (sampling experts)")
+    ap.add_argument("--lru-only", action="store_true", help="only section 1")
     ap.add_argument("--json-out", type=Path, default=None)
     ap.add_argument("--save", action="store_true", help=f"also write {BASELINE.name}")
     args = ap.parse_args(argv)
@@ -220,9 +221,10 @@ def main(argv=None) -> int:
           flush=True)
     print("\nLRU, exact, 100 capacities, against one replay at 10 % (CPU time):", flush=True)
     doc["lru"] = bench_lru(tr, stream, args)
-    print("\nsampled curves against the exact curve by replays:", flush=True)
-    doc["sampled"] = bench_sampled(tr, stream, args)
-    if args.spatial:
+    if not args.lru_only:
+        print("\nsampled curves against the exact curve by replays:", flush=True)
+        doc["sampled"] = bench_sampled(tr, stream, args)
+    if args.spatial and not args.lru_only:
         print("\nsampling experts instead (FIFO per segment, 10 %):", flush=True)
         doc["spatial"] = bench_spatial(tr, stream, args)
     doc["load_avg_end"] = load_avg()
