@@ -358,7 +358,7 @@ def curve_sample(stream, rate: float, *, accounting: str, prefix: float = SAMPLE
     per_row = bool((stream.seg_tokens == 1).all())
     unit = np.where(in_rest, stream.row_request.astype(np.int64), -1)
     needed = math.ceil(MIN_SAMPLED_UNITS / max(rest_rate, 1e-12))
-    if not per_row or len(np.unique(unit[in_rest])) < needed:
+    if not per_row or np.count_nonzero(np.bincount(unit[in_rest])) < needed:
         rest_steps = max(stream.num_steps - cut, 1)
         blocks = max(1, min(needed, rest_steps))
         unit = np.where(in_rest, (row_step - cut) * blocks // rest_steps, -1)
@@ -366,7 +366,7 @@ def curve_sample(stream, rate: float, *, accounting: str, prefix: float = SAMPLE
         # its hits in the whole trace do not predict its hits in the sample, so balancing on them does not help
         # (measured on the shipped DeepSeek sample: worse than one draw)
         balance = None
-    units = np.unique(unit[in_rest])
+    units = np.flatnonzero(np.bincount(unit[in_rest]))  # unit ids are small: counted, not sorted
     chosen = np.zeros(int(unit.max()) + 2 if len(unit) else 1, bool)
     if rest_rate > 0 and len(units):
         size = np.bincount(unit[in_rest])[units]
