@@ -230,6 +230,14 @@ def main(argv=None) -> int:
     doc["load_avg_end"] = load_avg()
     doc["total_s"] = round(time.perf_counter() - t0, 1)
     print(f"\nload average {doc['load_avg_start']} -> {doc['load_avg_end']}; {doc['total_s']} s in all")
+    if args.save and BASELINE.exists():
+        # a run of some sections keeps the baseline's others (each says when it ran)
+        kept = json.loads(BASELINE.read_text())
+        for key in ("sampled", "spatial"):
+            if key not in doc and key in kept:
+                doc[key] = kept[key]
+                doc.setdefault("sections_from_earlier_runs", {})[key] = \
+                    kept.get("sections_from_earlier_runs", {}).get(key, kept.get("date"))
     for out in ([args.json_out] if args.json_out else []) + ([BASELINE] if args.save else []):
         out.write_text(json.dumps(doc, indent=1) + "\n")
         print(f"wrote {out}")

@@ -44,7 +44,7 @@ import numpy as np
 from numba.extending import overload
 
 from .trace.stats import (SHORT_WINDOW_WORDS, _move_mark_long, _move_mark_short, _popcount, _renumber,
-                          lru_stack)
+                          lru_stack, stack_histogram)
 
 # the most distinct experts of one segment the pass takes: a uint64 holds a bit for each (and a lookup's
 # window of uncertain capacities, at most one fewer)
@@ -101,7 +101,13 @@ def lru_group_counts(stream, part_of: np.ndarray, pinned: np.ndarray, accounting
     point = np.zeros((groups, maxc + 2), np.int64)  # lookups that hit at this capacity alone (window bits)
     lookups = np.zeros(groups, np.int64)
     pins = np.zeros(groups, np.int64)
-    if accounting == "access":
+    if accounting == "access" and groups == 1 and not pinned.any():
+        # one count for all accesses: trace.stats' own loop (what `inspect` runs), one partition folded in
+        hist = np.zeros(per + 1, np.int64)
+        stack_histogram(stream.item, None if parts == 1 else part_of, stack, hist)
+        frm[0, 1:maxc + 1] = hist[:maxc]
+        lookups[0] = len(stream.item)
+    elif accounting == "access":
         _access_pass(stream.item, stream.seg_offsets, seg_group, part_of, pinned, maxc, stack, frm, lookups, pins)
     else:
         lk_item, seg_lk = _lookups(stream.item, stream.seg_offsets, seg_group, pinned, n_items, lookups, pins)
