@@ -182,7 +182,10 @@ def test_segments_too_large_for_the_pass_fall_back_to_replays():
 def test_a_capacity_sweep_s_rows_equal_its_replays_column_for_column(accounting, scope):
     trace = read_trace(ZIPF)  # prefill and decode: the phase columns differ
     stream = access_stream(trace)
-    caps = ["1%", "5%", "25%", "50%", "100%", 0, 17] + (["3/layer"] if scope == "per-layer" else ["40MB"])
+    layers = trace.meta.moe_layers
+    # per layer also budgets of different sizes per layer (what `moesim plan --target dynamic` writes)
+    caps = ["1%", "5%", "25%", "50%", "100%", 0, 17] + (["3/layer", f"{layers[0]}:2,{layers[3]}:9,{layers[-1]}:40"]
+                                                        if scope == "per-layer" else ["40MB"])
     for knobs in ({"bytes_per_expert": "4MB"}, {"per_layer": True, "seed": 4, "bytes_per_expert": "4MB"},
                   {"batch_size": 4, "hardware": "h100-pcie5", "bytes_per_expert": "4MB"}):
         cfgs = [ReplayConfig.make(policy="lru", mode="count", accounting=accounting, scope=scope, capacity=c,
