@@ -117,11 +117,11 @@ def hit_rate_curve(trace, policy: str = "lru", capacities="1%..100%", *, method:
     cfgs = [_config(policy, spec, scope, accounting, batch_size, prefill_chunk, seed, train) for spec in specs]
     tr, stream = replayed_stream(tr, cfgs[0], stream)
     caches = [_cache(tr, stream, cfg) for cfg in cfgs]
-    one_pass = _one_pass(policy, cfgs[0].accounting, caches)
+    one_pass = _one_pass(policy, cfgs[0].accounting, caches) and all(_counted(c) for c in cfgs)
     if method == "auto":
         method = "exact" if one_pass or len(stream) <= SAMPLE_ABOVE else "sampled"
     computed = "one pass"
-    if method == "exact" and policy == "lru":
+    if method == "exact" and policy == "lru" and one_pass:
         hits, lookups, computed = _lru_hits(tr, stream, cfgs, caches)
     elif method == "exact" and one_pass:
         hits, lookups = _one_pass_hits(policy, stream, caches)
@@ -477,7 +477,14 @@ def curve_key(params: dict):
 
 
 def _curve_config(cfg) -> bool:
-    return cfg.policy == "lru" and cfg.mode == "count" and cfg.predictor == "none" and cfg.capacity.kind != "auto"
+    return cfg.policy == "lru" and cfg.mode == "count" and cfg.predictor == "none" and _counted(cfg) and \
+        getattr(cfg, "action", "fetch") == "fetch"
+
+
+def _counted(cfg) -> bool:
+    """Whether the capacity is a count of experts: a capacity in bytes (or auto, from the GPU's memory) may fill
+    by each layer's own expert size, which is no count the one-pass curves know."""
+    return cfg.capacity.kind not in ("auto", "bytes")
 
 
 def lru_rows(trace, configs: list, *, stream=None) -> list[dict] | None:
@@ -487,17 +494,16 @@ def lru_rows(trace, configs: list, *, stream=None) -> list[dict] | None:
     lru_curve.MAX_SEGMENT experts), or when the rebuilt row of the first config differs from its replay in
     any column (a guard against replay() growing a column this does not know): replay each then."""
     from .config import ReplayConfig, row_inputs
-    from .engine.experts import NUM_COUNTERS
     from .lru_curve import lru_counts
-    from .replay import _hit_fields, _transfer_fields, expert_size, replay
+    from .replay import _hit_fields, expert_size, replay
     from .trace import Trace, read_trace
 
     cfgs = [c if isinstance(c, ReplayConfig) else ReplayConfig.make(**c) for c in configs]
     base = cfgs[0]
     if not all(_curve_config(c) and dataclasses.replace(c, capacity=base.capacity, seed=base.seed) == base
                for c in cfgs):
-        raise ValueError("lru_rows answers count-mode LRU replays without prefetch that differ only in capacity "
-                         "(not 'auto') and seed")
+        raise ValueError("lru_rows answers count-mode LRU replays without prefetch or other miss actions that "
+                         "differ only in capacity (a count of experts, not bytes or 'auto') and seed")
     tr = trace if isinstance(trace, Trace) else read_trace(trace)
     tr, stream = replayed_stream(tr, cfgs[0], None if cfgs[0].serving else stream)
     first = replay(tr, cfgs[0], stream=stream)
@@ -512,6 +518,7 @@ def lru_rows(trace, configs: list, *, stream=None) -> list[dict] | None:
     lookups = counts.lookups + counts.pinned
     hw = cfgs[0].hardware_spec()
     expert_bytes = expert_size(tr.meta, cfgs[0])[0]
+    layer_bytes = _layer_bytes(tr, cfgs[0], hw, expert_bytes, stream.num_layers)
     n_items = stream.num_items
     # the row's hit columns by replay's own rule, from hits and misses split by phase (two "segments")
     by_phase = _PhaseSplit(np.array([0, 1], np.uint8), np.array([0, 1], np.int64))
@@ -527,11 +534,22 @@ def lru_rows(trace, configs: list, *, stream=None) -> list[dict] | None:
         row["below_token_footprint"] = cfg.scope == "global" and 0 < held < row["token_footprint"]
         row.update(_hit_fields(hits.sum(axis=1), misses.sum(axis=1), by_phase, hits.sum(axis=0),
                                misses.sum(axis=0)))
-        row.update(_transfer_fields(np.zeros(NUM_COUNTERS), misses.sum(axis=1), expert_bytes))
+        # every miss is a demand fetch of its expert (no prefetch, no other action): the rest of the transfer
+        # columns stay the first row's zeros
+        row["bytes_demand"] = float(misses.sum(axis=1) @ layer_bytes)
+        row["bytes_moved"] = row["bytes_demand"] + row["bytes_prefetch"]
         if cfg.per_layer:
             row.update(hits_per_layer=hits.sum(axis=1).tolist(), misses_per_layer=misses.sum(axis=1).tolist())
         rows.append(row)
     return rows if _same_row(rows[0], first) else None
+
+
+def _layer_bytes(trace, cfg, hw, expert_bytes: float, num_layers: int) -> np.ndarray:
+    """Bytes a miss fetches, per MoE layer: replay's own sizes by layer where it has them, else one size."""
+    from . import replay as replay_module
+    by_layer = getattr(replay_module, "layer_expert_bytes", None)
+    sizes = by_layer(trace.meta, cfg, hw) if by_layer is not None else None
+    return np.full(num_layers, float(expert_bytes)) if sizes is None else np.asarray(sizes, np.float64)
 
 
 class _PhaseSplit(NamedTuple):
@@ -540,8 +558,10 @@ class _PhaseSplit(NamedTuple):
 
 
 def _same_row(a: dict, b: dict) -> bool:
+    """The same columns in the same order with equal values (NaN equal to NaN; a numpy number to its value)."""
     def same(x, y):
-        if isinstance(x, float) and isinstance(y, float) and math.isnan(x) and math.isnan(y):
+        if isinstance(x, (float, np.floating)) and isinstance(y, (float, np.floating)) and \
+                math.isnan(x) and math.isnan(y):
             return True
-        return type(x) is type(y) and x == y
+        return x == y if not isinstance(x, (list, tuple)) else list(x) == list(y)
     return list(a) == list(b) and all(same(a[k], b[k]) for k in a)

@@ -185,7 +185,7 @@ def test_a_capacity_sweep_s_rows_equal_its_replays_column_for_column(accounting,
     layers = trace.meta.moe_layers
     # per layer also budgets of different sizes per layer (what `moesim plan --target dynamic` writes)
     caps = ["1%", "5%", "25%", "50%", "100%", 0, 17] + (["3/layer", f"{layers[0]}:2,{layers[3]}:9,{layers[-1]}:40"]
-                                                        if scope == "per-layer" else ["40MB"])
+                                                        if scope == "per-layer" else [1])
     for knobs in ({"bytes_per_expert": "4MB"}, {"per_layer": True, "seed": 4, "bytes_per_expert": "4MB"},
                   {"batch_size": 4, "hardware": "h100-pcie5", "bytes_per_expert": "4MB"}):
         cfgs = [ReplayConfig.make(policy="lru", mode="count", accounting=accounting, scope=scope, capacity=c,
@@ -203,6 +203,13 @@ def test_a_sweep_of_other_replays_is_refused():
                            ReplayConfig.make(policy="fifo", mode="count", capacity="20%")])
     with pytest.raises(ValueError, match="differ only in capacity"):
         lru_rows(MIXTRAL, [ReplayConfig.make(policy="lru", mode="timed", capacity="10%")])
+    # a capacity in bytes may fill by each layer's own expert size: replayed, not counted
+    with pytest.raises(ValueError, match="not bytes"):
+        lru_rows(MIXTRAL, [ReplayConfig.make(policy="lru", mode="count", capacity="10GB")])
+    curve = hit_rate_curve(MIXTRAL, "lru", ["10GB", "50GB"])
+    assert curve["computed"].tolist() == ["a replay per capacity"] * 2
+    assert curve["hits"].tolist() == [moesim.replay(MIXTRAL, policy="lru", capacity=c, mode="count")["hits"]
+                                      for c in ("10GB", "50GB")]
 
 
 def test_other_policies_replay_each_capacity_when_exact():
