@@ -22,7 +22,8 @@ How a curve is computed (`method`):
   hash falls below the rate, scale the capacity) does not work on MoE traces: a token uses top_k experts of
   every layer, so the distance to the same expert one token later is nearly constant (top_k x layers - 1)
   and hit rates jump at one capacity; a sample of experts turns that constant into a binomial and misses
-  the jump by 7-13 points, with or without an LRU control variate (benchmarks/README.md).
+  the jump by 12-14 points for FIFO at 10 % (7 with the exact LRU curve as a control variate; whole layers
+  20, or 3 with it: README, bench_curve.py --spatial).
 - "auto": the one-pass exact curve where there is one; otherwise exact replays while the stream is small
   (SAMPLE_ABOVE accesses), sampled above.
 
