@@ -540,42 +540,54 @@ def inspect(trace: str, as_json: bool, batch_rows: int) -> None:
 @main.command()
 @click.argument("trace", type=click.Path(dir_okay=False))
 @click.option("--policy", "policies", default="lru", show_default=True,
-              help="one policy or several, comma-separated: lru,fifo,belady")
+              help="one policy or several, comma-separated: lru,fifo,lfu,belady,moe-infinity")
 @click.option("--capacities", default="1%..100%", show_default=True,
               help="a range (1%..100%, 16..1664) of --points values, or a list: 10%,25%,166")
 @click.option("--points", default=100, show_default=True, help="capacities in a range")
 @click.option("--scope", type=click.Choice(["global", "per-layer"]), default="global", show_default=True)
+@click.option("--accounting", type=click.Choice(["segment", "access"]), default="segment", show_default=True,
+              help="as in replay: a (step, layer)'s distinct experts looked up together, or every access")
+@click.option("--batch-size", type=int, default=1, show_default=True, help="as in replay (static batching)")
 @click.option("--method", type=click.Choice(["auto", "exact", "sampled"]), default="auto", show_default=True,
-              help="exact: one pass (lru, fifo, belady) or a replay per capacity; sampled: replays on a "
-                   "sample of requests; auto: one pass, else exact on small traces, sampled on large")
-@click.option("--sample-rate", default=0.1, show_default=True, help="sampled: the share of requests replayed")
+              help="exact: one pass (lru; fifo, belady per access) or a replay per capacity; sampled: replays "
+                   "on a sample of the trace; auto: one pass, else exact on small traces, sampled on large")
+@click.option("--sample-rate", type=float, default=None,
+              help="sampled: the share of the accesses replayed (default 0.08)")
 @click.option("--seed", type=int, default=0, show_default=True, help="the sample's, and the random policy's")
 @click.option("--prefill-chunk", type=int, default=1, show_default=True, help="as in replay")
 @click.option("--train", default=None, type=click.Path(dir_okay=False), help="training trace (static policy)")
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="also write the rows: .csv, .parquet or .json")
+@click.option("--plot", "figure", default=None, type=click.Path(dir_okay=False),
+              help="also draw the curves (as plot --kind hit-rate): .png, .svg or .pdf")
 @click.option("--json", "as_json", is_flag=True, help="print the rows as JSON")
 @friendly_errors
-def curve(trace, policies, capacities, points, scope, method, sample_rate, seed, prefill_chunk, train, out,
-          as_json) -> None:
+def curve(trace, policies, capacities, points, scope, accounting, batch_size, method, sample_rate, seed,
+          prefill_chunk, train, out, figure, as_json) -> None:
     """Hit rate of one or more policies at many capacities of TRACE (count mode)."""
     import pandas as pd
 
-    from .curve import format_curve, hit_rate_curve, write_curve
-    from .trace import access_stream, read_trace
-    tr = read_trace(trace)
-    stream = access_stream(tr, prefill_chunk=prefill_chunk)
+    from .curve import format_curve, hit_rate_curve, replayed_stream, write_curve
+    from .config import ReplayConfig
+    from .trace import read_trace
+    tr, stream = replayed_stream(read_trace(trace), ReplayConfig.make(batch_size=batch_size,
+                                                                      prefill_chunk=prefill_chunk))
     names = [p.strip() for p in policies.split(",") if p.strip()]
     df = pd.concat([hit_rate_curve(tr, name, capacities, method=method, points=points, sample_rate=sample_rate,
-                                   scope=scope, seed=seed, stream=stream, train=train) for name in names],
+                                   scope=scope, accounting=accounting, batch_size=batch_size, seed=seed,
+                                   prefill_chunk=prefill_chunk, stream=stream, train=train) for name in names],
                    ignore_index=True)
     if out:
         write_curve(df, out)
+    if figure:
+        from .plots import hit_rate_vs_capacity, save
+        save(hit_rate_vs_capacity(df.assign(trace=trace, model=tr.meta.model, mode="count")), figure)
     if as_json:
         echo_json(df.astype(object).where(df.notna(), None).to_dict(orient="records"))  # NaN is not JSON
     else:
         click.echo(format_curve(df))
-        if out:
-            click.echo(f"wrote {out}")
+        for path in (out, figure):
+            if path:
+                click.echo(f"wrote {path}")
 
 
 # ---- synth

@@ -484,3 +484,87 @@ def test_a_changed_training_trace_changes_the_runs(tmp_path):
     assert before.params["train"] == str(train)  # relative to the spec's folder
     train.write_bytes(MIXTRAL.read_bytes())
     assert expand(spec).runs[0].key != before.key
+
+
+SWEEP_SPEC = f"""
+name = "sweep"
+trace = ["{PREDICTED}", "{MIXTRAL}"]
+policy = ["lru", "fifo"]
+capacity = ["1%", "5%", "10%", "25%", "50%", "100%", 0, 7]
+scope = ["global", "per-layer"]
+accounting = ["segment", "access"]
+mode = "count"
+per_layer = true
+seed = [0, 1]
+[[group]]
+batch_size = [1, 3]
+bytes_per_expert = ["1MB", "2MB"]
+"""
+
+
+def test_an_lru_capacity_sweep_is_one_curve_and_its_rows_equal_replays(tmp_path, monkeypatch):
+    from moesim.grid import runs
+    spec = write_spec(tmp_path / "g.toml", SWEEP_SPEC)
+    grid = expand(spec)
+    groups = runs.group_runs(grid.runs)
+    lru = [g for g in groups if g[0].params["policy"] == "lru"]
+    # one group per trace x scope x accounting x batching; all 8 capacities x 2 seeds in each
+    assert len(lru) == 2 * 2 * 2 * 2 and all(len(g) == 16 for g in lru)
+    assert sorted(len(g) for g in groups if g[0].params["policy"] == "fifo") == [2] * 128  # seed twins only
+    out = tmp_path / "curve.parquet"
+    report = run_grid(spec, out, jobs=2)
+    assert (report.runs, report.ran, report.failed) == (len(grid), len(grid), 0)
+    monkeypatch.setattr(runs, "CURVES", False)
+    assert all(len(g) == 2 for g in runs.group_runs(grid.runs))
+    replayed = tmp_path / "replayed.parquet"
+    run_grid(spec, replayed, jobs=2)
+    curve, plain = read_results(out), read_results(replayed)
+    assert list(curve.columns) == list(plain.columns)
+    pd.testing.assert_frame_equal(comparable(curve), comparable(plain))
+    assert curve["error"].isna().all() and curve["hits_per_layer"].notna().all()
+
+
+def test_a_resumed_sweep_runs_only_its_missing_capacities(tmp_path):
+    from moesim.grid import GRID_META_KEY
+    spec = write_spec(tmp_path / "g.toml", f"""
+trace = "{MIXTRAL}"
+policy = "lru"
+capacity = ["1%", "10%", "20%", "40%", "80%"]
+mode = "count"
+per_layer = true
+""")
+    out = tmp_path / "r.parquet"
+    run_grid(spec, out, jobs=1)
+    full = read_results(out)
+    # a grid killed after writing three of the five rows: the file as the checkpoint left it
+    table = pq.read_table(out)
+    keep = [k in set(full["run_key"][:3]) for k in table.column("run_key").to_pylist()]
+    meta = table.schema.metadata[GRID_META_KEY]
+    pq.write_table(table.filter(keep).replace_schema_metadata({GRID_META_KEY: meta}), out)
+    report = run_grid(spec, out, jobs=1)
+    assert (report.done_before, report.ran) == (3, 2)
+    df = read_results(out)
+    assert len(df) == 5 and df["run_key"].is_unique
+    pd.testing.assert_frame_equal(comparable(df), comparable(full))
+    result = CliRunner().invoke(main, ["grid", str(spec), "--out", str(out), "--dry-run"])
+    assert result.exit_code == 0 and "5 runs, 5 already in" in result.output
+
+
+def test_a_sweep_with_a_capacity_its_trace_cannot_take_writes_that_run_s_error_alone(tmp_path):
+    # a budget for layer 99, which the Switch sample does not have, fails that run alone (the sweep falls back
+    # to a replay per run); the other two still equal their replays
+    spec = write_spec(tmp_path / "g.toml", f"""
+trace = "{SWITCH}"
+policy = "lru"
+capacity = ["10%", "50%", "99:3"]
+scope = "per-layer"
+mode = "count"
+""")
+    out = tmp_path / "r.parquet"
+    report = run_grid(spec, out, jobs=1)
+    assert (report.runs, report.failed) == (3, 1)
+    df = read_results(out).set_index("capacity")
+    assert df.loc["99:3", "error"] and "99" in df.loc["99:3", "error"]
+    for cap in ("10%", "50%"):
+        assert df.loc[cap, "hits"] == moesim.replay(SWITCH, policy="lru", capacity=cap, scope="per-layer",
+                                                     mode="count")["hits"]

@@ -1,5 +1,8 @@
 """Hit rate (%) vs capacity (% of routed experts), a line per policy/predictor, a panel per trace, scope, mode and
 prefill chunk; Belady dashed and the oracle predictor dotted as bounds; seeds averaged with their min–max band.
+
+It also draws the table `moesim curve` returns (`moesim curve TRACE --plot FIG`), where a sampled curve's
+line says so in its label.
 """
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ def draw(sources, *, where: dict | None = None, title: str | None = None):
         for (policy, predictor, extra), rows in _style.series(part):
             a = _style.mean_spread(rows, "capacity_fraction", "hit_rate")
             _style.draw_line(ax, 100 * a["capacity_fraction"], 100 * a["mean"],
-                             _style.series_label(policy, predictor, extra),
+                             _style.series_label(policy, predictor, extra) + _sampled(rows),
                              _style.line_style(policy, predictor, colors, extra), (100 * a["min"], 100 * a["max"]))
         _style.log_if_wide(ax, part["capacity_fraction"])
         caps = np.unique(100 * part["capacity_fraction"])
@@ -42,6 +45,13 @@ def draw(sources, *, where: dict | None = None, title: str | None = None):
     _style.suptitle(fig, df, title, where)
     _style.legend(fig, axes)
     return fig
+
+
+def _sampled(rows) -> str:
+    """' (sampled, 8 %)' for the rows of a sampled curve (moesim.curve), else nothing."""
+    if "method" not in rows or not (rows["method"] == "sampled").any():
+        return ""
+    return f" (sampled, {float(rows['sample_rate'].max()):.0%})"
 
 
 def _mark_token_footprint(ax, part) -> None:

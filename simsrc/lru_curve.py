@@ -1,0 +1,461 @@
+"""Exact count-mode LRU hits at every capacity in one pass, in both accountings, split by layer and phase.
+
+**Per access** LRU is a stack algorithm (Mattson et al., 1970): an access hits a cache of C experts exactly
+when fewer than C distinct other experts of its partition were used since its expert's last use (its stack
+distance), so one pass of distances gives every capacity.
+
+**Per segment** (the engine's _segment_loop: a (step, layer)'s distinct experts are looked up together
+against the cache as the segment began, hits first, then misses, each in order of first use; a miss evicts
+the least recent expert the segment does not use, or streams through when the segment fills its partition)
+LRU is *not* a stack algorithm: which of a segment's experts end up more recent than which depends on
+which of them hit, and so on the capacity. In tests/test_curve.py one layer of 5 experts looks up [4, 2, 3],
+[0, 3, 1], [2], [3]: at 2 experts, 3 misses in the second segment and goes in after 0, so 2's miss evicts 0;
+at 3 experts, 3 hits, 0 and 1 go in after it, and 2's miss evicts 3. The last lookup hits at 2, misses at 3
+and hits at 4: the cache of 3 experts does not hold the cache of 2, so no stack distance says when it hits.
+What stays true, for a lookup of expert x at segment s whose last use was segment r (the engine's
+rule, proved by following the recency list, and checked against it at every capacity):
+
+    x hits at capacity C  <=>  x was kept at r (not streamed through)  and  D + g_C(x) < C
+
+D is the number of distinct experts of the partition used in the segments between r and s (all of them
+more recent than x in the list, whatever the capacity), g_C(x) the number of r's experts not used since
+that the list holds ahead of x at C: at r, the misses that went in, then the hits, each group in reverse
+order of first use, are ahead of what follows; so g_C(x) depends only on which of r's experts hit at r at
+the same capacity C. So each capacity is its own lane, and the lanes of a lookup differ only where
+C - D is at most the size of segment r: below D + 1 every lane misses, above D + max(|G|, |r| - 1) every
+lane hits (G: r's experts not used since, x apart). A lookup's answer is then stored as a window
+(lo, w, mask): miss below lo, the mask's bits in [lo, lo + w), hit from lo + w; at most |r| - 1 <= 63 bits
+for segments of up to MAX_SEGMENT experts (every expert of a DeepSeek-V2-Lite layer; larger segments make
+the pass answer None and callers replay). Computing one window reads the windows of r's experts at the
+lanes it has: O(|r|^2) per lookup in the worst case, top_k^2 on an unbatched trace. On the 14.7 M-access
+MoE-Beyond trace 97 % of lookups end with a plain threshold and 3 % keep a window.
+
+Distances D come from marks at each item's last lookup (trace.stats.LruStack, Bennett and Kruskal 1975),
+one time per lookup in first-use order, so the marks after x's are D plus r's experts after x that G holds.
+Pinned experts are outside the policy (the engine takes them out of the partition's capacity): their
+lookups are always hits and leave the stack alone.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numba
+import numpy as np
+from numba.extending import overload
+
+from .trace.stats import (SHORT_WINDOW_WORDS, _move_mark_long, _move_mark_short, _popcount, _renumber,
+                          lru_stack, stack_histogram)
+
+# the most distinct experts of one segment the pass takes: a uint64 holds a bit for each (and a lookup's
+# window of uncertain capacities, at most one fewer)
+MAX_SEGMENT = 64
+
+
+class LruCounts(NamedTuple):
+    """Hits of the LRU policy at every capacity, per MoE layer and phase (0 prefill, 1 decode)."""
+    hits: np.ndarray     # int64 [layers, 2, max_capacity + 1]: when the layer's partition holds c policy experts
+    lookups: np.ndarray  # int64 [layers, 2]: lookups of unpinned experts (accesses, or a segment's distinct experts)
+    pinned: np.ndarray   # int64 [layers, 2]: lookups of pinned experts, all hits
+    accounting: str
+
+    def layer_hits(self, part_capacity: np.ndarray, part_of_layer: np.ndarray) -> np.ndarray:
+        """int64 [layers, 2]: hits per layer and phase when partition p holds part_capacity[p] policy experts
+        (pins apart; part_of_layer[l]: layer l's partition)."""
+        cap = np.minimum(np.asarray(part_capacity, np.int64)[part_of_layer], self.hits.shape[2] - 1)
+        return self.hits[np.arange(self.hits.shape[0]), :, cap] + self.pinned
+
+
+def lru_counts(stream, part_of: np.ndarray, pinned: np.ndarray, accounting: str,
+               max_capacity: int) -> LruCounts | None:
+    """LRU hits of `stream` (a moesim.trace AccessStream) for every per-partition capacity 0..max_capacity,
+    by layer and phase. part_of: int32 partition of each item (every segment's items share one); pinned:
+    uint8 per item. None when a segment has more than MAX_SEGMENT distinct experts (segment accounting
+    only): then no window holds a lookup, and callers replay."""
+    L = stream.num_layers
+    phase = stream.step_phase[stream.seg_step].astype(np.int64)
+    got = lru_group_counts(stream, part_of, pinned, accounting, max_capacity,
+                           stream.seg_layer.astype(np.int64) * 2 + phase, 2 * L)
+    if got is None:
+        return None
+    hits, lookups, pins = got
+    return LruCounts(hits.reshape(L, 2, -1), lookups.reshape(L, 2), pins.reshape(L, 2), accounting)
+
+
+def lru_group_counts(stream, part_of: np.ndarray, pinned: np.ndarray, accounting: str, max_capacity: int,
+                     seg_group: np.ndarray, groups: int):
+    """(hits [groups, max_capacity + 1], lookups [groups], pinned lookups [groups]) of LRU, each segment's
+    lookups counted in its group seg_group[s] (a layer and phase, a request, ...); hits exclude pins. The
+    capacity is per partition: group counts mean something only for groups within one partition, or for a
+    cache whose partitions are all that size. None as in lru_counts."""
+    if accounting not in ("access", "segment"):
+        raise ValueError(f"accounting {accounting!r}: choose access or segment")
+    n_items = stream.num_layers * stream.num_experts
+    part_of = np.ascontiguousarray(part_of, np.int32)
+    parts = int(part_of.max()) + 1 if n_items else 1
+    per = int(np.bincount(part_of, minlength=parts).max()) if n_items else 0
+    maxc = int(min(max(max_capacity, 0), per))
+    seg_group = np.ascontiguousarray(seg_group, np.int64)
+    pinned = np.ascontiguousarray(pinned, np.uint8)
+    stack = lru_stack(n_items, parts)
+    frm = np.zeros((groups, maxc + 2), np.int64)    # lookups that hit from this capacity on
+    point = np.zeros((groups, maxc + 2), np.int64)  # lookups that hit at this capacity alone (window bits)
+    lookups = np.zeros(groups, np.int64)
+    pins = np.zeros(groups, np.int64)
+    if accounting == "access" and groups == 1 and not pinned.any():
+        # one count for all accesses: trace.stats' own loop (what `inspect` runs), one partition folded in
+        hist = np.zeros(per + 1, np.int64)
+        stack_histogram(stream.item, None if parts == 1 else part_of, stack, hist)
+        frm[0, 1:maxc + 1] = hist[:maxc]
+        lookups[0] = len(stream.item)
+    elif accounting == "access":
+        _access_pass(stream.item, stream.seg_offsets, seg_group, part_of, pinned, maxc, stack, frm, lookups, pins)
+    else:
+        lk_item, seg_lk = _lookups(stream.item, stream.seg_offsets, seg_group, pinned, n_items, lookups, pins)
+        widest = int(np.diff(seg_lk).max()) if len(seg_lk) > 1 else 0
+        if widest > MAX_SEGMENT:
+            return None
+        n = len(lk_item)
+        # a lookup's window in the narrowest types that hold it: the pass writes and reads one per lookup
+        # (16 bytes a lookup measured 0.1-0.2 s of page faults alone on the 14.7 M-lookup trace)
+        win_type = np.int16 if maxc + 1 < np.iinfo(np.int16).max - MAX_SEGMENT else np.int32
+        mask_type = next(t for t in (np.uint8, np.uint16, np.uint32, np.uint64) if widest <= 8 * np.dtype(t).itemsize)
+        _segment_pass(lk_item, seg_lk, seg_group, part_of, maxc, stack, _row_kind(stack),
+                      np.full(n_items, -1, np.int64), np.full(n_items, -1, np.int64),
+                      np.zeros(len(seg_group), np.uint64), np.empty((n, 2), win_type), np.empty(n, mask_type),
+                      np.empty(MAX_SEGMENT, np.uint64), frm, point)
+    return np.cumsum(frm[:, :maxc + 1], axis=1) + point[:, :maxc + 1], lookups, pins
+
+
+@numba.njit(cache=True, _nrt=False, inline="always")
+def _marks_after(words, after, prev):
+    # marks later than time prev in a partition's window: one load and one popcount
+    w = prev >> 6
+    return np.int64(after[w]) + _popcount(words[w] >> np.uint64(prev & 63) >> np.uint64(1))
+
+
+class _ShortRow(NamedTuple):
+    """Marks move by trace.stats' short-row update (a window of at most SHORT_WINDOW_WORDS words)."""
+    words: int
+
+
+class _LongRow(NamedTuple):
+    """Marks move by the long-row update."""
+    words: int
+
+
+def _row_kind(stack):
+    # the update is chosen by the type of this argument, when the loop compiles: a test per access measured
+    # two to three times slower in trace.stats, and both updates in one loop 28-40 % slower here
+    n = stack.words.shape[1]
+    return _ShortRow(n) if n <= SHORT_WINDOW_WORDS else _LongRow(n)
+
+
+def _move(row, words, after, owner, last, t, x):
+    mover = _move_mark_short if isinstance(row, _ShortRow) else _move_mark_long
+    return mover(words, after, owner, last, t, x)
+
+
+@overload(_move, inline="always")
+def _move_compiled(row, words, after, owner, last, t, x):
+    if getattr(row, "instance_class", None) is _ShortRow:
+        return lambda row, words, after, owner, last, t, x: _move_mark_short(words, after, owner, last, t, x)
+    return lambda row, words, after, owner, last, t, x: _move_mark_long(words, after, owner, last, t, x)
+
+
+def _access_pass(item, seg_offsets, seg_group, part_of, pinned, maxc, stack, frm, lookups, pins):
+    _access_loop(item, seg_offsets, seg_group, part_of, pinned, maxc, stack, _row_kind(stack), frm, pins)
+    np.add.at(lookups, seg_group, np.diff(seg_offsets))
+    lookups -= pins
+
+
+@numba.njit(cache=True, _nrt=False)
+def _access_loop(item, seg_offsets, seg_group, part_of, pinned, maxc, stack, row, frm, pins):
+    # trace.stats.stack_histogram's loop, counted by group
+    window = stack.owner.shape[1]
+    for s in range(seg_group.shape[0]):
+        grp = seg_group[s]
+        i0, i1 = seg_offsets[s], seg_offsets[s + 1]
+        if i0 == i1:
+            continue
+        p = part_of[item[i0]]  # a segment's experts share a partition
+        for i in range(i0, i1):
+            x = np.uint32(item[np.uint64(i)])
+            if pinned[x]:
+                pins[grp] += 1
+                continue
+            t = stack.clock[p]
+            if t == window:  # renumbered in the loop: a helper function for these lines measured 4x slower
+                _renumber(stack, p)
+                t = stack.clock[p]
+            d = _move(row, stack.words[p], stack.after[p], stack.owner[p], stack.last, t, x)
+            stack.clock[p] = t + 1
+            if 0 <= d < maxc:
+                frm[grp, d + 1] += 1
+
+
+def _lookups(item, seg_offsets, seg_group, pinned, n_items, lookups, pins):
+    """Each segment's distinct unpinned experts in order of first use (what the segment loop looks up)."""
+    seg_lk = np.zeros(len(seg_group) + 1, np.int64)
+    in_seg = np.zeros(n_items, np.uint8)
+    _count_lookups(item, seg_offsets, pinned, in_seg, seg_lk)
+    np.cumsum(seg_lk, out=seg_lk)
+    lk_item = np.empty(int(seg_lk[-1]), np.int32)
+    _fill_lookups(item, seg_offsets, seg_group, pinned, in_seg, seg_lk, lk_item, lookups, pins)
+    return lk_item, seg_lk
+
+
+@numba.njit(cache=True, _nrt=False)
+def _count_lookups(item, seg_offsets, pinned, in_seg, seg_lk):
+    for s in range(seg_offsets.shape[0] - 1):
+        n = 0
+        for i in range(seg_offsets[s], seg_offsets[s + 1]):
+            x = item[i]
+            if not in_seg[x] and not pinned[x]:
+                in_seg[x] = 1
+                n += 1
+        for i in range(seg_offsets[s], seg_offsets[s + 1]):
+            in_seg[item[i]] = 0
+        seg_lk[s + 1] = n
+
+
+@numba.njit(cache=True, _nrt=False)
+def _fill_lookups(item, seg_offsets, seg_group, pinned, in_seg, seg_lk, lk_item, lookups, pins):
+    for s in range(seg_offsets.shape[0] - 1):
+        j = seg_lk[s]
+        grp = seg_group[s]
+        for i in range(seg_offsets[s], seg_offsets[s + 1]):
+            x = item[i]
+            if in_seg[x]:
+                continue
+            in_seg[x] = 1
+            if pinned[x]:
+                pins[grp] += 1
+            else:
+                lk_item[j] = x
+                j += 1
+        lookups[grp] += j - seg_lk[s]
+        for i in range(seg_offsets[s], seg_offsets[s + 1]):
+            in_seg[item[i]] = 0
+
+
+ALL = np.uint64(0xFFFFFFFFFFFFFFFF)
+# a byte per lane, for up to 8 lanes: the lane's index, each byte's top bit, ones, and the multiplier that
+# gathers bit 0 of each byte into bits 56..63
+LANE_INDEX = np.uint64(0x0706050403020100)
+BYTE_TOPS = np.uint64(0x8080808080808080)
+BYTE_ONES = np.uint64(0x0101010101010101)
+GATHER = np.uint64(0x0102040810204080)
+# BYTES_BELOW[t]: a one in each of the bytes (lanes) below t
+BYTES_BELOW = np.array([(1 << (8 * t)) - 1 & 0x0101010101010101 for t in range(9)], np.uint64)
+
+
+@numba.njit(cache=True, _nrt=False, inline="always")
+def _ones_from(k):
+    # lanes k and up
+    if k <= 0:
+        return ALL
+    if k >= 64:
+        return np.uint64(0)
+    return ALL << np.uint64(k)
+
+
+@numba.njit(cache=True, _nrt=False, inline="always")
+def _lane_hits(win, mask, m, first):
+    # the lanes (bit i: capacity first + i) at which lookup m hit: its window's bits, and all lanes from its end
+    out = _ones_from(np.int64(win[m, 1]) - first)
+    bits = mask[m]
+    if bits:
+        shift = np.int64(win[m, 0]) - first
+        if shift >= 0:
+            if shift < 64:
+                out |= bits << np.uint64(shift)
+        elif -shift < 64:
+            out |= bits >> np.uint64(-shift)
+    return out
+
+
+@numba.njit(cache=True, _nrt=False, inline="always")
+def _at_most_lane(counts):
+    # lanes 0..7 (bit i) whose count (byte i, below 128) is at most i: each byte of (i | 0x80) - count keeps its
+    # top bit when i >= count, and a multiply gathers the top bits
+    top = ((LANE_INDEX | BYTE_TOPS) - counts) & BYTE_TOPS
+    return ((top >> np.uint64(7)) * GATHER) >> np.uint64(56)
+
+
+@numba.njit(cache=True, _nrt=False, inline="always")
+def _lanes(win, mask, li, r0, nr, gbits, d, lanes, hb):
+    """The lanes (bit i: capacity d + 1 + i) at which the lookup of the expert last looked up as li (in segment
+    r, its lookups from r0, nr of them) hits, d distinct others since, gbits the lookups of r not used since."""
+    one = np.uint64(1)
+    first = d + 1
+    full = ALL >> np.uint64(64 - lanes)
+    hx = _lane_hits(win, mask, li, first) & full
+    if first >= nr and lanes <= 8 and mask[li] == 0:
+        # No lane where r streamed: r's misses all went in, ahead of its hits. When every expert of G hit at r
+        # from some capacity on (no window), x hits at lane i (capacity first + i) when
+        #   x missed at r: misses[after x](i) <= i;   x hit at r: |G after x| + misses[before x](i) <= i,
+        # counted for up to 8 lanes at once, a byte a lane (a loop over lanes and experts measured 60 ns a
+        # lookup, mostly mispredicted branches)
+        after_miss = np.uint64(0)
+        before_miss = np.uint64(0)
+        windows = np.uint64(0)
+        b = gbits
+        while b:
+            low = b & (~b + one)
+            m = r0 + _popcount(low - one)
+            b ^= low
+            windows |= mask[m]
+            below = BYTES_BELOW[min(max(np.int64(win[m, 0]) - first, 0), 8)]  # the lanes where m missed
+            if m > li:
+                after_miss += below
+            else:
+                before_miss += below
+        if windows == 0:
+            after_all = np.uint64(_popcount(gbits >> np.uint64(li - r0)))
+            run = _ones_from(np.int64(win[li, 0]) - first)  # the lanes where x hit at r
+            ok_missed = _at_most_lane(after_miss)
+            ok_hit = _at_most_lane(before_miss + after_all * BYTE_ONES)
+            return ((ok_missed & ~run) | (ok_hit & run)) & full
+    for m in range(r0, r0 + nr):
+        hb[m - r0] = _lane_hits(win, mask, m, first)
+    bits = np.uint64(0)
+    for i in range(lanes):
+        c = first + i
+        lane = one << np.uint64(i)
+        xh = (hx & lane) != 0
+        g = 0
+        if c >= nr:
+            b = gbits
+            while b:
+                low = b & (~b + one)
+                m = r0 + _popcount(low - one)
+                if hb[m - r0] & lane:
+                    g += xh and m > li
+                else:
+                    g += xh or m > li
+                b ^= low
+        else:
+            # r filled the partition at c: its hits stayed, then its first (c - hits) misses went in, the rest
+            # streamed through; x must have gone in, and g counts those of G that did ahead of it
+            room = c
+            for m in range(r0, r0 + nr):
+                room -= (hb[m - r0] & lane) != 0
+            k = 0
+            kept = True
+            for m in range(r0, r0 + nr):
+                h = (hb[m - r0] & lane) != 0
+                went_in = not h and k < room
+                k += not h
+                if m == li:
+                    kept = h or went_in
+                elif (gbits >> np.uint64(m - r0)) & one:
+                    if xh:
+                        g += went_in or (h and m > li)
+                    else:
+                        g += went_in and m > li
+            if not kept:
+                continue
+        if d + g < c:
+            bits |= lane
+    return bits
+
+
+@numba.njit(cache=True, _nrt=False)
+def _segment_pass(lk_item, seg_lk, seg_group, part_of, maxc, stack, row, last_lk, last_seg, live,
+                  win, mask, hb, frm, point):
+    never = maxc + 1
+    one = np.uint64(1)
+    window = stack.owner.shape[1]
+    for s in range(seg_group.shape[0]):
+        a0 = seg_lk[s]
+        a1 = seg_lk[s + 1]
+        if a0 == a1:
+            continue
+        grp = seg_group[s]
+        p = part_of[lk_item[a0]]
+        # every lookup of the segment against the stack as the segment began
+        for j in range(a0, a1):
+            x = lk_item[j]
+            li = last_lk[x]
+            win[j, 0] = never
+            win[j, 1] = never
+            mask[j] = 0
+            if li < 0:
+                continue  # first use: a miss at every capacity
+            r = last_seg[x]
+            r0 = seg_lk[r]
+            nr = seg_lk[r + 1] - r0
+            # G: r's experts not used since (x apart), as bits of r's lookups; `ahead` of them after x
+            px = np.uint64(li - r0)
+            gbits = live[r] & ~(one << px)
+            g_n = _popcount(gbits)
+            d = _marks_after(stack.words[p], stack.after[p], stack.last[x]) - _popcount(gbits >> px)
+            first = d + 1
+            if first > maxc:
+                continue
+            hi = max(d + g_n, nr - 1)
+            if hi < first:
+                win[j, 0] = first
+                win[j, 1] = first
+                continue
+            lanes = min(hi, maxc) - first + 1
+            bits = _lanes(win, mask, li, r0, nr, gbits, d, lanes, hb)
+            # hits at the top of the lanes fold into "hit from here on"; misses at the bottom move lo up
+            n_bits = lanes
+            while n_bits > 0 and (bits >> np.uint64(n_bits - 1)) & one:
+                n_bits -= 1
+                bits ^= one << np.uint64(n_bits)
+            start = first
+            while n_bits > 0 and not bits & one:
+                bits >>= one
+                start += 1
+                n_bits -= 1
+            win[j, 0] = start
+            win[j, 1] = start + n_bits
+            mask[j] = bits
+        # count, then move the segment's marks, in order of first use
+        for j in range(a0, a1):
+            x = lk_item[j]
+            start = win[j, 0]
+            if start <= maxc:
+                end = win[j, 1]
+                if end <= maxc:
+                    frm[grp, end] += 1
+                bits = mask[j]
+                while bits:
+                    low = bits & (~bits + one)
+                    point[grp, start + _popcount(low - one)] += 1
+                    bits ^= low
+            t = stack.clock[p]
+            if t == window:
+                _renumber(stack, p)
+                t = stack.clock[p]
+            _move(row, stack.words[p], stack.after[p], stack.owner[p], stack.last, t, x)
+            stack.clock[p] = t + 1
+            li = last_lk[x]
+            if li >= 0:
+                live[last_seg[x]] &= ~(one << np.uint64(li - seg_lk[last_seg[x]]))
+            last_lk[x] = j
+            last_seg[x] = s
+        live[s] = ALL >> np.uint64(64 - (a1 - a0))
+
+
+def segment_lookups(stream) -> np.ndarray:
+    """int64 per segment: its distinct experts, what segment accounting looks up."""
+    out = np.zeros(len(stream.seg_layer), np.int64)
+    _distinct_per_segment(stream.item, stream.seg_offsets, np.zeros(stream.num_layers * stream.num_experts, np.uint8),
+                          out)
+    return out
+
+
+@numba.njit(cache=True, _nrt=False)
+def _distinct_per_segment(item, seg_offsets, seen, out):
+    for s in range(seg_offsets.shape[0] - 1):
+        n = 0
+        for i in range(seg_offsets[s], seg_offsets[s + 1]):
+            x = item[i]
+            n += seen[x] == 0
+            seen[x] = 1
+        for i in range(seg_offsets[s], seg_offsets[s + 1]):
+            seen[item[i]] = 0
+        out[s] = n
