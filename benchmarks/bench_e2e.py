@@ -252,20 +252,22 @@ def bench_curves(path: Path, args) -> dict:
     n = len(stream)
     out = {}
     for policy in CURVE_TARGETS:
-        moesim.hit_rate_curve(SAMPLE, policy, "5%..10%", points=2)  # compile/load
+        # per access, as this section was written for (bench_curve.py measures both accountings)
+        moesim.hit_rate_curve(SAMPLE, policy, "5%..10%", points=2, accounting="access")  # compile/load
         method = "sampled" if policy == "lfu" else "exact"
         single = []
         curve = []
         for _ in range(args.repeat):  # alternate, best of each
             single.append(cpu_wall(lambda: moesim.replay(tr, policy=policy, capacity=CAPACITY, mode="count",
-                                                         stream=stream))[0])
+                                                         accounting="access", stream=stream))[0])
             c, w, df = cpu_wall(lambda: moesim.hit_rate_curve(tr, policy, CURVE_POINTS, method=method,
-                                                               stream=stream))
+                                                               accounting="access", stream=stream))
             curve.append(c)
         caps = df["capacity"].tolist()
         # the exact curve by replays (all 100 for LRU, FIFO, LFU; Belady's one pass is checked at 20)
         check = caps if policy != "belady" else caps[::5]
-        exact_hits = [moesim.replay(tr, policy=policy, capacity=c, mode="count", stream=stream)["hits"] for c in check]
+        exact_hits = [moesim.replay(tr, policy=policy, capacity=c, mode="count", accounting="access",
+                                    stream=stream)["hits"] for c in check]
         got = df.set_index("capacity").loc[check]
         entry = {"method": method, "points": len(df), "curve_cpu_s": round(min(curve), 3),
                  "single_replay_cpu_s": round(min(single), 4), "in_single_replays": round(min(curve) / min(single), 2),
