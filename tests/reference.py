@@ -114,6 +114,89 @@ def segment_reference(items, seg_offsets, part_of, capacity, policy: str) -> int
             last[x] = inserted[x] = clock
             count[x] = 1
     return hits
+class MoeInfinityPriority:
+    """MoE-Infinity's priority as policies/moe_infinity.py states it, rescored in full at every victim search:
+    the least (L - d) * (rc + 1) * (g + 1) goes, then the one used longest ago, then the lower id. d: how many
+    layers x's layer lies ahead of the layer of the access at t; rc: x's activations by the request of that
+    access (if it was the last to use x); g: all of x's activations. An activation is a use or insert of x at a
+    position t whose access is x, each position once."""
+
+    def __init__(self, items, requests, num_layers, num_experts):
+        self.item, self.request, self.L, self.E = items, requests, num_layers, num_experts
+        self.rc, self.req_of, self.glob, self.last = {}, {}, {}, {}
+
+    def activate(self, x, t):
+        if t < 0:
+            return
+        if self.item[t] == x and self.last.get(x) != t:
+            if self.req_of.get(x) != self.request[t]:
+                self.req_of[x], self.rc[x] = self.request[t], 0
+            self.rc[x] += 1
+            self.glob[x] = self.glob.get(x, 0) + 1
+        self.last[x] = t
+
+    def key(self, x, t):
+        now, q = (self.item[t] // self.E, self.request[t]) if t >= 0 else (0, None)
+        d = (x // self.E - now) % self.L
+        rc = self.rc[x] if self.req_of.get(x) == q else 0
+        return (self.L - d) * (rc + 1) * (self.glob.get(x, 0) + 1), self.last.get(x, -1), x
+
+    def victim(self, residents, t, busy=()):
+        free = [x for x in residents if x not in busy]
+        return min(free, key=lambda x: self.key(x, t)) if free else -1
+
+
+def moe_infinity_reference(items, requests, seg_offsets, part_of, capacity, num_layers, num_experts,
+                           accounting: str, plan=None) -> list[int]:
+    """Hits per layer of MoE-Infinity's priority, from the two accountings' definitions.
+
+    access: every access in stream order; a miss evicts the least priority for that access.
+    segment: a segment's distinct experts are looked up against the cache as the segment began; the hits are
+    in use and are activated first, each at its last access in the segment; then each miss, in order of first
+    use, evicts the least priority for its last access among the residents the segment does not use, or, when
+    there is none, streams through uncached (no activation).
+    plan: (offsets, items) per segment: prefetches put in after the segment, at its last access, nothing busy.
+    """
+    pri = MoeInfinityPriority(items, requests, num_layers, num_experts)
+    cached: dict[int, set] = {p: set() for p in range(len(capacity))}
+    hits = [0] * num_layers
+
+    def put(x, t, busy=()):
+        p = part_of[x]
+        if len(cached[p]) >= capacity[p]:
+            v = pri.victim(cached[p], t, busy)
+            if v < 0:
+                return
+            cached[p].remove(v)
+        cached[p].add(x)
+        pri.activate(x, t)
+
+    for s, (a, b) in enumerate(zip(seg_offsets[:-1], seg_offsets[1:])):
+        if accounting == "access":
+            for t in range(a, b):
+                x = items[t]
+                if x in cached[part_of[x]]:
+                    hits[x // num_experts] += 1
+                    pri.activate(x, t)
+                elif capacity[part_of[x]] > 0:
+                    put(x, t)
+        else:
+            last = {x: t for t, x in enumerate(items[a:b], start=a)}  # (in order of first use)
+            missing = [x for x in last if x not in cached[part_of[x]]]
+            for x in last:
+                if x not in missing:
+                    hits[x // num_experts] += 1
+                    pri.activate(x, last[x])
+            for x in missing:
+                if capacity[part_of[x]] > 0:
+                    put(x, last[x], busy=set(last))
+        if plan is not None:
+            for x in plan[1][plan[0][s]:plan[0][s + 1]]:
+                if x not in cached[part_of[x]] and capacity[part_of[x]] > 0:
+                    put(x, b - 1)
+    return hits
+
+
 def access_stream_reference(trace, prefill_chunk: int = 1) -> dict:
     """The access stream's arrays by whole-array numpy sorts (lexsort, unique): the layout moesim
     built before its single compiled pass, kept as that pass's independent reference."""

@@ -1,52 +1,32 @@
-"""The MoE-Infinity eviction policy against a plain-Python reference of its definition."""
+"""The MoE-Infinity eviction policy under a real predictor's prefetches, against the brute-force reference."""
 import numpy as np
 import pytest
+from reference import moe_infinity_reference
 
 import moesim
+from moesim.hardware import get_hardware
+from moesim.predict import plan
 from moesim.trace import access_stream
 
 from conftest import TRACES
 
 
-def reference(item, request, L, E, cap):
-    """Count-mode replay of the priority rule in policies/moe_infinity.py, written out plainly."""
-    cache, req_count, req_of, glob, last = set(), {}, {}, {}, {}
-    clock = -1
-    hits = 0
-
-    def activate(x, t):
-        nonlocal clock
-        clock = t
-        last[x] = t
-        if req_of.get(x) != request[t]:
-            req_of[x], req_count[x] = request[t], 0
-        req_count[x] += 1
-        glob[x] = glob.get(x, 0) + 1
-
-    for t, x in enumerate(item):
-        if x in cache:
-            hits += 1
-        else:
-            if len(cache) == cap:
-                now, q = item[clock] // E, request[clock]
-
-                def prio(y):
-                    d = (y // E - now) % L
-                    rc = req_count[y] if req_of[y] == q else 0
-                    return ((1 - d / L) * (rc + 1) * (glob[y] + 1), last[y])
-                cache.remove(min(cache, key=prio))
-            cache.add(x)
-        activate(x, t)
-    return hits
-
-
+@pytest.mark.parametrize("accounting", ["access", "segment"])
 @pytest.mark.parametrize("requests", [3, 12])
-def test_moe_infinity_policy_matches_reference(requests):
+def test_moe_infinity_policy_matches_reference(requests, accounting):
+    # the recorded predictor's prefetches go in after each segment and are judged by the same rule; the
+    # reference (tests/reference.py) rescores every resident at every victim search
     tr = moesim.read_trace(TRACES / "dsv2lite-moebeyond-test-predicted.parquet").select_requests(range(requests))
     stream = access_stream(tr)
-    row = moesim.replay(tr, policy="moe-infinity", mode="count", accounting="access", capacity=40, stream=stream)
-    request = np.repeat(stream.row_request, stream.top_k).tolist()
-    assert row["hits"] == reference(stream.item.tolist(), request, stream.num_layers, stream.num_experts, 40)
+    prefetch, _ = plan(tr, stream, "recorded", hardware=get_hardware("a100-pcie4"),
+                       expert_bytes=tr.meta.bytes_per_expert)
+    assert len(prefetch.item) > 0
+    row = moesim.replay(tr, policy="moe-infinity", mode="count", accounting=accounting, capacity=40, stream=stream,
+                        prefetch=prefetch, per_layer=True)
+    want = moe_infinity_reference(stream.item.tolist(), np.repeat(stream.row_request, stream.top_k).tolist(),
+                                  stream.seg_offsets.tolist(), [0] * stream.num_items, [40], stream.num_layers,
+                                  stream.num_experts, accounting, (prefetch.offsets.tolist(), prefetch.item.tolist()))
+    assert row["hits_per_layer"] == want
 
 
 def test_moe_infinity_policy_runs_timed_with_prefetch():
