@@ -328,10 +328,10 @@ def policy_state(cfg: ReplayConfig, stream: AccessStream, cache: Cache):
     if hasattr(module, "pins"):  # the policy's own pins: held by the engine, outside the policy, like --pin
         hot = np.asarray(module.pins(state), np.int64)
         hot = hot[cache.pinned[hot] == 0]  # the user's pins are out of the capacity already
-        pinned, part_capacity = cache.pinned.copy(), cache.part_capacity.copy()
+        pinned = cache.pinned.copy()
         pinned[hot] = 1
-        np.subtract.at(part_capacity, cache.part_of[hot], 1 if cache.size is None else cache.size[hot])
-        cache = cache._replace(pinned=pinned, part_capacity=np.maximum(part_capacity, 0))
+        cache = cache._replace(pinned=pinned, part_capacity=_less_pins(cache.part_capacity, cache.part_of, hot,
+                                                                        cache.size))
     return state, cache
 
 
@@ -354,10 +354,7 @@ def cache_for(trace: Trace, stream: AccessStream, cfg: ReplayConfig, expert_byte
     else:
         part_of, part_cap = partitions(stream, cfg.scope, cap)
     pinned = _pins(trace, cfg, n_items)
-    # pins use cache memory: the policy gets what is left in each partition
-    np.subtract.at(part_cap, part_of[pinned.astype(bool)], 1)
-    part_cap = np.maximum(part_cap, 0)
-    return Cache(part_of, part_cap, pinned, np.zeros(0, np.int32))
+    return Cache(part_of, _less_pins(part_cap, part_of, pinned.astype(bool)), pinned, np.zeros(0, np.int32))
 
 
 def _byte_cache(trace: Trace, stream: AccessStream, cfg: ReplayConfig, layer_bytes: np.ndarray,
@@ -373,8 +370,16 @@ def _byte_cache(trace: Trace, stream: AccessStream, cfg: ReplayConfig, layer_byt
         part_of = np.repeat(np.arange(L, dtype=np.int32), E)
         part_cap = np.minimum(total // L, size.reshape(L, E).sum(axis=1)).astype(np.int64)
     pinned = _pins(trace, cfg, L * E)
-    np.subtract.at(part_cap, part_of[pinned.astype(bool)], size[pinned.astype(bool)])
-    return Cache(part_of, np.maximum(part_cap, 0), pinned, np.zeros(0, np.int32), size)
+    return Cache(part_of, _less_pins(part_cap, part_of, pinned.astype(bool), size), pinned, np.zeros(0, np.int32),
+                 size)
+
+
+def _less_pins(part_capacity: np.ndarray, part_of: np.ndarray, pins: np.ndarray, size: np.ndarray | None = None):
+    """Each partition's capacity less what its pins take (pins use cache memory: the policy gets the rest): a
+    slot each, or their bytes when capacities are bytes. pins: a mask or the pinned items."""
+    left = part_capacity.copy()
+    np.subtract.at(left, part_of[pins], 1 if size is None else size[pins])
+    return np.maximum(left, 0)
 
 
 def policy_slots(cache: Cache, warm: bool = False) -> np.ndarray:
