@@ -1,7 +1,8 @@
 """moesim: replay real Mixture-of-Experts routing against a modeled GPU expert cache and host link."""
-import importlib
 import sys
 import types
+
+from ._lazy import lazy as _lazy
 
 __version__ = "0.1.0"
 
@@ -14,22 +15,7 @@ _EXPORTS = {
 __all__ = sorted([*_EXPORTS, "__version__"])
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
-        setattr(sys.modules[__name__], name, value)
-        return value
-    # a submodule used as an attribute after `import moesim` (moesim.grid.run_grid, moesim.trace.stats)
-    try:
-        return importlib.import_module(f".{name}", __name__)
-    except ModuleNotFoundError as e:
-        if e.name != f"{__name__}.{name}":
-            raise
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
-
-
-def __dir__():
-    return sorted({*globals(), *_EXPORTS})
+__getattr__, __dir__ = _lazy(__name__, _EXPORTS)
 
 
 class _Package(types.ModuleType):

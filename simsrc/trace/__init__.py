@@ -1,5 +1,5 @@
 """Traces: the versioned Parquet format, importers, statistics and the synthetic generator."""
-import importlib
+from .._lazy import lazy as _lazy
 
 # loaded on first use (see moesim/__init__.py): catching TraceError must not import pyarrow
 _EXPORTS = {
@@ -10,20 +10,4 @@ _EXPORTS = {
     "write_trace": ".io",
 }
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
-        globals()[name] = value
-        return value
-    try:
-        return importlib.import_module(f".{name}", __name__)
-    except ModuleNotFoundError as e:
-        if e.name != f"{__name__}.{name}":
-            raise
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
-
-
-def __dir__():
-    return sorted({*globals(), *_EXPORTS})
+__getattr__, __dir__ = _lazy(__name__, _EXPORTS)
