@@ -56,6 +56,7 @@ class MeasuredSteps:
     wall_s: np.ndarray              # float64 > 0
     parts: dict = field(default_factory=dict)  # part (PARTS) -> float64 s per step, >= 0
     read_bytes: np.ndarray | None = None       # bytes read per step, where the runtime counts them
+    prefill_s: float | None = None             # the prompt's time (all prefill steps), where the file says it
 
     def __len__(self) -> int:
         return len(self.step)
@@ -87,13 +88,40 @@ def read_measured(path: str | Path) -> MeasuredSteps:
         df = df[[c for c in df.columns if c in ("step", "wall_ms", "compute_ms", "stall_ms", "overhead_ms",
                                                  "io_ms", "read_bytes")]]
         layout = "bigmoeonedge"
+        prefill = df.attrs.get("summary", {}).get("prefill_s")
     else:
         try:
             df = pd.read_csv(io.StringIO("\n".join(body)))
         except (pd.errors.ParserError, ValueError) as e:
             raise ValueError(f"{path}: not a readable CSV ({e})") from None
         layout = "csv"
-    return _measured_frame(df, str(path), layout)
+        prefill = _comment_prefill(text, path)
+    return dataclasses.replace(_measured_frame(df, str(path), layout), prefill_s=_prefill_seconds(prefill, str(path)))
+
+
+def _comment_prefill(text: str, path) -> float | None:
+    """A plain CSV's '# prefill_s=6.33' (or prefill_ms=) comment line, else None."""
+    for line in text.splitlines():
+        if line.startswith("#"):
+            m = re.search(r"\bprefill_(s|ms|us)=(\S+)", line)
+            if m:
+                try:
+                    return float(m.group(2)) * TIME_UNITS[m.group(1)]
+                except ValueError:
+                    raise ValueError(f"{path}: prefill_{m.group(1)}={m.group(2)!r} is not a number; write the "
+                                     f"prompt's time as e.g. '# prefill_s=6.33'") from None
+    return None
+
+
+def _prefill_seconds(value, where: str) -> float | None:
+    """A prompt time (seconds, or a string with its unit) checked: more than zero, or None."""
+    if value is None:
+        return None
+    from .units import parse_seconds
+    s = parse_seconds(value, where, default_unit=1.0)
+    if not (math.isfinite(s) and s > 0):
+        raise ValueError(f"{where}: the prompt's time (prefill) is {value!r}; it must be more than zero")
+    return s
 
 
 def _measured_frame(df: pd.DataFrame, where: str, layout: str) -> MeasuredSteps:
@@ -218,7 +246,7 @@ PARAMS = {p.name: p for p in (
     Param("miss_overhead", 0.0, 1.0, 100 * US, "us", US),
     Param("overlap", 0.0, 1.0, 0.5, "", 1.0),
     Param("hbm", 1e6, 1e15, 1e10, "GB/s", GB),
-    Param("gpu_flops", 1e6, 1e18, 1e11, "TFLOP/s", 1e12),
+    Param("gpu_flops", 1e6, 1e18, 1e11, "GFLOP/s", 1e9),
     Param("kv_bytes_per_token", 0.0, 1e9, 4096.0, "kB", 1e3, hardware=False),
 )}
 # latency is left out by default: with experts of one size a transfer's latency and its bytes / bandwidth
@@ -261,6 +289,7 @@ class Calibration:
     replays: int                    # timed and count replays run, all told
     message: str
     options: dict[str, Any]         # fit, fit_fraction, loss
+    prompt: dict[str, float] = field(default_factory=dict)  # measured_s, moesim_s, error: where a prompt was fitted
 
     def to_toml(self) -> str:
         """The hardware file: every Hardware field, read back exactly by `--hardware FILE.toml`; knob-only
@@ -292,7 +321,7 @@ class Calibration:
                 "fitted": self.fitted, "at_bound": list(self.at_bound), "unpinned": list(self.unpinned), "evaluations": self.evaluations, "replays": self.replays,
                 "message": self.message, "hardware": dataclasses.asdict(self.hardware),
                 "knobs": {k: _knob_text(k, v) for k, v in self.knobs.items()},
-                "splits": self.splits, "line": self.line, "runtime": self.runtime,
+                "splits": self.splits, "line": self.line, "runtime": self.runtime, "prompt": self.prompt,
                 "steps": self.steps.to_dict(orient="list")}
 
     def report(self) -> str:
@@ -332,6 +361,10 @@ class Calibration:
                     v = self.splits[s][who].get(key)
                     cells += f"{_pct(v, signed=key != 'step_mape'):>13}"
             lines.append(f"  {label:<16}{cells}")
+        if self.prompt:
+            p = self.prompt
+            lines += ["", f"  prompt (prefill): measured {p['measured_s']:.4g} s, moesim {p['moesim_s']:.4g} s "
+                          f"({_pct(p['error'])}), fitted with gpu_flops"]
         return "\n".join(lines)
 
 
@@ -345,7 +378,7 @@ def _knob_text(name: str, v) -> str:
     """A knob's value as an option would be written (SI values with their unit)."""
     if name in PARAMS and isinstance(v, float):
         p = PARAMS[name]
-        unit = {"GB/s": "GB/s", "us": "us", "kB": "kB", "TFLOP/s": "T", "": ""}[p.unit]
+        unit = {"GB/s": "GB/s", "us": "us", "kB": "kB", "GFLOP/s": "G", "": ""}[p.unit]
         return f"{v / p.scale:.6g}{unit}"
     given = getattr(v, "text", None)
     return str(given if given is not None else getattr(v, "name", v))
@@ -355,7 +388,8 @@ def _knob_text(name: str, v) -> str:
 
 def calibrate(trace: Trace | str, measured: MeasuredSteps | str, *, fit: str | Iterable[str] = DEFAULT_FIT,
               fit_fraction: float = 0.5, loss: str = "soft_l1", use_parts: bool = True, max_evals: int = 400,
-              name: str | None = None, out: str | Path | None = None, **knobs) -> Calibration:
+              name: str | None = None, out: str | Path | None = None, prefill_time: float | str | None = None,
+              fit_prefill: bool = True, **knobs) -> Calibration:
     """Fit `fit` (names in PARAMS) to the measured steps' first `fit_fraction`, report on the rest.
 
     knobs: replay knobs held fixed (capacity, policy, prefill_chunk, copy_engines, hardware -- the base whose
@@ -365,6 +399,11 @@ def calibrate(trace: Trace | str, measured: MeasuredSteps | str, *, fit: str | I
     always plain least squares. use_parts: also fit the measured parts (compute, stall + overhead, overhead,
     and io: time reading summed over the lanes, which pins the bandwidth when --lanes is the runtime's readers).
     out: write the hardware file there, only if the fit converged. Raises CalibrationError if it did not.
+    prefill_time: the run's measured prompt time (s, or e.g. '6.33s'); default: the measured file's own (a
+    BigMoeOnEdge summary's prefill_s, a plain CSV's '# prefill_s=' comment). Where there is one and
+    fit_prefill, gpu_flops joins the fit and the prompt's time is one more residual, weighted as the split's
+    total is: decode steps at one token are memory-bound and do not pin the FLOP rate, a prompt of tens of
+    tokens per expert does, and without it the time to first token is the base hardware's guess.
     """
     import pandas as pd  # on first use: the CLI's start does not pay for it
     tr = trace if isinstance(trace, Trace) else read_trace(trace)
@@ -390,6 +429,17 @@ def calibrate(trace: Trace | str, measured: MeasuredSteps | str, *, fit: str | I
 
     stream = access_stream(tr, prefill_chunk=cfg.prefill_chunk)
     step_of = match_steps(meas, tr, stream)
+    if prefill_time is not None and not fit_prefill:
+        raise ValueError("--prefill-time and --no-prefill: give one (a prompt time to fit, or none)")
+    prompt_s = (_prefill_seconds(prefill_time, "--prefill-time") if prefill_time is not None
+                else meas.prefill_s if fit_prefill else None)
+    prompt_steps = np.flatnonzero(stream.step_phase != DECODE)
+    if prompt_s is not None:
+        if not len(prompt_steps):
+            raise ValueError(f"--prefill-time: {Path(str(tr.path)).name if tr.path else tr.meta.model} has no "
+                             f"prefill steps to lay the prompt's time beside; drop --prefill-time (or --no-prefill)")
+        if "gpu_flops" not in names:
+            names = names + ("gpu_flops",)
     n = len(meas)
     n_fit = int(round(fit_fraction * n))
     need = max(2 * len(names), 4)
@@ -407,6 +457,8 @@ def calibrate(trace: Trace | str, measured: MeasuredSteps | str, *, fit: str | I
     line_s = line_ab[0] + line_ab[1] * misses
 
     start = _start(names, cfg0, base, model, meas, fit_idx, misses, line_ab)
+    if prompt_s is not None and getattr(cfg0, "gpu_flops", None) is None:
+        start["gpu_flops"] = _prompt_flops(model, start, prompt_steps, prompt_s)
     scale = np.array([start[k] if start[k] > 0 else PARAMS[k].typical for k in names])
     lo = np.array([PARAMS[k].low for k in names]) / scale
     hi = np.array([PARAMS[k].high for k in names]) / scale
@@ -419,7 +471,10 @@ def calibrate(trace: Trace | str, measured: MeasuredSteps | str, *, fit: str | I
         values = dict(zip(names, x * scale))
         step_s = model.step_seconds(values)[fit_idx]
         pairs = _compare(model.totals(values, fit_runs), meas_fit) if meas_fit else {}
-        return _residuals(step_s, wall_fit, pairs, loss)
+        r = _residuals(step_s, wall_fit, pairs, loss)
+        if prompt_s is None:
+            return r
+        return np.append(r, math.sqrt(n_fit) * (model.prompt_seconds(values, prompt_steps) - prompt_s) / prompt_s)
 
     from scipy.optimize import least_squares
     res = least_squares(residuals, x0, bounds=(lo, hi), diff_step=1e-3, max_nfev=max_evals, x_scale=1.0)
@@ -455,9 +510,14 @@ def calibrate(trace: Trace | str, measured: MeasuredSteps | str, *, fit: str | I
     hw = dataclasses.replace(base, **{k: v for k, v in fitted.items() if PARAMS[k].hardware},
                              name=name or f"{Path(meas.path).name.split('.')[0]}-calibrated")
     held = splits["held_out"]["moesim"]
+    prompt = {}
+    if prompt_s is not None:
+        mine = model.prompt_seconds(fitted, prompt_steps)
+        prompt = {"measured_s": prompt_s, "moesim_s": mine, "error": (mine - prompt_s) / prompt_s}
     hw = dataclasses.replace(hw, source=(
         f"moesim calibrate {__version__}: {', '.join(names)} fitted to {Path(meas.path).name} (steps "
-        f"{splits['fit']['first_step']}-{splits['fit']['last_step']}, {n_fit} of {n} decode steps) replaying "
+        f"{splits['fit']['first_step']}-{splits['fit']['last_step']}, {n_fit} of {n} decode steps"
+        f"{f' and its {prompt_s:.4g} s prompt' if prompt else ''}) replaying "
         f"{Path(str(tr.path)).name if tr.path else tr.meta.model}; held out {n - n_fit} steps: per-step MAE "
         f"{held['step_mape']:.1%}, total {held['total_error']:+.1%}; other figures from {base.name}"))
     # what the run needs besides the file: the knobs given that differ from their defaults
@@ -473,7 +533,7 @@ def calibrate(trace: Trace | str, measured: MeasuredSteps | str, *, fit: str | I
                       line={"a_s": float(line_ab[0]), "b_s": float(line_ab[1])}, runtime=runtime,
                       at_bound=at_bound, unpinned=unpinned, evaluations=int(res.nfev), replays=model.evaluations, message=res.message,
                       options={"fit": list(names), "fit_fraction": fit_fraction, "loss": loss,
-                               "use_parts": use_parts, "base": base.name})
+                               "use_parts": use_parts, "base": base.name}, prompt=prompt)
     if out is not None:
         cal.write(out)
     return cal
@@ -504,6 +564,10 @@ class _Model:
     def step_seconds(self, values: dict) -> np.ndarray:
         """Each measured step's predicted wall time."""
         return np.asarray(self._run(values)["step_s"], np.float64)[self.step_of]
+
+    def prompt_seconds(self, values: dict, prompt_steps: np.ndarray) -> float:
+        """The prefill steps' predicted time, all told."""
+        return float(np.asarray(self._run(values)["step_s"], np.float64)[prompt_steps].sum())
 
     def totals(self, values: dict, runs: list[tuple[int, int]]) -> dict[str, float]:
         """Compute, stall and overhead summed over runs of consecutive replay steps (first, last)."""
@@ -661,6 +725,20 @@ def _start(names, cfg0: ReplayConfig, base: Hardware, model: _Model, meas: Measu
         expert_bytes = cfg0.bytes_per_expert or float(model.trace.meta.bytes_per_expert) or 1.0
         values["bandwidth"] = float(np.clip(expert_bytes / per_miss, PARAMS["bandwidth"].low, PARAMS["bandwidth"].high))
     return values
+
+
+def _prompt_flops(model: _Model, start: dict, prompt_steps: np.ndarray, prompt_s: float) -> float:
+    """The FLOP rate at which the prompt takes its measured time, the other figures at their start (a
+    decreasing function of the rate, solved in its logarithm); the base's rate where no rate in bounds does."""
+    from scipy.optimize import brentq
+    p = PARAMS["gpu_flops"]
+
+    def gap(e: float) -> float:
+        return model.prompt_seconds({**start, "gpu_flops": 10.0 ** e}, prompt_steps) - prompt_s
+    lo, hi = math.log10(p.low), math.log10(p.high)
+    if gap(lo) < 0 or gap(hi) > 0:  # even the slowest rate is too fast, or the fastest too slow
+        return start["gpu_flops"]
+    return float(10.0 ** brentq(gap, lo, hi, xtol=1e-3))
 
 
 def _runtime_figures(meas: MeasuredSteps, misses: np.ndarray, lanes: int) -> dict[str, float]:

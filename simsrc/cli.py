@@ -352,17 +352,21 @@ def _calibrate_defaults():
 @click.option("--name", default=None, help="The hardware's name in the file (default: MEASURED's stem-calibrated).")
 @click.option("--steps-csv", type=click.Path(dir_okay=False), default=None,
               help="Also write each step's measured, moesim and straight-line seconds.")
+@click.option("--prefill-time", default=None,
+              help="The run's measured prompt time (e.g. 6.33s), fitted with gpu_flops; default: MEASURED's own "
+                   "(a BigMoeOnEdge summary's prefill_s, a plain CSV's '# prefill_s=' comment).")
+@click.option("--no-prefill", is_flag=True, help="Leave the prompt's time out of the fit, even where MEASURED has it.")
 @config_options
 @click.option("--json", "as_json", is_flag=True, help="print the calibration as JSON (NaN as null)")
 @friendly_errors
-def calibrate(trace, measured, fit, fit_fraction, loss, wall_only, max_evals, out, name, steps_csv, as_json,
-              **knobs) -> None:
+def calibrate(trace, measured, fit, fit_fraction, loss, wall_only, max_evals, out, name, steps_csv, prefill_time,
+              no_prefill, as_json, **knobs) -> None:
     """Fit the timed model's figures to a real run's measured step times (--measured) on the first steps,
     report how well they predict the rest beside a straight line, and write a hardware file (--out)."""
     from .calibrate import calibrate as run_calibrate
     cal = run_calibrate(trace, measured, fit=fit, fit_fraction=fit_fraction, loss=loss, use_parts=not wall_only,
-                        max_evals=max_evals, name=name, out=out,
-                        **{k: v for k, v in knobs.items() if v not in (None, ())})
+                        max_evals=max_evals, name=name, out=out, prefill_time=prefill_time,
+                        fit_prefill=not no_prefill, **{k: v for k, v in knobs.items() if v not in (None, ())})
     if steps_csv:
         cal.steps.to_csv(steps_csv, index=False)
     if as_json:

@@ -261,6 +261,7 @@ def test_real_bigmoeonedge_metrics_match_their_summary(real_traces):
         summary = read_bigmoeonedge_metrics(d / f"{name}.metrics.csv").attrs["summary"]
         assert len(m) == tokens and m.wall_s.mean() == pytest.approx(summary["s/tok"], abs=5e-4)
         assert m.parts["io"].sum() == pytest.approx(summary["io_s"], abs=0.01)
+        assert m.prefill_s == summary["prefill_s"] and m.prefill_s > 1  # the prompt's time, fitted by default
         # the runtime's wall time is its compute, its stall and its bookkeeping, step by step
         assert m.wall_s == pytest.approx(m.parts["compute"] + m.parts["stall"] + m.parts["overhead"], abs=2e-6)
 
@@ -309,3 +310,70 @@ def test_count_mode_with_the_runtimes_byte_budget_gives_its_decode_hit_rate(real
     mean = replay(read_bigmoeonedge(d / "qwen.route.csv"), mode="count", capacity="4000MiB", prefill_chunk=0,
                   bytes_per_expert=2_856_960)
     assert round(mean["hit_rate_decode"], 4) == 0.8051
+
+
+# ---- the prompt's time pins the FLOP rate
+
+PROMPT = 16  # prompt tokens, one prefill step (prefill_chunk 0), then TOKENS decode steps
+
+
+@pytest.fixture(scope="module")
+def prompted(tmp_path_factory):
+    """A trace with a prompt, and what a run on a known FLOP rate measured: its decode steps' wall times in a
+    plain CSV with the prompt's time as a '# prefill_s=' comment. The prompt computes each expert over many
+    tokens (compute-bound at this rate), a decode step over one (memory-bound), so only the prompt says the
+    rate."""
+    routes = random_routes(np.random.default_rng(5), PROMPT + TOKENS, 4, 16, 2)
+    t = make_trace(routes, num_experts=16, top_k=2, bytes_per_expert=2_000_000, dense_bytes=4_000_000,
+                   phase=[0] * PROMPT + [1] * TOKENS, steps=np.r_[np.zeros(PROMPT, int), np.arange(TOKENS) + PROMPT])
+    d = tmp_path_factory.mktemp("prompt")
+    path = write_trace(t, d / "t.parquet")
+    hw = truth_hardware().with_overrides(gpu_flops=1e10)
+    row = replay(path, hardware=hw, capacity="25%", prefill_chunk=0, per_step=True)
+    step_s = np.array(row["step_s"])
+    assert len(step_s) == TOKENS + 1
+    meas = d / "run.csv"
+    meas.write_text(f"# prefill_s={float(step_s[0])!r}\n" + pd.DataFrame(
+        {"step": np.arange(TOKENS) + PROMPT, "wall_s": step_s[1:]}).to_csv(index=False))
+    return path, meas, float(step_s[0])
+
+
+def test_the_prompts_time_pins_the_flop_rate_decode_steps_do_not(prompted):
+    path, meas, prompt_s = prompted
+    assert read_measured(meas).prefill_s == pytest.approx(prompt_s, rel=1e-12)
+    opts = dict(FIXED, prefill_chunk=0, miss_overhead=f"{TRUE['miss_overhead'] * 1e6}us", overlap=TRUE["overlap"])
+    cal = calibrate(path, meas, fit="bandwidth,hbm", use_parts=False, **opts)
+    assert cal.options["fit"] == ["bandwidth", "hbm", "gpu_flops"]
+    assert cal.fitted["gpu_flops"] == pytest.approx(1e10, rel=0.02)
+    assert cal.fitted["hbm"] == pytest.approx(TRUE["hbm"], rel=0.03)
+    assert abs(cal.prompt["error"]) < 1e-3 and cal.prompt["measured_s"] == pytest.approx(prompt_s)
+    assert cal.hardware.gpu_flops == cal.fitted["gpu_flops"] and "prompt" in cal.hardware.source
+    assert "prompt (prefill)" in cal.report()
+    # left out, the rate stays the base hardware's (a100: 312 TFLOP/s) and the prompt is 27 % too fast
+    off = calibrate(path, meas, fit="bandwidth,hbm", use_parts=False, fit_prefill=False, **opts)
+    assert "gpu_flops" not in off.fitted and not off.prompt
+    assert replay(path, hardware=off.hardware, capacity="25%", prefill_chunk=0, per_step=True,
+                  **{k: v for k, v in opts.items() if k not in ("capacity", "prefill_chunk")})["step_s"][0] < 0.8 * prompt_s
+    # given on the command line, it overrides the file's
+    twice = calibrate(path, meas, fit="bandwidth,hbm", use_parts=False, prefill_time=f"{2 * prompt_s}s", **opts)
+    assert twice.prompt["measured_s"] == pytest.approx(2 * prompt_s)
+    assert twice.fitted["gpu_flops"] < 0.7 * cal.fitted["gpu_flops"]
+
+
+def test_cli_fits_the_prompt_and_refuses_what_cannot_be(prompted, trace, measured):
+    path, meas, prompt_s = prompted
+    r = CliRunner().invoke(main, ["calibrate", str(path), "--measured", str(meas), "--fit", "bandwidth,hbm",
+                                  "--wall-only", "--capacity", "25%", "--copy-engines", "2", "--latency", "0",
+                                  "--prefill-chunk", "0", "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    assert out["prompt"]["measured_s"] == pytest.approx(prompt_s) and "gpu_flops" in out["fitted"]
+    for args, words in ((["--prefill-time", "0s"], "more than zero"),
+                        (["--prefill-time", "5s", "--no-prefill"], "give one")):
+        r = CliRunner().invoke(main, ["calibrate", str(path), "--measured", str(meas), "--capacity", "25%",
+                                      "--prefill-chunk", "0", *args])
+        assert r.exit_code != 0 and words in r.output, r.output
+    # a trace without a prompt has nothing to lay a prompt time beside
+    r = CliRunner().invoke(main, ["calibrate", str(trace), "--measured", str(measured[0]), "--capacity", "25%",
+                                  "--prefill-time", "2s"])
+    assert r.exit_code != 0 and "no prefill steps" in r.output, r.output
