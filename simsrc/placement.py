@@ -401,7 +401,8 @@ def _dynamic(run: _Runner, budget: Budget, cfg: ReplayConfig) -> dict:
         chosen = _cache_placement(run, even, "plan: equal split")
         notes.append("the per-layer budgets have fewer misses but replay slower than the equal split: the plan "
                      "keeps the equal split")
-    search = (f"per-layer miss curves ({min(E, B) + 1} count replays, {cfg.policy} per layer), {B} experts "
+    how = "one LRU pass" if cfg.policy == "lru" and cfg.action == "fetch" else f"{min(E, B) + 1} count replays"
+    search = (f"per-layer miss curves ({how}, {cfg.policy} per layer), {B} experts "
               f"allocated across the {L} layers for the fewest misses (exact), then replayed timed")
     return dict(search=search, chosen=chosen, baseline=equal, others=[], notes=notes)
 
@@ -421,25 +422,36 @@ def _cache_placement(run: _Runner, per_layer, name: str) -> Placement:
 def layer_miss_curves(trace: Trace, stream: AccessStream, knobs: dict, max_capacity: int) -> np.ndarray:
     """misses[layer, c]: each MoE layer's misses with a cache of c experts per layer, c = 0..max_capacity.
 
-    Caches per layer are apart, so one count replay at c per layer gives every layer's point at c. The
+    Caches per layer are apart, so one count replay at c per layer gives every layer's point at c; LRU's
+    curve is one pass over the stream instead (lru_curve, exact: the same misses as those replays). The
     engine is called directly: replay()'s row counts every segment's distinct experts, which costs more
     than the replay itself on a large trace and which a curve does not need."""
     from .engine import PrefetchPlan, Stream, count_replay
+    from .lru_curve import lru_counts
     from .predict import Prefetch
     L = stream.num_layers
+    timed_only = {"predictor", "horizon", "top_n", "threshold", "prefetch_bytes_per_step", "adaptive"}
+    base = {k: v for k, v in knobs.items() if k not in timed_only}
+
+    def cache_at(c: int):
+        cfg = ReplayConfig.make(**base, capacity=f"{c}/layer", scope="per-layer", mode="count")
+        return cfg, cache_for(trace, stream, cfg, expert_size(trace.meta, cfg)[0])
+    top_cfg, top = cache_at(max_capacity)
+    if top_cfg.policy == "lru" and top_cfg.action == "fetch":
+        counts = lru_counts(stream, top.part_of, top.pinned, "segment", int(top.part_capacity.max()))
+        if counts is not None:
+            layer_part = top.part_of[::stream.num_experts]
+            lookups = (counts.lookups + counts.pinned).sum(axis=1)
+            return np.stack([lookups - counts.layer_hits(cache_at(c)[1].part_capacity, layer_part).sum(axis=1)
+                             for c in range(max_capacity + 1)], axis=1)
     engine_stream = Stream(stream.item, stream.seg_offsets, stream.seg_layer, stream.seg_step)
     none = Prefetch.none(stream.num_segments)
     plan = PrefetchPlan(none.offsets, none.item, none.target_seg, -1)
     curves = np.zeros((L, max_capacity + 1), np.int64)
-    timed_only = {"predictor", "horizon", "top_n", "threshold", "prefetch_bytes_per_step", "adaptive"}
-    base = {k: v for k, v in knobs.items() if k not in timed_only}
     for c in range(max_capacity + 1):
-        cfg = ReplayConfig.make(**base, capacity=f"{c}/layer", scope="per-layer", mode="count")
-        expert_bytes, _ = expert_size(trace.meta, cfg)
-        cache = cache_for(trace, stream, cfg, expert_bytes)
+        cfg, cache = cache_at(c)
         state, cache = policy_state(cfg, stream, cache)
-        misses = count_replay(engine_stream, cache, plan, state, L, accounting="segment")[1]
-        curves[:, c] = misses
+        curves[:, c] = count_replay(engine_stream, cache, plan, state, L, accounting="segment")[1]
     return curves
 
 

@@ -157,14 +157,18 @@ def test_budget_allocation_is_the_fewest_misses_of_every_split():
             assert sum(curves[l, c] for l, c in enumerate(alloc)) == brute_allocation(curves, budget), (curves, budget)
 
 
-def test_miss_curves_are_each_layers_misses_replayed_at_that_capacity():
+@pytest.mark.parametrize("knobs", [{}, {"pin": ("0:1", "5:3")}, {"policy": "lfu"}],
+                         ids=["lru one pass", "lru one pass, pins", "lfu replayed"])
+def test_miss_curves_are_each_layers_misses_replayed_at_that_capacity(knobs):
     trace = moesim.read_trace(MIXTRAL)
     stream = access_stream(trace)
-    curves = layer_miss_curves(trace, stream, {}, max_capacity=8)
+    curves = layer_miss_curves(trace, stream, knobs, max_capacity=8)
     for c in (0, 1, 3, 8):
         row = moesim.replay(trace, stream=stream, mode="count", capacity=f"{c}/layer", scope="per-layer",
-                            per_layer=True)
+                            per_layer=True, **knobs)
         assert curves[:, c].tolist() == row["misses_per_layer"]
+    if knobs:
+        return
     # budgets per layer are caches apart: any split replays to the sum of its layers' curve points
     alloc = [int(x) for x in np.random.default_rng(2).integers(0, 9, size=32)]
     capacity = ",".join(f"{l}:{c}" for l, c in zip(trace.meta.moe_layers, alloc))
