@@ -484,6 +484,10 @@ def hardware_cmd(as_json) -> None:
     click.echo("")
     for h in presets().values():
         click.echo(f"{h.name}: {h.source}")
+    from .hardware import storage_presets  # storage devices for the tiers (--storage NAME)
+    click.echo("")
+    for d in storage_presets().values():
+        click.echo(f"storage {d.name}: {', '.join(f'{k} {v:g}' for k, v in d.figures.items())}; {d.source}")
 
 
 # ---- convert

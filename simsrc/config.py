@@ -491,8 +491,7 @@ KNOBS: tuple[Knob, ...] = (
          "--host-memory leaves after the non-expert weights (default: no host tier, every expert in host memory)",
          group="tiers", column=("host_capacity", "host_capacity_experts"), show=_host_capacity_text),
     Knob("host_policy", "lru", _policy, "the host tier's cache policy", group="tiers", choices=_policy_names),
-    Knob("storage", None, _optional(_storage), "a storage device preset whose figures the storage link takes "
-         "(`moesim hardware` lists them)", group="tiers", choices=_storage_names),
+    Knob("storage", None, _optional(_storage), "a storage device preset whose figures the storage link takes", group="tiers", choices=_storage_names),
     Knob("storage_bandwidth", None, _optional(parse_rate), "storage -> host reads over all lanes, e.g. 7GB/s; a "
          "bare number is GB/s", unit="bytes/s", group="tiers", column="storage_gbps",
          show=lambda cfg, hw, r: None if hw.storage_bandwidth is None else hw.storage_bandwidth / GB),
