@@ -241,3 +241,29 @@ def test_the_cli_replays_with_tiers_and_prints_them(tmp_path):
                                     "--mode", "count", "--capacity", "10%", "--host-capacity", "40%"])
     assert out.exit_code == 0, out.output
     assert "host-tier hit rate" in out.output and "storage reads" in out.output
+
+
+@pytest.mark.parametrize("action", ["fetch", "threshold"])
+def test_count_and_timed_mode_count_the_same_host_tier_hits(action):
+    # the host tier sees the GPU's fetches in the same order in both modes, so its hits agree as the GPU's do
+    trace = moesim.read_trace(ROOT / "traces" / "synthetic-zipf.parquet")
+    knobs = dict(capacity="10%", bytes_per_expert="4MB", host_capacity="25%", hardware=storage_hw(), action=action,
+                 host_below=2)
+    count = moesim.replay(trace, mode="count", **knobs)
+    timed = moesim.replay(trace, mode="timed", **knobs)
+    assert (count["hits"], count["host_hits"], count["host_misses"]) == \
+        (timed["hits"], timed["host_hits"], timed["host_misses"])
+    assert count["host_hits"] > 0 and count["host_misses"] > 0
+
+
+@pytest.mark.parametrize("host_policy", moesim.policies.names())
+def test_every_policy_serves_as_the_host_tier_s(host_policy):
+    trace = moesim.read_trace(ROOT / "traces" / "synthetic-zipf.parquet")
+    # count mode for each (the host tier's code is the same in both; timed mode compiles a loop per policy)
+    for mode in ("count", "timed") if host_policy == "belady" else ("count",):
+        row = moesim.replay(trace, mode=mode, capacity="5%", bytes_per_expert="4MB", host_capacity="20%",
+                            host_policy=host_policy, train=trace, hardware=storage_hw())
+        assert row["host_hits"] + row["host_misses"] == row["misses"]
+        assert 0 < row["host_hits"] < row["misses"]
+        # a host tier of 20 % holds no more than a fifth of the experts: it cannot beat reading each once
+        assert row["storage_reads"] >= len(np.unique(moesim.trace.access_stream(trace).item))
