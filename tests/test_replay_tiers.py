@@ -267,3 +267,13 @@ def test_every_policy_serves_as_the_host_tier_s(host_policy):
         assert 0 < row["host_hits"] < row["misses"]
         # a host tier of 20 % holds no more than a fifth of the experts: it cannot beat reading each once
         assert row["storage_reads"] >= len(np.unique(moesim.trace.access_stream(trace).item))
+
+
+@pytest.mark.parametrize("stripes,total", [(1, 3.2), (2, 2.2)])
+def test_storage_stripes_spread_one_read_over_free_lanes(stripes, total):
+    # one expert; storage 1 GB/s on two lanes of 0.5 GB/s
+    trace = make_trace([[[0]]], num_experts=2, top_k=1)
+    row = moesim.replay(trace, capacity=1, host_capacity=1,
+                        hardware=storage_hw(bandwidth_gbps=1.0, lanes=2, stripes=stripes))
+    # 1 stripe: one lane reads it all, 0.1..2.1; 2 stripes: each lane reads half, 0.1..1.1; then copy 1 ms, compute
+    assert row["total_s"] == pytest.approx(total * MS)

@@ -21,6 +21,9 @@ at a quarter of the rate, as a phone's flash serves four read threads; three str
 projection tensors read as three jobs). A transfer moves its own expert's bytes. With sizes per expert
 (cache.size), capacities are bytes and a miss evicts until its expert fits. An expert in use by the current
 layer or still in flight is never evicted.
+With memory tiers (tiers.py), every expert fetched or computed on the host is looked up in the host tier
+first; a host miss's storage read starts when the miss is issued (a prefetch's: when it starts), and its copy
+waits for the read; each segment's non-expert page-in, if any, comes before its dense part.
 Times are float64 seconds.
 """
 from typing import NamedTuple
@@ -29,16 +32,16 @@ import numpy as np
 from numba import njit
 
 from .bundles import Cache, Compute, Host, Link, LowBit, PrefetchPlan, Stream
-from .links import _arrival, _first_free_engine, _transfer
-from .tiers import host_fetch, host_peek, page_in, storage_wait
 from .experts import (BUSY, ERROR, GPU_S, HOST_COMPUTED, HOST_S, NUM_COUNTERS, OVERHEAD_S, PF_CANCELLED, PF_ISSUED,
                       PF_LATE, PF_UNUSED, PF_USED,
                       PINNED, RESIDENT, count_harmful, count_unused, evict, evict_for_prefetch, evictable,
                       none_evictable, place_at_start)
+from .links import _arrival, _first_free_engine, _transfer
 from .ops import (compiled_loop, decide, decides, freed_enough, may_host, may_lowbit, on_hit, on_insert, partition,
                   partition_map, seconds_of, size_of, take_room, victim, weighs_times)
 from .routing import (FETCH, HOST, LOWBIT, NUM_ACTIONS, SUBSTITUTE, add_weight, count_action, mass_of,
                       pick_substitutes, weight_of)
+from .tiers import host_fetch, host_peek, page_in, storage_wait
 
 
 class TimedWork(NamedTuple):
