@@ -283,6 +283,10 @@ def format_row(row: dict) -> str:
         lines.append(f"hardware {row['hardware']}{_overridden(row)}: link {num(row['bandwidth_gbps'])} GB/s, "
                      f"{num(row['latency_us'])} us/transfer, {row['copy_engines']} copy engines; "
                      f"GPU {num(row['gpu_tflops'])} TFLOP/s, {num(row['hbm_gbps'])} GB/s HBM")
+    if row["mode"] == "timed" and row.get("host_capacity") is not None:
+        lines.append(f"storage{' ' + row['storage'] if row.get('storage') else ''}: {num(row['storage_gbps'])} GB/s, "
+                     f"{num(row['storage_latency_us'])} us/read, {row['storage_lanes']} lane(s), "
+                     f"{row['storage_stripes']} stripe(s); host policy {row['host_policy']}")
     serving = _serving_line(row)
     if serving:
         lines.append(serving)
@@ -306,6 +310,17 @@ def format_row(row: dict) -> str:
                   ("  late", num(row["prefetch_late"])), ("  wasted", num(row["prefetch_wasted"])),
                   ("  harmful", num(row["prefetch_harmful"]))]
     table.append(("GB moved", f"{row['bytes_moved'] / 1e9:,.1f}"))
+    if row.get("host_capacity") is not None:  # memory tiers: the host tier in front of storage
+        rate = row["host_hit_rate"]
+        table += [("host tier", f"{row['host_capacity']} = {row['host_capacity_experts']:,} experts"),
+                  ("host-tier hits", num(row["host_hits"])),
+                  ("host-tier hit rate", "-" if rate != rate else f"{rate:.2%}"),
+                  ("storage reads", num(row["storage_reads"])),
+                  ("GB read from storage", f"{row['storage_bytes'] / 1e9:,.1f}")]
+        if row["paged_bytes"]:
+            table.append(("GB paged per forward pass", f"{row['paged_bytes'] / 1e9:,.3g}"))
+        if row["mode"] == "timed":
+            table += [("storage stall", num(row["storage_stall_s"], " s")), ("paging", num(row["paging_s"], " s"))]
     if row["mode"] == "timed":
         table += [("total time", num(row["total_s"], " s")), ("stall time", num(row["stall_s"], " s")),
                   ("stall share", f"{row['stall_s'] / row['total_s']:.1%}" if row["total_s"] else "-"),
@@ -473,6 +488,10 @@ def hardware_cmd(as_json) -> None:
     click.echo("")
     for h in presets().values():
         click.echo(f"{h.name}: {h.source}")
+    from .hardware import storage_presets  # storage devices for the tiers (--storage NAME)
+    click.echo("")
+    for d in storage_presets().values():
+        click.echo(f"storage {d.name}: {', '.join(f'{k} {v:g}' for k, v in d.figures.items())}; {d.source}")
 
 
 # ---- convert

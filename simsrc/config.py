@@ -295,6 +295,28 @@ def _action_names():
     return ACTIONS.names()
 
 
+def _host_capacity(value, option):
+    cap = Capacity.parse(value, option)
+    if cap.kind == "layers":
+        raise ValueError(f"{option}: {cap.text!r}: the host tier is one cache for all layers; give experts, a share "
+                         f"of them, bytes or auto")
+    return cap
+
+
+def _storage(value, option):
+    from .hardware import get_storage
+    return get_storage(value).name
+
+
+def _storage_names():
+    from .hardware import storage_presets
+    return tuple(d.name for d in storage_presets().values())
+
+
+def _host_capacity_text(cfg, hw, r):
+    return (None if cfg.host_capacity is None else cfg.host_capacity.text, r.get("host_capacity_experts"))
+
+
 def _path(value, option):
     if value is None:
         return None
@@ -463,6 +485,28 @@ KNOBS: tuple[Knob, ...] = (
     Knob("substitute_rank", None, _optional(lambda v, o: parse_count(v, o, low=1)), "substitute rule: a token may "
          "take a resident expert its router ranked within its first this-many (max rank; default: any rank)",
          group="actions"),
+    # memory tiers, GPU <- host <- storage (moesim.engine.tiers); last, so the columns of earlier rows keep their order
+    Knob("host_capacity", None, _optional(_host_capacity), "host-tier expert cache: experts live in storage, a GPU "
+         "miss looks here and a host miss reads storage first; 50%, 1000 experts, 40GiB, or auto: what "
+         "--host-memory leaves after the non-expert weights (default: no host tier, every expert in host memory)",
+         group="tiers", column=("host_capacity", "host_capacity_experts"), show=_host_capacity_text),
+    Knob("host_policy", "lru", _policy, "the host tier's cache policy", group="tiers", choices=_policy_names),
+    Knob("storage", None, _optional(_storage), "a storage device preset whose figures the storage link takes", group="tiers", choices=_storage_names),
+    Knob("storage_bandwidth", None, _optional(parse_rate), "storage -> host reads over all lanes, e.g. 7GB/s; a "
+         "bare number is GB/s", unit="bytes/s", group="tiers", column="storage_gbps",
+         show=lambda cfg, hw, r: None if hw.storage_bandwidth is None else hw.storage_bandwidth / GB),
+    Knob("storage_latency", None, _optional(lambda v, o: parse_seconds(v, o)), "per storage read before its bytes "
+         "flow, e.g. 50us; a bare number is µs", unit="s", group="tiers", column="storage_latency_us",
+         show=lambda cfg, hw, r: hw.storage_latency / US),
+    Knob("storage_lanes", None, _optional(lambda v, o: parse_count(v, o, low=1)), "storage reads under way at "
+         "once, each on a pipe of --storage-bandwidth / lanes (a runtime's read threads)", group="tiers",
+         show=lambda cfg, hw, r: hw.storage_lanes),
+    Knob("storage_stripes", None, _optional(lambda v, o: parse_count(v, o, low=1)), "equal parts a storage read "
+         "is split into, each taken by the earliest free lane", group="tiers",
+         show=lambda cfg, hw, r: hw.storage_stripes),
+    Knob("host_memory", None, _optional(lambda v, o: parse_bytes(v, o)), "host memory for the model, e.g. 64GiB: "
+         "the non-expert weights first (what does not fit is re-read from storage every forward pass), then the "
+         "host tier", unit="bytes", group="tiers", show=lambda cfg, hw, r: hw.host_memory),
 )
 
 KNOB = {k.name: k for k in KNOBS}
@@ -528,6 +572,14 @@ class ReplayConfig:
     weight_below: float = 0.2
     lowbit_bits: float = 4.0
     substitute_rank: int | None = None
+    host_capacity: Capacity | None = None  # None: no host tier
+    host_policy: str = "lru"
+    storage: str | None = None
+    storage_bandwidth: float | None = None
+    storage_latency: float | None = None
+    storage_lanes: int | None = None
+    storage_stripes: int | None = None
+    host_memory: float | None = None
     # what the user wrote, for the result row's text columns (capacity '10%', prefetch cap '200MB')
     given: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
@@ -553,7 +605,32 @@ class ReplayConfig:
                              f"runs a layer's experts together: use --mode count, or --accounting segment")
         cfg._check_serving(where)
         cfg._check_action(where)
+        cfg._check_tiers(where)
         return cfg
+
+    @property
+    def tiers(self) -> bool:
+        """Whether experts live in storage behind a host-tier cache (else every expert is in host memory)."""
+        return self.host_capacity is not None
+
+    def _check_tiers(self, where: str) -> None:
+        """The tier knobs need a host tier, and its reads a storage link in timed mode."""
+        if not self.tiers:
+            stray = [k for k in ("storage", "storage_bandwidth", "storage_latency", "storage_lanes",
+                                 "storage_stripes", "host_memory", "host_policy") if getattr(self, k) != KNOB[k].default]
+            if stray:
+                raise ValueError(f"{where}{KNOB[stray[0]].option} is a figure of the host and storage tiers, which "
+                                 f"a replay has only with a host-tier cache: add --host-capacity (e.g. 50%, 40GiB, "
+                                 f"or auto with --host-memory), or drop {KNOB[stray[0]].option}")
+            return
+        hw = self.hardware_spec()
+        if self.host_capacity.kind == "auto" and hw.host_memory is None:
+            raise ValueError(f"{where}--host-capacity auto is what host memory leaves after the non-expert weights: "
+                             f"give --host-memory (e.g. 64GiB)")
+        if self.mode == "timed" and hw.storage_bandwidth is None:
+            raise ValueError(f"{where}--host-capacity: a host miss reads the expert from storage, and {hw.name} has "
+                             f"no storage link: give --storage ({', '.join(_storage_names())}) or "
+                             f"--storage-bandwidth, or use --mode count (host-tier hits only)")
 
     @property
     def serving(self) -> bool:
@@ -604,8 +681,13 @@ class ReplayConfig:
 
     def hardware_spec(self):
         """The Hardware this replay runs on: the preset or file, with any figure overridden here."""
-        from .hardware import get_hardware
+        from .hardware import get_hardware, with_storage
         hw = get_hardware(self.hardware)
+        if self.storage is not None:
+            hw = with_storage(hw, self.storage)
+        hw = hw.with_overrides(storage_bandwidth=self.storage_bandwidth, storage_latency=self.storage_latency,
+                               storage_lanes=self.storage_lanes, storage_stripes=self.storage_stripes,
+                               host_memory=self.host_memory)
         return hw.with_overrides(bandwidth=self.bandwidth, latency=self.latency, copy_engines=self.copy_engines,
                                  lanes=self.lanes, stripes=self.stripes, gpu_flops=self.gpu_flops, hbm=self.hbm, launch=self.launch,
                                  miss_overhead=self.miss_overhead, overlap=self.overlap, host_flops=self.host_flops,

@@ -20,6 +20,12 @@ prefetch planner, the adaptive horizon and the predictor scorecard all use these
     attention's KV reads    context tokens x kv_bytes_per_token / hbm per layer, with --kv-bytes-per-token
     the memory budget       gpu_memory - dense bytes x layers - kv_bytes_per_token x layers x context x batch
                             - reserve, in experts (`--capacity auto`; memory_budget)
+    a storage read          storage_latency + bytes / (storage_bandwidth / storage_lanes), scheduled like a
+                            transfer (storage_lanes reads under way, storage_stripes parts each): a host-tier
+                            miss, before its host -> GPU copy (engine/tiers.py)
+    host memory             host_memory - dense bytes x layers - the host tier's bytes; the non-expert bytes
+                            that do not fit (paged_bytes) are re-read every forward pass, a layer's share
+                            (paged / layers) as one read on one storage lane before its dense part (page_seconds)
 
 Params are bytes / bytes per weight of the trace's dtype. Layers without experts (DeepSeek's first
 dense layers) are charged to the first MoE layer of each step, each at the dense cost plus an FFN taken
@@ -81,6 +87,32 @@ def lane_seconds(nbytes, hw: Hardware):
     """Seconds the bytes of a transfer take on one lane of the link (bandwidth / lanes; the whole link with
     one lane). nbytes: a number or an array."""
     return nbytes / (hw.bandwidth / hw.lanes)
+
+
+def storage_lane_seconds(nbytes, hw: Hardware):
+    """Seconds the bytes of a storage read take on one of its lanes (storage_bandwidth / storage_lanes)."""
+    return nbytes / (hw.storage_bandwidth / hw.storage_lanes)
+
+
+def paged_bytes(hw: Hardware, meta, host_tier_bytes: float) -> float:
+    """Non-expert bytes (dense bytes per layer x layers) that do not fit in host memory beside the host tier,
+    re-read from storage every forward pass; 0 when host_memory is not given."""
+    if hw.host_memory is None:
+        return 0.0
+    non_expert = float(meta.dense_bytes_per_layer) * meta.num_layers
+    return max(0.0, non_expert - max(float(hw.host_memory) - float(host_tier_bytes), 0.0))
+
+
+def page_seconds(stream, meta, hw: Hardware, paged: float) -> np.ndarray:
+    """Per segment, the page-in of its layer's share of the paged bytes (paged / layers) on one storage lane,
+    synchronous (page faults, one thread); the first segment of each step also pages the layers without
+    experts, as dense_seconds charges their compute there."""
+    if not paged:
+        return np.zeros(stream.num_segments)
+    per_layer = paged / meta.num_layers
+    first = np.r_[True, stream.seg_step[1:] != stream.seg_step[:-1]] if stream.num_segments else np.zeros(0, bool)
+    layers = 1.0 + np.where(first, meta.num_layers - meta.num_moe_layers, 0)
+    return storage_lane_seconds(layers * per_layer, hw)
 
 
 def transfer_seconds(nbytes: float, hw: Hardware) -> float:

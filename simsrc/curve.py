@@ -478,8 +478,9 @@ def curve_key(params: dict):
 
 
 def _curve_config(cfg) -> bool:
+    # a host tier's hits depend on the GPU's capacity too (it sees the GPU's misses): replayed one by one
     return cfg.policy == "lru" and cfg.mode == "count" and cfg.predictor == "none" and _counted(cfg) and \
-        getattr(cfg, "action", "fetch") == "fetch"
+        getattr(cfg, "action", "fetch") == "fetch" and getattr(cfg, "host_capacity", None) is None
 
 
 def _counted(cfg) -> bool:

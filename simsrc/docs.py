@@ -1,4 +1,4 @@
-"""The README's generated tables: replay options, policies, predictors, hardware presets, plot kinds.
+"""The README's generated tables: replay options, policies, predictors, hardware and storage presets, plot kinds.
 
 Each comes from its registry or from the config, so the README cannot drift from the code:
 `python -m moesim.docs` rewrites the README between `<!-- generated: NAME -->` and
@@ -45,6 +45,17 @@ def hardware_table() -> str:
     return "\n".join(rows)
 
 
+def storage_table() -> str:
+    from .hardware import storage_presets
+    from .units import GB, US
+    rows = ["| `--storage` | read GB/s | latency µs | lanes | stripes | source |", "| --- | --- | --- | --- | --- | --- |"]
+    for d in storage_presets().values():
+        f = {"storage_latency": 0.0, "storage_lanes": 1, "storage_stripes": 1, **d.figures}
+        rows.append(f"| `{d.name}` | {f['storage_bandwidth'] / GB:,g} | {f['storage_latency'] / US:g} | "
+                    f"{f['storage_lanes']} | {f['storage_stripes']} | {d.source} |")
+    return "\n".join(rows)
+
+
 def options_table() -> str:
     from .config import options_table as table
     return table()
@@ -64,7 +75,7 @@ def plot_kinds_table() -> str:
 
 
 TABLES = {"replay-options": options_table, "policies": policies_table, "predictors": predictors_table,
-          "hardware": hardware_table, "plot-kinds": plot_kinds_table, "actions": actions_table}
+          "hardware": hardware_table, "storage": storage_table, "plot-kinds": plot_kinds_table, "actions": actions_table}
 _BLOCK = re.compile(r"(<!-- generated: ([a-z-]+) -->\n)(.*?)(<!-- end generated -->)", re.S)
 
 

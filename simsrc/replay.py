@@ -18,6 +18,8 @@ from .config import ReplayConfig, row_inputs
 from .engine import (BAD_VICTIM, ERR_VICTIM, ERROR, GPU_S, HOST_COMPUTED, HOST_S, LOWBIT_TOKENS, OVERHEAD_S,
                      PF_CANCELLED, PF_HARMFUL, PF_ISSUED, PF_LATE, PF_USED, PF_WASTED, Cache, Compute, Host, Link,
                      LowBit, PrefetchPlan, Stream, count_replay, timed_replay)
+from .engine.tiers import (HOST_HITS, HOST_MISSES, PAGING_S, STORAGE_STALL_S, TIER_BAD_VICTIM, TIER_ERROR, Tiers,
+                           new_tiers)
 from .predict import Prefetch
 from .trace import DECODE, AccessStream, Trace, access_stream, read_trace
 from .trace.batching import batch, file_arrivals, poisson_arrivals, serve
@@ -148,6 +150,10 @@ def _replay(tr: Trace, cfg: ReplayConfig, stream: AccessStream | None, prefetch:
                 (stream.top_k if cfg.predictor != "none" else 0), "capacity_experts": held,
                 "capacity_fraction": held / n_items, "bytes_per_expert": expert_bytes,
                 "pinned_experts": pinned_experts, "context": budget.context if budget else cfg.context}
+    tiers, paged = None, 0.0
+    if cfg.tiers:
+        tiers, paged = tiers_for(tr, stream, cfg, hw, expert_bytes, layer_bytes)
+        resolved["host_capacity_experts"] = _held(tiers.cache, expert_bytes)
     row = {"trace": str(tr.path) if tr.path else tr.meta.model, "model": tr.meta.model,
            **row_inputs(cfg, hw, resolved)}
     if budget is not None:
@@ -172,17 +178,20 @@ def _replay(tr: Trace, cfg: ReplayConfig, stream: AccessStream | None, prefetch:
         mixed = cfg.accounting == "access" and len(np.unique(stream.step_phase)) > 1
         hits, misses, c, seg_hits, seg_misses, acted = count_replay(
             engine_stream, cache, plan, state, stream.num_layers, accounting=cfg.accounting,
-            record=np.zeros(len(stream), np.uint8) if mixed else None, rule=None if cfg.action == "fetch" else rule)
+            record=np.zeros(len(stream), np.uint8) if mixed else None, rule=None if cfg.action == "fetch" else rule,
+            tiers=tiers)
         stall, step_end = None, None
     else:
         hits, misses, stall, step_end, seg_hits, seg_misses, c, acted = _timed(
             tr, stream, engine_stream, cache, plan, state, rule, rule_takes, cfg, hw, expert_bytes, params,
-            layer_bytes)
+            layer_bytes, tiers)
     _raise_engine_error(c, cfg)
+    _raise_tier_error(tiers, cfg)
     row.update(_hit_fields(hits, misses, stream, seg_hits, seg_misses))
     row.update(_time_fields(stream, step_end, stall, c, cfg.per_step, tr, cfg.prefill_chunk, arrivals))
     row.update(_transfer_fields(c, misses, expert_bytes, acted, lowbit_bytes, layer_bytes))
     row.update(_action_fields(c, acted, weights_known=weight is not None))
+    row.update(_tier_fields(tiers, paged, expert_bytes, layer_bytes, stream.num_experts, timed=cfg.mode == "timed"))
     if cfg.per_layer:
         # per MoE layer, in order; moe_layers says which of the model's layers each entry is
         row.update(moe_layers=[int(n) for n in tr.meta.moe_layers], hits_per_layer=hits.tolist(),
@@ -197,7 +206,7 @@ def _replay(tr: Trace, cfg: ReplayConfig, stream: AccessStream | None, prefetch:
 
 
 def _timed(tr, stream, engine_stream, cache, plan, state, rule, rule_takes, cfg, hw, expert_bytes, params,
-           layer_bytes=None):
+           layer_bytes=None, tiers=None):
     """The timed engine's inputs from the cost model, and its run."""
     if not expert_bytes:
         raise ValueError(f"{tr.path or tr.meta.model}: the trace does not say how many bytes an expert has "
@@ -215,7 +224,7 @@ def _timed(tr, stream, engine_stream, cache, plan, state, rule, rule_takes, cfg,
         _, copy_s, floor_s = _lowbit_size(tr, cfg, hw, expert_bytes, params)
         lowbit = LowBit(link._replace(transfer_s=copy_s), floor_s)
     out, c = timed_replay(engine_stream, cache, link, Compute(dense, ec.per_token, ec.floor, ec.launch), host, plan,
-                          state, rule, stream.num_layers, stream.num_steps, lowbit)
+                          state, rule, stream.num_layers, stream.num_steps, lowbit, tiers)
     return out.hits, out.misses, out.stall, out.step_end, out.seg_hits, out.seg_misses, c, out.acted
 
 
@@ -310,12 +319,17 @@ def layer_expert_bytes(meta, cfg: ReplayConfig, hw=None) -> np.ndarray | None:
     return sizes
 
 
-def policy_state(cfg: ReplayConfig, stream: AccessStream, cache: Cache):
-    """The policy's initial state, and the cache with the experts the policy places before the start."""
-    module = policy_registry.get(cfg.policy)
+def policy_state(cfg: ReplayConfig, stream: AccessStream, cache: Cache, policy: str | None = None,
+                 busy: bool | None = None):
+    """The policy's initial state, and the cache with the experts the policy places before the start.
+    policy: another policy than cfg's (the host tier's); busy: whether its victim searches may meet busy
+    experts (default: the GPU cache's, which may in timed mode and segment accounting)."""
+    policy = policy or cfg.policy
+    module = policy_registry.get(policy)
     # timed: whether experts can be busy (in use by the running layer, or in flight) during a victim search
-    params = {"seed": cfg.seed, "top_k": stream.top_k, "timed": cfg.mode == "timed" or cfg.accounting == "segment"}
-    if cfg.policy == "static":
+    params = {"seed": cfg.seed, "top_k": stream.top_k,
+              "timed": cfg.mode == "timed" or cfg.accounting == "segment" if busy is None else busy}
+    if policy == "static":
         if cfg.train is None:
             raise ValueError("the static policy pins the experts a *different* trace used most: pass train=TRACE "
                              "(--train TRACE)")
@@ -333,6 +347,88 @@ def policy_state(cfg: ReplayConfig, stream: AccessStream, cache: Cache):
         cache = cache._replace(pinned=pinned, part_capacity=_less_pins(cache.part_capacity, cache.part_of, hot,
                                                                         cache.size))
     return state, cache
+
+
+def tiers_for(tr: Trace, stream: AccessStream, cfg: ReplayConfig, hw, expert_bytes: float,
+              layer_bytes: np.ndarray | None) -> tuple[Tiers, float]:
+    """The host tier (one cache for all layers, of --host-capacity, under --host-policy, empty at the start:
+    experts live in storage), the storage link, and the non-expert bytes that do not fit in host memory
+    (paged every forward pass; their page-ins per segment in timed mode). Returns (tiers, paged bytes)."""
+    L, E = stream.num_layers, stream.num_experts
+    n_items = L * E
+    cap = cfg.host_capacity
+    where = tr.path or tr.meta.model
+    size = None
+    if cap.kind in ("bytes", "auto"):
+        non_expert = float(tr.meta.dense_bytes_per_layer) * tr.meta.num_layers
+        total = cap.value if cap.kind == "bytes" else max(float(hw.host_memory) - non_expert, 0.0)
+        if hw.host_memory is not None and total > hw.host_memory:
+            raise ValueError(f"--host-capacity {cap.text} is more than the host's {hw.host_memory / 2**30:.4g} GiB "
+                             f"(--host-memory); lower one or raise the other")
+        if layer_bytes is not None:  # each layer's experts at their own size, as a GPU cache of bytes fills
+            size = np.repeat(np.round(layer_bytes).astype(np.int64), E)
+            slots = min(int(total), int(size.sum()))
+            tier_bytes = float(slots)
+        else:
+            if not expert_bytes:
+                raise ValueError(f"{where}: --host-capacity {cap.text} is in bytes but the trace does not say how big "
+                                 f"an expert is; pass --bytes-per-expert, or give the host tier in experts")
+            slots = min(int(total // expert_bytes), n_items)
+            tier_bytes = slots * float(expert_bytes)
+    else:
+        slots = min(cap.experts(num_items=n_items, num_layers=L, bytes_per_expert=expert_bytes)[0], n_items)
+        tier_bytes = slots * float(expert_bytes)
+    host_cache = Cache(np.zeros(n_items, np.int32), np.array([slots], np.int64), np.zeros(n_items, np.uint8),
+                       np.zeros(0, np.int32), size)
+    # nothing in the host tier is ever busy: a read's slot is taken when it is issued
+    state, host_cache = policy_state(cfg, stream, host_cache, policy=cfg.host_policy, busy=False)
+    host_cache = host_cache._replace(part_of=None)
+    paged = cost.paged_bytes(hw, tr.meta, tier_bytes)
+    if hw.storage_bandwidth is None:  # count mode without a storage link: hits only
+        link, page_s = Link(0.0, 0.0, 1, 1, 1.0, 1), np.zeros(stream.num_segments)
+    else:
+        item_bytes = float(expert_bytes) if layer_bytes is None else np.repeat(layer_bytes, E)
+        link = Link(cost.storage_lane_seconds(item_bytes, hw), float(hw.storage_latency), int(hw.storage_lanes),
+                    int(hw.storage_lanes), 1.0, int(hw.storage_stripes))
+        page_s = cost.page_seconds(stream, tr.meta, hw, paged)
+    return new_tiers(host_cache, state, link, page_s), paged
+
+
+def _held(cache: Cache, expert_bytes: float) -> int:
+    """Experts a cache holds: its slots and pins, or with capacities in bytes as many as fit at the mean size."""
+    n_items = len(cache.pinned)
+    if cache.size is None:
+        return int(cache.part_capacity.sum()) + int(cache.pinned.sum())
+    held_bytes = int(cache.part_capacity.sum()) + int(cache.size[cache.pinned.astype(bool)].sum())
+    return min(int(held_bytes // expert_bytes), n_items)
+
+
+def _tier_fields(tiers: Tiers | None, paged: float, expert_bytes: float, layer_bytes: np.ndarray | None,
+                 num_experts: int, timed: bool) -> dict[str, Any]:
+    """The host tier's hits (host_hit_rate: host hits / host lookups, the GPU's fetches: its fetched misses,
+    its prefetches and the experts it computed on the host), the storage reads and bytes they cost, the stall
+    spent waiting on storage reads, and the non-expert page-ins (paged_bytes per forward pass)."""
+    if tiers is None:
+        return {"host_hits": 0, "host_misses": 0, "host_hit_rate": math.nan, "storage_reads": 0,
+                "storage_bytes": 0.0, "storage_stall_s": 0.0 if timed else math.nan,
+                "paging_s": 0.0 if timed else math.nan, "paged_bytes": 0.0}
+    c = tiers.c
+    hits, misses = int(c[HOST_HITS]), int(c[HOST_MISSES])
+    reads = tiers.reads_of
+    nbytes = float(reads.sum()) * expert_bytes if layer_bytes is None else \
+        float(reads.reshape(-1, num_experts).sum(axis=1) @ layer_bytes)
+    return {"host_hits": hits, "host_misses": misses,
+            "host_hit_rate": hits / (hits + misses) if hits + misses else math.nan,
+            "storage_reads": misses, "storage_bytes": nbytes,
+            "storage_stall_s": float(c[STORAGE_STALL_S]) if timed else math.nan,
+            "paging_s": float(c[PAGING_S]) if timed else math.nan, "paged_bytes": float(paged)}
+
+
+def _raise_tier_error(tiers: Tiers | None, cfg: ReplayConfig) -> None:
+    if tiers is not None and tiers.c[TIER_ERROR]:
+        raise RuntimeError(f"host policy {cfg.host_policy!r} broke the policy contract: its victim() returned "
+                           f"{int(tiers.c[TIER_BAD_VICTIM])}, which is not a resident, unpinned expert of the host "
+                           f"tier; see moesim.policies for the contract")
 
 
 def cache_for(trace: Trace, stream: AccessStream, cfg: ReplayConfig, expert_bytes: float,

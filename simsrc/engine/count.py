@@ -17,6 +17,7 @@ from .experts import (BUSY, NUM_COUNTERS, PF_UNUSED, PF_USED, PINNED, RESIDENT, 
                       evictable, insert_plan, none_evictable, place_at_start)
 from .ops import (compiled_loop, decide, decides, freed_enough, on_hit, on_insert, partition, partition_map, size_of,
                   take_room, victim)
+from .tiers import host_lookup
 from .routing import (FETCH, HOST, NUM_ACTIONS, SUBSTITUTE, add_weight, count_action, mass_of, pick_substitutes,
                       weight_of)
 
@@ -47,7 +48,7 @@ class SegmentWork(NamedTuple):
 
 
 def count_replay(stream: Stream, cache: Cache, plan: PrefetchPlan, state, num_layers: int, record=None,
-                 accounting: str = "access", rule=None):
+                 accounting: str = "access", rule=None, tiers=None):
     """Returns (hits per layer, misses per layer, counters, hits per segment, misses per segment, misses each
     action took per layer); experts.py has the counters. Access accounting gives the per-segment counts only
     when asked to record (None otherwise).
@@ -59,6 +60,8 @@ def count_replay(stream: Stream, cache: Cache, plan: PrefetchPlan, state, num_la
     rule (segment accounting): an action rule's state (moesim.actions) that decides each miss, as in timed
     mode but without a clock (fetch_done and host_done are 0); None fetches every miss. An expert computed
     on the host, skipped, substituted or fetched as a low-bit copy is not inserted.
+    tiers (engine.tiers.Tiers): a host tier that sees every expert the GPU fetches (its demand misses and
+    prefetches, and experts computed on the host), in order; None: no tiers.
     """
     if rule is not None and accounting != "segment":
         raise ValueError("an action rule decides per (step, layer) segment: it needs segment accounting")
@@ -77,9 +80,10 @@ def count_replay(stream: Stream, cache: Cache, plan: PrefetchPlan, state, num_la
         seg = SegmentWork(np.full(n, -1, np.int64), np.empty(n, np.int32), np.empty(n, np.int64),
                           np.empty(n if rule is not None else 0, np.int64), np.empty(weighed, np.float64),
                           np.empty(weighed, np.float64), np.empty(longest, np.int32), np.full(longest, -1, np.int64))
-        _segment_loop(stream, cache, plan, state, rule, work, seg)
+        _segment_loop(stream, cache, plan, state, rule, work, seg, tiers)
     else:
-        _count_loop(stream.item, stream.seg_offsets[pf_segs + 1] - 1, pf_segs, cache, plan, state, work, record)
+        _count_loop(stream.item, stream.seg_offsets[pf_segs + 1] - 1, pf_segs, cache, plan, state, work, record,
+                    tiers)
         if record is None:
             return (work.hits_of.reshape(num_layers, -1).sum(axis=1),
                     work.misses_of.reshape(num_layers, -1).sum(axis=1), work.c, None, None, work.acted)
@@ -108,7 +112,7 @@ def mark_hit_store(record, i):
 
 
 @compiled_loop
-def _count_loop(item, pf_at, pf_segs, cache, plan, state, work, record):
+def _count_loop(item, pf_at, pf_segs, cache, plan, state, work, record, tiers):
     part_of, part_capacity, pinned, warm, size = cache
     flags, evictor, free, hits_of, misses_of, seg_hits, seg_misses, c, acted = work
     place_at_start(cache, flags, free, state)
@@ -132,6 +136,7 @@ def _count_loop(item, pf_at, pf_segs, cache, plan, state, work, record):
                 continue
             misses_of[x] += 1
             count_harmful(x, flags, evictor, c)
+            host_lookup(tiers, x, i)
             p = partition(part_of, x)
             need = size_of(size, x)
             if free[p] < need:
@@ -155,13 +160,13 @@ def _count_loop(item, pf_at, pf_segs, cache, plan, state, work, record):
             break
         clock = end - 1
         s = pf_segs[k]
-        if not insert_plan(s, clock, plan, cache, None, flags, evictor, free, c, state):
+        if not insert_plan(s, clock, plan, cache, None, flags, evictor, free, c, state, tiers):
             return
     count_unused(flags, c)
 
 
 @compiled_loop
-def _segment_loop(stream, cache, plan, state, rule, work, seg):
+def _segment_loop(stream, cache, plan, state, rule, work, seg, tiers):
     """Count mode by (step, layer) segment, the way a layer runs: its distinct experts are looked up against
     the cache as it was when the segment began (each one lookup, however many of its tokens use it); the
     resident ones are in use, so a miss evicts one of the others; when every resident of the partition is in
@@ -217,6 +222,8 @@ def _segment_loop(stream, cache, plan, state, rule, work, seg):
                     acted[seg_layer[s], act] += 1
                     if act != HOST:
                         count_action(c, act, seg_tok[a], mass_of(stream.weight, seg.seg_wsum, a))
+                    else:
+                        host_lookup(tiers, x, seg_last[a])  # computed on the host: it must be in host memory
                     if act == SUBSTITUTE:
                         lo = seg_offsets[s]
                         for i2 in range(lo, seg_offsets[s + 1]):
@@ -233,6 +240,7 @@ def _segment_loop(stream, cache, plan, state, rule, work, seg):
                                     c[PF_USED] += 1
                                 flags[y] = fy | BUSY
                     continue
+            host_lookup(tiers, x, seg_last[a])
             p = partition(part_of, x)
             need = size_of(size, x)
             if free[p] < need:
@@ -263,6 +271,6 @@ def _segment_loop(stream, cache, plan, state, rule, work, seg):
             in_seg[x] = -1
             flags[x] &= ~BUSY
         clock = seg_offsets[s + 1] - 1
-        if not insert_plan(s, clock, plan, cache, flags, flags, evictor, free, c, state):
+        if not insert_plan(s, clock, plan, cache, flags, flags, evictor, free, c, state, tiers):
             return
     count_unused(flags, c)

@@ -7,6 +7,7 @@ a policy's victim search (policies test it with `_busy.is_busy`).
 from numba import njit
 
 from .ops import compiled_loop, freed_enough, on_evict, on_insert, partition, size_of, take_room, victim
+from .tiers import host_lookup
 
 BUSY, RESIDENT, PINNED, PF_UNUSED, PF_VICTIM = 1, 2, 4, 8, 16
 # BUSY: in use by the current layer, or in flight (segment accounting and timed mode)
@@ -100,8 +101,9 @@ def place_at_start(cache, flags, free, state):
 
 
 @compiled_loop  # it inlines the policy's victim and on_insert
-def insert_plan(s, clock, plan, cache, busy, flags, evictor, free, c, state):
-    """Count mode: segment s's prefetch plan goes in at once, after its accesses (clock: the last of them).
+def insert_plan(s, clock, plan, cache, busy, flags, evictor, free, c, state, tiers=None):
+    """Count mode: segment s's prefetch plan goes in at once, after its accesses (clock: the last of them);
+    each prefetched expert passes through the host tier (tiers.py) when there is one.
     Returns False when the policy's victim broke its contract (the loop then stops)."""
     part_of, part_capacity, pinned, warm, size = cache
     for j in range(plan.offsets[s], plan.offsets[s + 1]):
@@ -110,6 +112,7 @@ def insert_plan(s, clock, plan, cache, busy, flags, evictor, free, c, state):
         need = size_of(size, x)
         if flags[x] & RESIDENT or part_capacity[p] < need:
             continue
+        host_lookup(tiers, x, clock)
         if free[p] < need:
             while True:  # evict until x fits (one slot per expert: one eviction)
                 v = victim(state, p, busy, clock)

@@ -21,6 +21,9 @@ at a quarter of the rate, as a phone's flash serves four read threads; three str
 projection tensors read as three jobs). A transfer moves its own expert's bytes. With sizes per expert
 (cache.size), capacities are bytes and a miss evicts until its expert fits. An expert in use by the current
 layer or still in flight is never evicted.
+With memory tiers (tiers.py), every expert fetched or computed on the host is looked up in the host tier
+first; a host miss's storage read starts when the miss is issued (a prefetch's: when it starts), and its copy
+waits for the read; each segment's non-expert page-in, if any, comes before its dense part.
 Times are float64 seconds.
 """
 from typing import NamedTuple
@@ -33,19 +36,12 @@ from .experts import (BUSY, ERROR, GPU_S, HOST_COMPUTED, HOST_S, NUM_COUNTERS, O
                       PF_LATE, PF_UNUSED, PF_USED,
                       PINNED, RESIDENT, count_harmful, count_unused, evict, evict_for_prefetch, evictable,
                       none_evictable, place_at_start)
+from .links import _arrival, _first_free_engine, _transfer
 from .ops import (compiled_loop, decide, decides, freed_enough, may_host, may_lowbit, on_hit, on_insert, partition,
                   partition_map, seconds_of, size_of, take_room, victim, weighs_times)
 from .routing import (FETCH, HOST, LOWBIT, NUM_ACTIONS, SUBSTITUTE, add_weight, count_action, mass_of,
                       pick_substitutes, weight_of)
-
-
-@njit(cache=True, _nrt=False)
-def _first_free_engine(eng_free):
-    e = 0
-    for k in range(1, eng_free.shape[0]):
-        if eng_free[k] < eng_free[e]:
-            e = k
-    return e
+from .tiers import host_fetch, host_peek, page_in, storage_wait
 
 
 class TimedWork(NamedTuple):
@@ -93,50 +89,6 @@ class TimedOut(NamedTuple):
 
 
 @njit(cache=True, _nrt=False)
-def _on_lanes(lanes, t0, seconds, stripes):
-    """A transfer's bytes as `stripes` equal parts, each taken by the earliest free lane (a work queue, as
-    read threads take jobs), none before t0; returns when the last part lands. seconds: all its bytes on one
-    lane."""
-    part = seconds / stripes
-    done = 0.0
-    for k in range(stripes):
-        lane = _first_free_engine(lanes)
-        d = max(t0, lanes[lane]) + part
-        lanes[lane] = d
-        done = max(done, d)
-    return done
-
-
-@njit(cache=True, _nrt=False, inline="always")  # in the loop's own code: the one-lane path stays as cheap as it was
-def _transfer(issue_t, eng_free, pipe, latency_s, seconds, stripes):
-    """Schedule one transfer whose bytes take `seconds` on one lane (its bytes / one lane's bandwidth): on the
-    first free copy engine, after its latency, its parts on the first free lanes; returns its arrival time.
-    pipe: each lane's free time, then as many scratch entries (for _arrival)."""
-    e = _first_free_engine(eng_free)
-    start = max(issue_t, eng_free[e])
-    if pipe.shape[0] == 2 and stripes == 1:  # one lane, one part: the shared pipe (the hot path)
-        done = max(start + latency_s, pipe[0]) + seconds
-        pipe[0] = done
-    else:
-        done = _on_lanes(pipe[:pipe.shape[0] // 2], start + latency_s, seconds, stripes)
-    eng_free[e] = done
-    return done
-
-
-@njit(cache=True, _nrt=False)
-def _arrival(issue_t, eng_free, pipe, latency_s, seconds, stripes):
-    """When a transfer issued at issue_t would land, without scheduling it (what an action rule weighs)."""
-    e = _first_free_engine(eng_free)
-    start = max(issue_t, eng_free[e])
-    if pipe.shape[0] == 2 and stripes == 1:
-        return max(start + latency_s, pipe[0]) + seconds
-    n = pipe.shape[0] // 2
-    for k in range(n):  # worked out on the scratch half, the lanes as they are
-        pipe[n + k] = pipe[k]
-    return _on_lanes(pipe[n:], start + latency_s, seconds, stripes)
-
-
-@njit(cache=True, _nrt=False)
 def _settle(t, flags, ready, in_seg, inflight, n_inflight):
     """Transfers landed by time t free their experts for eviction (unless the running layer uses them);
     returns how many are still in flight. Decisions are taken in time order, each after settling to its time."""
@@ -153,7 +105,7 @@ def _settle(t, flags, ready, in_seg, inflight, n_inflight):
 
 
 @compiled_loop  # it inlines the policy's victim and on_insert: cached under the sources digest
-def _start_prefetches(until_t, min_target, clock, q, q_end, n_inflight, plan, cache, link, state, w):
+def _start_prefetches(until_t, min_target, clock, q, q_end, n_inflight, plan, cache, link, state, w, tiers):
     """Start queued prefetches (FIFO) whose start time is <= until_t; returns (q, n_inflight).
 
     A prefetch is dropped if its expert is already resident, and cancelled if
@@ -200,8 +152,9 @@ def _start_prefetches(until_t, min_target, clock, q, q_end, n_inflight, plan, ca
             take_room(size, w.free, p, need)
         else:
             w.free[p] -= need
-        w.ready[x] = _transfer(start, w.eng_free, w.pipe, link.latency_s, seconds_of(link.transfer_s, x),
-                                 link.stripes)
+        # through the host tier: on a host miss its copy starts when its storage read ends
+        w.ready[x] = _transfer(host_fetch(tiers, x, start, clock), w.eng_free, w.pipe, link.latency_s,
+                               seconds_of(link.transfer_s, x), link.stripes)
         flags[x] = RESIDENT | BUSY | PF_UNUSED
         w.inflight[n_inflight] = x
         n_inflight += 1
@@ -212,10 +165,11 @@ def _start_prefetches(until_t, min_target, clock, q, q_end, n_inflight, plan, ca
 
 
 def timed_replay(stream: Stream, cache: Cache, link: Link, compute: Compute, host: Host, plan: PrefetchPlan,
-                 state, rule, num_layers: int, num_steps: int, lowbit: LowBit | None = None):
+                 state, rule, num_layers: int, num_steps: int, lowbit: LowBit | None = None, tiers=None):
     """Returns (TimedOut, counters). host: bookkeeping per miss and the host's compute; rule: an action
     rule's state (moesim.actions), which decides what each miss does; lowbit: its low-precision copy (for a
-    rule that takes LOWBIT)."""
+    rule that takes LOWBIT); tiers (tiers.py): the host tier and storage link every fetch passes through, and
+    the non-expert page-ins (None: every expert in host memory)."""
     lowbit = lowbit or LowBit(link, compute.floor_s)
     n = len(cache.pinned)
     cache = cache._replace(part_of=partition_map(cache.part_of, cache.part_capacity))
@@ -235,12 +189,12 @@ def timed_replay(stream: Stream, cache: Cache, link: Link, compute: Compute, hos
     acting = ActionWork(np.zeros(n if may_lowbit(rule) else 0, np.uint8), np.empty(weighed, np.float64),
                         np.empty(weighed, np.float64), np.empty(longest, np.int32),
                         np.full(longest, -1, np.int64))
-    _timed_loop(stream, cache, link, compute, host, lowbit, plan, state, rule, out, work, acting)
+    _timed_loop(stream, cache, link, compute, host, lowbit, plan, state, rule, out, work, acting, tiers)
     return out, work.c
 
 
 @compiled_loop
-def _timed_loop(stream, cache, link, compute, host, lowbit, plan, state, rule, out, w, aw):
+def _timed_loop(stream, cache, link, compute, host, lowbit, plan, state, rule, out, w, aw, tiers):
     item, seg_offsets, seg_layer, seg_step = stream.item, stream.seg_offsets, stream.seg_layer, stream.seg_step
     part_of, part_capacity, pinned, warm, size = cache
     seg_dense_s, token_s, weights_s, launch_s = compute
@@ -262,6 +216,7 @@ def _timed_loop(stream, cache, link, compute, host, lowbit, plan, state, rule, o
         layer = seg_layer[s]
         if s > 0 and seg_step[s] != seg_step[s - 1]:
             step_pf = 0
+        gpu_t = page_in(tiers, s, gpu_t)  # non-expert weights not in host memory, read before the layer runs
         gpu_t += seg_dense_s[s]
         gpu_s += seg_dense_s[s]
         now = gpu_t
@@ -270,7 +225,7 @@ def _timed_loop(stream, cache, link, compute, host, lowbit, plan, state, rule, o
         # transfers landed by now free their experts
         if q < plan.offsets[s]:
             q, n_inflight = _start_prefetches(now, s, seg_offsets[s] - 1, q, plan.offsets[s], n_inflight, plan,
-                                              cache, link, state, w)
+                                              cache, link, state, w, tiers)
             if c[ERROR] != 0:
                 return
         n_inflight = _settle(now, flags, ready, in_seg, inflight, n_inflight)
@@ -322,10 +277,11 @@ def _timed_loop(stream, cache, link, compute, host, lowbit, plan, state, rule, o
                 cpu[0] = issue
                 overhead_s += host.miss_overhead_s
             if decides(rule):
+                here = host_peek(tiers, x, issue)  # when x is in host memory (later than issue if read from storage)
                 host_s = max(seg_tok[a] * host.per_token_s, host.floor_s) if may_host(rule) else 0.0
-                host_done = max(cpu[1], issue) + host_s if may_host(rule) else 0.0
+                host_done = max(cpu[1], here) + host_s if may_host(rule) else 0.0
                 # what a copy issued now would take is worked out only for a rule that weighs it
-                fetch_done = _arrival(issue, w.eng_free, w.pipe, link.latency_s, seconds_of(link.transfer_s, x),
+                fetch_done = _arrival(here, w.eng_free, w.pipe, link.latency_s, seconds_of(link.transfer_s, x),
                                       link.stripes) if weighs_times(rule) else 0.0
                 act = decide(rule, x, seg_tok[a], weight_of(stream.weight, aw.seg_wmax, a), fetch_done, host_done)
                 if act == SUBSTITUTE and not pick_substitutes(stream.ranked, x, s, seg_offsets[s], seg_offsets[s + 1],
@@ -334,6 +290,7 @@ def _timed_loop(stream, cache, link, compute, host, lowbit, plan, state, rule, o
                 if act != FETCH:
                     acted[layer, act] += 1
                     if act == HOST:
+                        host_fetch(tiers, x, issue, i)  # x is brought to host memory as host_done assumed
                         cpu[1] = host_done
                         c[HOST_S] += host_s
                         c[HOST_COMPUTED] += 1
@@ -377,6 +334,7 @@ def _timed_loop(stream, cache, link, compute, host, lowbit, plan, state, rule, o
                                 flags[y] = fy | BUSY
                             seg_tok[in_seg[y]] += 1
                     continue
+            here = host_fetch(tiers, x, issue, i)  # its storage read, if any, starts now, slot or no slot
             sync_s += (1.0 - link.overlap) * seconds_of(link.transfer_s, x)
             p = partition(part_of, x)
             f = BUSY  # with no room in its partition, x streams through for this layer and is not kept
@@ -416,8 +374,8 @@ def _timed_loop(stream, cache, link, compute, host, lowbit, plan, state, rule, o
                 if keep:
                     f = RESIDENT | BUSY
                     on_insert(state, x, p, i)
-            ready[x] = _transfer(issue, w.eng_free, w.pipe, link.latency_s, seconds_of(link.transfer_s, x),
-                                 link.stripes)
+            ready[x] = _transfer(max(issue, here), w.eng_free, w.pipe, link.latency_s,
+                                 seconds_of(link.transfer_s, x), link.stripes)
             flags[x] = f
             inflight[n_inflight] = x
             n_inflight += 1
@@ -436,9 +394,12 @@ def _timed_loop(stream, cache, link, compute, host, lowbit, plan, state, rule, o
         here_t = gpu_t
         n_wait = 0
         host_end = 0.0
+        host_last = 0  # the host's expert that ends last
         for a in range(n_seg):
             if seg_host[a]:
-                host_end = max(host_end, seg_ready[a])
+                if seg_ready[a] > host_end:
+                    host_end = seg_ready[a]
+                    host_last = a
                 seg_host[a] = 0
                 continue
             if seg_ready[a] <= here_t:
@@ -460,6 +421,7 @@ def _timed_loop(stream, cache, link, compute, host, lowbit, plan, state, rule, o
             a = waiting[j]
             if seg_ready[a] > gpu_t:
                 stall[layer] += seg_ready[a] - gpu_t
+                storage_wait(tiers, seg_items[a], gpu_t, seg_ready[a])
                 gpu_t = seg_ready[a]
             floor_s = weights_s
             if may_lowbit(rule) and aw.seg_low[a]:
@@ -471,6 +433,7 @@ def _timed_loop(stream, cache, link, compute, host, lowbit, plan, state, rule, o
         # the layer ends when the host's experts are done too
         if host_end > gpu_t:
             stall[layer] += host_end - gpu_t
+            storage_wait(tiers, seg_items[host_last], gpu_t, host_end)
             gpu_t = host_end
 
         # this segment's prefetch plan joins the queue behind its demand, within the per-step cap
@@ -482,7 +445,7 @@ def _timed_loop(stream, cache, link, compute, host, lowbit, plan, state, rule, o
         # prefetches that start while this layer computes must not evict its experts
         if q < plan.offsets[s + 1]:
             q, n_inflight = _start_prefetches(gpu_t, s + 1, seg_offsets[s + 1] - 1, q, plan.offsets[s + 1],
-                                              n_inflight, plan, cache, link, state, w)
+                                              n_inflight, plan, cache, link, state, w, tiers)
             if c[ERROR] != 0:
                 return
         for a in range(n_seg):

@@ -31,6 +31,16 @@ Fields (a file writes them with units, e.g. "25GB/s", "10us", "312T", "80GiB"):
                   KV dtype, carried here so a calibrated file replays as it was fitted); default none
     weight_bits   bits per weight of the experts as moved and read (4.5 for GGUF Q4_K_M); default: the
                   trace's dtype
+    storage_bandwidth  storage -> host reads (NVMe, phone flash), bytes/s over all its lanes; default none: no
+                  storage tier (every expert in host memory). Used with a host-tier cache (--host-capacity):
+                  a host miss reads the expert from storage before the host -> GPU copy
+    storage_latency  per read before its bytes flow (the device's read latency), s; default 0
+    storage_lanes  reads under way at once, each on its own byte pipe of storage_bandwidth / storage_lanes
+                  (a runtime's read threads or queues); default 1
+    storage_stripes  equal parts a read is split into, each taken by the earliest free lane; default 1
+    host_memory   bytes of host memory the model may use: the non-expert weights first, then the host tier
+                  (--host-capacity auto takes what is left); the non-expert weights that do not fit are
+                  re-read from storage every forward pass; default none (everything fits)
     source        where each figure comes from
 """
 from __future__ import annotations
@@ -45,6 +55,8 @@ from ..registry import normalise, suggest
 from ..units import US, parse_bytes, parse_count, parse_flops, parse_rate, parse_seconds
 
 PRESET_DIR = Path(__file__).parent / "presets"
+STORAGE_DIR = Path(__file__).parent / "storage"
+STORAGE_FIELDS = ("storage_bandwidth", "storage_latency", "storage_lanes", "storage_stripes")
 
 
 @dataclass(frozen=True)
@@ -66,6 +78,11 @@ class Hardware:
     stripes: int = 1
     kv_bytes_per_token: float | None = None  # bytes; None: attention's KV reads not charged
     weight_bits: float | None = None  # None: the trace's dtype
+    storage_bandwidth: float | None = None  # bytes/s; None: no storage tier
+    storage_latency: float = 0.0  # s
+    storage_lanes: int = 1
+    storage_stripes: int = 1
+    host_memory: float | None = None  # bytes; None: the model's weights all fit
     source: str = ""
 
     def __post_init__(self):
@@ -88,6 +105,15 @@ class Hardware:
         if self.kv_bytes_per_token is not None and not self.kv_bytes_per_token >= 0:
             raise ValueError(f"hardware {self.name!r}: kv_bytes_per_token must be zero or more, got "
                              f"{self.kv_bytes_per_token!r}")
+        if self.storage_bandwidth is not None and not self.storage_bandwidth > 0:
+            raise ValueError(f"hardware {self.name!r}: storage_bandwidth must be more than zero, got "
+                             f"{self.storage_bandwidth!r} (leave it out for no storage tier)")
+        for f in ("storage_latency", "host_memory"):
+            if getattr(self, f) is not None and not getattr(self, f) >= 0:
+                raise ValueError(f"hardware {self.name!r}: {f} must be zero or more, got {getattr(self, f)!r}")
+        for f in ("storage_lanes", "storage_stripes"):
+            if int(getattr(self, f)) < 1:
+                raise ValueError(f"hardware {self.name!r}: {f} must be at least 1, got {getattr(self, f)!r}")
         if self.weight_bits is not None and not 0 < self.weight_bits <= 32:
             raise ValueError(f"hardware {self.name!r}: weight_bits is bits per weight in (0, 32], got "
                              f"{self.weight_bits!r}")
@@ -103,6 +129,8 @@ class Hardware:
         for f in dataclasses.fields(self):
             if f.name in ("name", "source") or getattr(self, f.name) is None:
                 continue
+            if f.name in STORAGE_FIELDS and self.storage_bandwidth is None:
+                continue  # no storage tier: its defaults say nothing
             lines.append(f"{f.name} = {getattr(self, f.name)!r}")
         lines.append(f"source = {_toml_string(self.source)}")
         return "\n".join(lines) + "\n"
@@ -129,6 +157,11 @@ _FIELDS = {
     "stripes": lambda v, o: parse_count(v, o, low=1),
     "kv_bytes_per_token": lambda v, o: parse_bytes(v, o) if isinstance(v, str) else _si(v, o),
     "weight_bits": lambda v, o: _si(v, o, low=0, strict=True) if _si(v, o) <= 32 else _bits_error(v, o),
+    "storage_bandwidth": lambda v, o: parse_rate(v, o) if isinstance(v, str) else _si(v, o, low=0, strict=True),
+    "storage_latency": lambda v, o: parse_seconds(v, o) if isinstance(v, str) else _si(v, o),
+    "storage_lanes": lambda v, o: parse_count(v, o, low=1),
+    "storage_stripes": lambda v, o: parse_count(v, o, low=1),
+    "host_memory": lambda v, o: parse_bytes(v, o),
     "source": lambda v, o: str(v),
 }
 
@@ -201,6 +234,45 @@ def get_hardware(name: str | Path | Hardware) -> Hardware:
     return presets()[key]
 
 
+@dataclass(frozen=True)
+class Storage:
+    """A storage device preset (`--storage NAME`): the storage_* figures it gives a Hardware, and their source."""
+    name: str
+    figures: dict
+    source: str
+
+
+@functools.cache
+def storage_presets() -> dict[str, Storage]:
+    """Every storage device in storage/, by name: a TOML file of storage_* fields and their source."""
+    found = {}
+    for f in sorted(STORAGE_DIR.glob("*.toml")):
+        data = tomllib.loads(f.read_text(encoding="utf-8"))
+        unknown = sorted(set(data) - {"name", "source", *STORAGE_FIELDS})
+        if unknown or "storage_bandwidth" not in data:
+            raise ValueError(f"{f}: a storage preset holds name, source and {', '.join(STORAGE_FIELDS)} "
+                             f"(storage_bandwidth at least); found {', '.join(unknown) or 'no storage_bandwidth'}")
+        figures = {k: _FIELDS[k](v, f"{f}: {k}") for k, v in data.items() if k in STORAGE_FIELDS}
+        found[normalise(data["name"])] = Storage(data["name"], figures, str(data.get("source", "")))
+    return found
+
+
+def get_storage(name: str) -> Storage:
+    key = normalise(str(name))
+    if key not in storage_presets():
+        raise ValueError(f"--storage: unknown storage device {name!r}{suggest(key, storage_presets())}; choose one "
+                         f"of {', '.join(storage_presets())}, or give --storage-bandwidth")
+    return storage_presets()[key]
+
+
+def with_storage(hw: Hardware, name: str) -> Hardware:
+    """The hardware with a storage device's figures (its own storage_* figures, if any, replaced)."""
+    dev = get_storage(name)
+    figures = {"storage_latency": 0.0, "storage_lanes": 1, "storage_stripes": 1, **dev.figures}
+    source = f"{hw.source}; storage {dev.name}: {dev.source}" if hw.source else f"storage {dev.name}: {dev.source}"
+    return dataclasses.replace(hw, source=source, **figures)
+
+
 DTYPE_BYTES = {"float32": 4.0, "fp32": 4.0, "bfloat16": 2.0, "bf16": 2.0, "float16": 2.0, "fp16": 2.0,
                "int8": 1.0, "fp8": 1.0, "float8": 1.0, "int4": 0.5, "fp4": 0.5, "mxfp4": 0.53,
                # GGUF (llama.cpp): bits per weight of each block format, scales included (k-quants: 256-weight
@@ -220,4 +292,5 @@ def dtype_bytes(dtype: str) -> float:
     return 2.0
 
 
-__all__ = ["Hardware", "DTYPE_BYTES", "dtype_bytes", "get_hardware", "presets", "read_hardware_file"]
+__all__ = ["Hardware", "DTYPE_BYTES", "Storage", "dtype_bytes", "get_hardware", "get_storage", "presets",
+           "read_hardware_file", "storage_presets", "with_storage"]
