@@ -37,9 +37,10 @@ class CountWork(NamedTuple):
 
 class SegmentWork(NamedTuple):
     """Per item unless said: what segment accounting keeps of the segment it is in."""
-    in_seg: np.ndarray     # int64: the item's entry in the segment's arrays, or -1
+    in_seg: np.ndarray     # int64: the item's entry in the segment's arrays (read only while it is BUSY)
     seg_items: np.ndarray  # int32: the segment's distinct experts
     seg_last: np.ndarray   # int64: each one's last access in the segment
+    seg_miss: np.ndarray   # int64: the entries that missed, in order
     seg_tok: np.ndarray    # int64: tokens routed to each (with an action rule)
     seg_wmax: np.ndarray   # float64: its largest routing weight (with Stream.weight)
     seg_wsum: np.ndarray   # float64: its routing weights summed
@@ -77,7 +78,7 @@ def count_replay(stream: Stream, cache: Cache, plan: PrefetchPlan, state, num_la
     if accounting == "segment":
         weighed = n if stream.weight is not None else 0
         longest = int(np.diff(stream.seg_offsets).max()) if stream.ranked is not None and n_segs else 0
-        seg = SegmentWork(np.full(n, -1, np.int64), np.empty(n, np.int32), np.empty(n, np.int64),
+        seg = SegmentWork(np.empty(n, np.int64), np.empty(n, np.int32), np.empty(n, np.int64), np.empty(n, np.int64),
                           np.empty(n if rule is not None else 0, np.int64), np.empty(weighed, np.float64),
                           np.empty(weighed, np.float64), np.empty(longest, np.int32), np.full(longest, -1, np.int64))
         _segment_loop(stream, cache, plan, state, rule, work, seg, tiers)
@@ -165,57 +166,100 @@ def _count_loop(item, pf_at, pf_segs, cache, plan, state, work, record, tiers):
     count_unused(flags, c)
 
 
+SEEN = 32  # a state bit of the segment loop's own (experts.py has the others): seen in this segment's gather
+
+
 @compiled_loop
 def _segment_loop(stream, cache, plan, state, rule, work, seg, tiers):
     """Count mode by (step, layer) segment, the way a layer runs: its distinct experts are looked up against
     the cache as it was when the segment began (each one lookup, however many of its tokens use it); the
     resident ones are in use, so a miss evicts one of the others; when every resident of the partition is in
     use, the missing expert streams through (loaded for this layer, not kept). Then the segment's prefetch
-    plan goes in, as in _count_loop. The timed loop follows the same rule, and takes the same actions."""
+    plan goes in, as in _count_loop. The timed loop follows the same rule, and takes the same actions.
+
+    BUSY marks every expert the segment routes to, resident or not, from the start: it is what keeps a hit
+    from being evicted (a missing expert marked BUSY is harmless: victim searches look at residents only).
+    A segment whose accesses name distinct experts (one token's: the usual count-mode stream, one token a
+    step) is walked straight from the stream, each expert's first access its last; any other is gathered
+    into its distinct experts first, each told at its last access, and only an action rule needs that
+    gather for every segment (it counts each expert's tokens). Both make the same calls in the same order."""
     item, seg_offsets, seg_layer = stream.item, stream.seg_offsets, stream.seg_layer
     part_of, part_capacity, pinned, warm, size = cache
     flags, evictor, free, hits_of, misses_of, seg_hits, seg_misses, c, acted = work
-    in_seg, seg_items, seg_last, seg_tok = seg.in_seg, seg.seg_items, seg.seg_last, seg.seg_tok
+    in_seg, seg_items, seg_last, seg_tok, seg_miss = seg.in_seg, seg.seg_items, seg.seg_last, seg.seg_tok, seg.seg_miss
     place_at_start(cache, flags, free, state)
     for s in range(seg_layer.shape[0]):
-        n_seg = 0
-        for i in range(seg_offsets[s], seg_offsets[s + 1]):
-            x = np.uint32(item[np.uint64(i)])
-            if in_seg[x] < 0:
-                in_seg[x] = n_seg
-                seg_items[n_seg] = x
-                n_seg += 1
-                if decides(rule):
-                    seg_tok[in_seg[x]] = 0
-            seg_last[in_seg[x]] = i  # the policy sees the segment at its last use of x (Belady: next use after)
-            if decides(rule):
-                ax = in_seg[x]
-                seg_tok[ax] += 1
-                add_weight(stream.weight, i, ax, seg_tok[ax] == 1, seg.seg_wmax, seg.seg_wsum)
-        for a in range(n_seg):
-            x = np.uint32(seg_items[a])
-            f = flags[x]
-            if f & RESIDENT:
-                hits_of[x] += 1
-                seg_hits[s] += 1
-                if f & PF_UNUSED:
-                    f ^= PF_UNUSED
-                    c[PF_USED] += 1
-                if not f & PINNED:
-                    on_hit(state, x, partition(part_of, x), seg_last[a])
+        lo = seg_offsets[s]
+        hi = seg_offsets[s + 1]
+        distinct = False
+        if not decides(rule):
+            distinct = True
+            for i in range(lo, hi):
+                x = np.uint32(item[np.uint64(i)])
+                f = flags[x]
+                distinct &= (f & BUSY) == 0
                 flags[x] = f | BUSY
-        for a in range(n_seg):
-            x = np.uint32(seg_items[a])
-            if flags[x] & RESIDENT:
-                continue
+        # the misses are listed by their stream position (the one the policy is told), without a branch: hit
+        # or miss is a coin flip, and the miss pass then tests nothing
+        n_miss = 0
+        if distinct:
+            n_seg = hi - lo
+            for i in range(lo, hi):
+                x = np.uint32(item[np.uint64(i)])
+                f = flags[x]
+                seg_miss[n_miss] = i
+                n_miss += (f & RESIDENT) == 0
+                if f & RESIDENT:
+                    hits_of[x] += 1
+                    if f & PF_UNUSED:
+                        flags[x] = f ^ PF_UNUSED
+                        c[PF_USED] += 1
+                    if not f & PINNED:
+                        on_hit(state, x, partition(part_of, x), i)
+        else:
+            n_seg = 0
+            for i in range(lo, hi):
+                x = np.uint32(item[np.uint64(i)])
+                f = flags[x]
+                if f & SEEN:
+                    ax = in_seg[x]
+                else:
+                    flags[x] = f | SEEN | BUSY
+                    ax = n_seg
+                    in_seg[x] = ax
+                    seg_items[ax] = x
+                    n_seg += 1
+                    if decides(rule):
+                        seg_tok[ax] = 0
+                seg_last[ax] = i  # the policy sees the segment at its last use of x (Belady: next use after)
+                if decides(rule):
+                    seg_tok[ax] += 1
+                    add_weight(stream.weight, i, ax, seg_tok[ax] == 1, seg.seg_wmax, seg.seg_wsum)
+            for a in range(n_seg):
+                x = np.uint32(seg_items[a])
+                f = flags[x]
+                seg_miss[n_miss] = seg_last[a]
+                n_miss += (f & RESIDENT) == 0
+                if f & RESIDENT:
+                    hits_of[x] += 1
+                    if f & PF_UNUSED:
+                        flags[x] = f ^ PF_UNUSED
+                        c[PF_USED] += 1
+                    if not f & PINNED:
+                        on_hit(state, x, partition(part_of, x), seg_last[a])
+        seg_hits[s] = n_seg - n_miss
+        seg_misses[s] = n_miss
+        for j in range(n_miss):
+            t = seg_miss[j]
+            x = np.uint32(item[np.uint64(t)])
             misses_of[x] += 1
-            seg_misses[s] += 1
             count_harmful(x, flags, evictor, c)
             if decides(rule):
+                a = in_seg[x]
                 # no clock: a rule that weighs times is refused before the replay (moesim.replay)
                 act = decide(rule, x, seg_tok[a], weight_of(stream.weight, seg.seg_wmax, a), 0.0, 0.0)
-                if act == SUBSTITUTE and not pick_substitutes(stream.ranked, x, s, seg_offsets[s], seg_offsets[s + 1],
-                                                              item, flags, seg.pick, seg.pick_seg):
+                if act == SUBSTITUTE and not pick_substitutes(stream.ranked, x, s, lo, hi, item, flags, seg.pick,
+                                                              seg.pick_seg):
                     act = FETCH
                 if act != FETCH:
                     # computed on the host, a low-bit copy used once, skipped or substituted: not inserted
@@ -223,24 +267,22 @@ def _segment_loop(stream, cache, plan, state, rule, work, seg, tiers):
                     if act != HOST:
                         count_action(c, act, seg_tok[a], mass_of(stream.weight, seg.seg_wsum, a))
                     else:
-                        host_lookup(tiers, x, seg_last[a])  # computed on the host: it must be in host memory
+                        host_lookup(tiers, x, t)  # computed on the host: it must be in host memory
                     if act == SUBSTITUTE:
-                        lo = seg_offsets[s]
-                        for i2 in range(lo, seg_offsets[s + 1]):
+                        for i2 in range(lo, hi):
                             if item[i2] != x:
                                 continue
                             y = np.uint32(seg.pick[i2 - lo])
-                            if in_seg[y] < 0:  # in use for the layer from now on; the policy is not told
-                                in_seg[y] = n_seg
+                            fy = flags[y]
+                            if not fy & SEEN:  # in use for the layer from now on; the policy is not told
                                 seg_items[n_seg] = y
                                 n_seg += 1
-                                fy = flags[y]
                                 if fy & PF_UNUSED:
                                     fy ^= PF_UNUSED
                                     c[PF_USED] += 1
-                                flags[y] = fy | BUSY
+                                flags[y] = fy | SEEN | BUSY
                     continue
-            host_lookup(tiers, x, seg_last[a])
+            host_lookup(tiers, x, t)
             p = partition(part_of, x)
             need = size_of(size, x)
             if free[p] < need:
@@ -248,7 +290,7 @@ def _segment_loop(stream, cache, plan, state, rule, work, seg, tiers):
                     continue
                 fits = True
                 while True:  # evict until x fits (one slot per expert: one eviction)
-                    v = victim(state, p, flags, seg_last[a])
+                    v = victim(state, p, flags, t)
                     if v < 0:
                         if not none_evictable(p, part_of, flags, c):
                             return
@@ -264,13 +306,18 @@ def _segment_loop(stream, cache, plan, state, rule, work, seg, tiers):
                 take_room(size, free, p, need)
             else:
                 free[p] -= need
-            flags[x] = RESIDENT | BUSY
-            on_insert(state, x, p, seg_last[a])
-        for a in range(n_seg):
-            x = np.uint32(seg_items[a])
-            in_seg[x] = -1
-            flags[x] &= ~BUSY
-        clock = seg_offsets[s + 1] - 1
-        if not insert_plan(s, clock, plan, cache, flags, flags, evictor, free, c, state, tiers):
-            return
+            flags[x] = RESIDENT | BUSY | (flags[x] & SEEN)
+            on_insert(state, x, p, t)
+        if distinct:
+            for i in range(lo, hi):
+                x = np.uint32(item[np.uint64(i)])
+                flags[x] &= ~BUSY
+        else:
+            for a in range(n_seg):
+                x = np.uint32(seg_items[a])
+                flags[x] &= ~(BUSY | SEEN)
+        # (nothing is busy now: the plan's victim searches are count mode's plain ones)
+        if plan.offsets[s] < plan.offsets[s + 1]:
+            if not insert_plan(s, hi - 1, plan, cache, None, flags, evictor, free, c, state, tiers):
+                return
     count_unused(flags, c)
