@@ -18,6 +18,7 @@ from .units import GB, TFLOPS, US, parse_bool, parse_bytes, parse_count, parse_f
 
 MODES = ("timed", "count")
 ACCOUNTINGS = ("segment", "access")
+SEGMENT_ORDERS = ("hits-first", "routing")
 SCOPES = ("global", "per-layer")
 BATCHINGS = ("static", "continuous")
 
@@ -392,6 +393,11 @@ KNOBS: tuple[Knob, ...] = (
     Knob("accounting", "segment", _choice(ACCOUNTINGS), "segment: a (step, layer)'s distinct experts are looked "
          "up together and none evicts another of the same layer, as a layer runs; access: one lookup per access in "
          "stream order, a plain cache simulator (count mode only)", choices=ACCOUNTINGS),
+    Knob("segment_order", "hits-first", _choice(SEGMENT_ORDERS), "with --accounting segment, the order the policy "
+         "sees a segment's experts in: hits-first (its hits, then its misses, each at first use: the order of a "
+         "token's experts does not matter) or routing (each at its last use, in routing order, as a runtime that "
+         "touches experts as it routes them; victims are the same, the policy's order after the segment is not)",
+         choices=SEGMENT_ORDERS),
     Knob("prefill_chunk", 1, lambda v, o: parse_count(v, o, low=0), "prefill tokens per step: 1 replays prompts "
          "as if decoded, 0 keeps the recorded steps", group="run"),
     Knob("seed", 0, lambda v, o: parse_count(v, o, low=0, high=2**63 - 1), "seed of random choices", group="run"),
@@ -531,6 +537,7 @@ class ReplayConfig:
     scope: str = "global"
     mode: str = "timed"
     accounting: str = "segment"
+    segment_order: str = "hits-first"
     prefill_chunk: int = 1
     pin: tuple | None = None
     pin_file: PinFile | None = None
@@ -600,6 +607,9 @@ class ReplayConfig:
         if cfg.capacity.kind == "layers" and cfg.scope != "per-layer":
             raise ValueError(f"{where}--capacity {cfg.capacity.text}: budgets per layer are caches per layer; add "
                              f"--scope per-layer")
+        if cfg.segment_order != "hits-first" and cfg.accounting == "access":
+            raise ValueError(f"{where}--segment-order {cfg.segment_order} orders a (step, layer) segment's experts; "
+                             f"--accounting access already tells the policy every access in stream order: drop one")
         if cfg.mode == "timed" and cfg.accounting == "access":
             raise ValueError(f"{where}--accounting access is count mode's (a plain cache simulator); timed mode "
                              f"runs a layer's experts together: use --mode count, or --accounting segment")

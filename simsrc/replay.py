@@ -179,7 +179,7 @@ def _replay(tr: Trace, cfg: ReplayConfig, stream: AccessStream | None, prefetch:
         hits, misses, c, seg_hits, seg_misses, acted = count_replay(
             engine_stream, cache, plan, state, stream.num_layers, accounting=cfg.accounting,
             record=np.zeros(len(stream), np.uint8) if mixed else None, rule=None if cfg.action == "fetch" else rule,
-            tiers=tiers)
+            tiers=tiers, segment_order=cfg.segment_order)
         stall, step_end = None, None
     else:
         hits, misses, stall, step_end, seg_hits, seg_misses, c, acted = _timed(
@@ -224,7 +224,7 @@ def _timed(tr, stream, engine_stream, cache, plan, state, rule, rule_takes, cfg,
         _, copy_s, floor_s = _lowbit_size(tr, cfg, hw, expert_bytes, params)
         lowbit = LowBit(link._replace(transfer_s=copy_s), floor_s)
     out, c = timed_replay(engine_stream, cache, link, Compute(dense, ec.per_token, ec.floor, ec.launch), host, plan,
-                          state, rule, stream.num_layers, stream.num_steps, lowbit, tiers)
+                          state, rule, stream.num_layers, stream.num_steps, lowbit, tiers, cfg.segment_order)
     return out.hits, out.misses, out.stall, out.step_end, out.seg_hits, out.seg_misses, c, out.acted
 
 

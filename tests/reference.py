@@ -71,12 +71,13 @@ def stack_distance_lru_hits(items, capacity: int) -> int:
 
 
 
-def segment_reference(items, seg_offsets, part_of, capacity, policy: str) -> int:
+def segment_reference(items, seg_offsets, part_of, capacity, policy: str, order: str = "hits-first") -> int:
     """Hits of (step, layer) segment accounting, from its definition: a segment's distinct experts are
     looked up against the cache as the segment began; the hits are in use; each miss evicts a resident the
     segment does not use (LRU: least recent, FIFO: first in, LFU: fewest uses, then count changed longest
     ago), or, when there is none, streams through uncached. The policy is told the segment's hits, then its
-    misses, each in order of first use: that is the order of recency."""
+    inserted misses, each in order of first use (order "hits-first"), or all of them in order of their last
+    use in the segment (order "routing"): that is the order of recency."""
     cached: dict[int, set] = {p: set() for p in range(len(capacity))}
     last: dict[int, int] = {}
     inserted: dict[int, int] = {}
@@ -84,14 +85,11 @@ def segment_reference(items, seg_offsets, part_of, capacity, policy: str) -> int
     hits = 0
     clock = 0
     for a, b in zip(seg_offsets[:-1], seg_offsets[1:]):
-        distinct = list(dict.fromkeys(items[a:b]))
+        seg = list(items[a:b])
+        distinct = list(dict.fromkeys(seg))
         missing = [x for x in distinct if x not in cached[part_of[x]]]
-        for x in distinct:
-            if x not in missing:
-                hits += 1
-                clock += 1
-                last[x] = clock
-                count[x] += 1
+        hits += len(distinct) - len(missing)
+        kept = []
         for x in missing:
             p = part_of[x]
             if capacity[p] == 0:
@@ -110,10 +108,22 @@ def segment_reference(items, seg_offsets, part_of, capacity, policy: str) -> int
                     raise ValueError(policy)
                 cached[p].remove(v)
             cached[p].add(x)
+            kept.append(x)
+        told = [x for x in distinct if x not in missing] + kept
+        if order == "routing":
+            last_use = {x: i for i, x in enumerate(seg)}
+            told.sort(key=lambda x: last_use[x])
+        for x in told:
             clock += 1
-            last[x] = inserted[x] = clock
-            count[x] = 1
+            last[x] = clock
+            if x in missing:
+                inserted[x] = clock
+                count[x] = 1
+            else:
+                count[x] += 1
     return hits
+
+
 class MoeInfinityPriority:
     """MoE-Infinity's priority as policies/moe_infinity.py states it, rescored in full at every victim search:
     the least (L - d) * (rc + 1) * (g + 1) goes, then the one used longest ago, then the lower id. d: how many

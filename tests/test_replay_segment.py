@@ -61,9 +61,10 @@ def test_an_expert_used_by_several_tokens_of_a_step_is_one_lookup():
     assert (per_access["hits"], per_access["misses"]) == (1, 3)
 
 
+@pytest.mark.parametrize("order", ["hits-first", "routing"])
 @pytest.mark.parametrize("policy", ["lru", "fifo", "lfu"])
 @pytest.mark.parametrize("scope", ["global", "per-layer"])
-def test_segment_accounting_matches_a_brute_force_replay_of_its_definition(policy, scope):
+def test_segment_accounting_matches_a_brute_force_replay_of_its_definition(policy, scope, order):
     rng = np.random.default_rng(17)
     routes = random_routes(rng, tokens=90, layers=3, experts=8, top_k=2)
     # batches of 1 to 4 requests per step (each token its own request), so segments hold repeated experts
@@ -73,11 +74,30 @@ def test_segment_accounting_matches_a_brute_force_replay_of_its_definition(polic
     for capacity in (0, 2, 4, 6, 9, 15, 24):
         part_of, part_cap = partitions(stream, scope, capacity)
         want = segment_reference(stream.item.tolist(), stream.seg_offsets.tolist(), part_of.tolist(),
-                                 part_cap.tolist(), policy)
-        got = moesim.replay(trace, policy=policy, capacity=capacity, scope=scope, mode="count", stream=stream)
+                                 part_cap.tolist(), policy, order)
+        got = moesim.replay(trace, policy=policy, capacity=capacity, scope=scope, mode="count", stream=stream,
+                            segment_order=order)
         assert got["hits"] == want, (policy, scope, capacity)
-        timed = moesim.replay(trace, policy=policy, capacity=capacity, scope=scope, stream=stream)
+        timed = moesim.replay(trace, policy=policy, capacity=capacity, scope=scope, stream=stream,
+                              segment_order=order)
         assert timed["hits"] == want, ("timed", policy, scope, capacity)
+
+
+def test_routing_order_makes_a_layers_experts_recent_as_they_are_routed():
+    """Capacity 3, LRU, one token a step: [0, 1], [2, 0], [3, 1], [0, 2], [3, 4]. At step 2 expert 0 hits and 2
+    is inserted; hits first leaves 0 older than 2, routing order (2 routed before 0) leaves 2 older. So step 3's
+    miss evicts 0 under hits-first and 2 under routing, and the caches part ways: 4 hits against 3 (worked out
+    by hand in the order the policy is told)."""
+    trace = make_trace([[[0, 1]], [[2, 0]], [[3, 1]], [[0, 2]], [[3, 4]]], num_experts=5, top_k=2)
+    for order, hits in (("hits-first", 4), ("routing", 3)):
+        for mode in ("count", "timed"):
+            assert moesim.replay(trace, capacity=3, mode=mode, segment_order=order)["hits"] == hits, (order, mode)
+    # hits-first does not depend on the order of a token's experts; routing does
+    swapped = make_trace([[[1, 0]], [[0, 2]], [[1, 3]], [[2, 0]], [[4, 3]]], num_experts=5, top_k=2)
+    assert moesim.replay(swapped, capacity=3, mode="count")["hits"] == 4
+    assert moesim.replay(swapped, capacity=3, mode="count", segment_order="routing")["hits"] == 4
+    with pytest.raises(ValueError, match="segment-order routing"):
+        moesim.replay(trace, capacity=3, mode="count", accounting="access", segment_order="routing")
 
 
 def test_timed_mode_refuses_per_access_accounting():

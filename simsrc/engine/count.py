@@ -13,10 +13,11 @@ from numba import njit, types
 from numba.extending import overload
 
 from .bundles import Cache, PrefetchPlan, Stream
-from .experts import (BUSY, NUM_COUNTERS, PF_UNUSED, PF_USED, PINNED, RESIDENT, count_harmful, count_unused, evict,
-                      evictable, insert_plan, none_evictable, place_at_start)
-from .ops import (compiled_loop, decide, decides, freed_enough, on_hit, on_insert, partition, partition_map, size_of,
-                  take_room, victim)
+from .experts import (BUSY, NUM_COUNTERS, PF_UNUSED, PF_USED, PINNED, RESIDENT, TOLD_HIT, TOLD_INSERT, count_harmful,
+                      count_unused, evict, evictable, insert_plan, none_evictable, place_at_start,
+                      tell_held_back, hold_back)
+from .ops import (compiled_loop, decide, decides, freed_enough, on_hit, on_insert, partition, partition_map, routes,
+                  size_of, take_room, victim)
 from .tiers import host_lookup
 from .routing import (FETCH, HOST, NUM_ACTIONS, SUBSTITUTE, add_weight, count_action, mass_of, pick_substitutes,
                       weight_of)
@@ -49,7 +50,7 @@ class SegmentWork(NamedTuple):
 
 
 def count_replay(stream: Stream, cache: Cache, plan: PrefetchPlan, state, num_layers: int, record=None,
-                 accounting: str = "access", rule=None, tiers=None):
+                 accounting: str = "access", rule=None, tiers=None, segment_order: str = "hits-first"):
     """Returns (hits per layer, misses per layer, counters, hits per segment, misses per segment, misses each
     action took per layer); experts.py has the counters. Access accounting gives the per-segment counts only
     when asked to record (None otherwise).
@@ -63,6 +64,8 @@ def count_replay(stream: Stream, cache: Cache, plan: PrefetchPlan, state, num_la
     on the host, skipped, substituted or fetched as a low-bit copy is not inserted.
     tiers (engine.tiers.Tiers): a host tier that sees every expert the GPU fetches (its demand misses and
     prefetches, and experts computed on the host), in order; None: no tiers.
+    segment_order (segment accounting): "hits-first" tells the policy a segment's hits, then its inserted
+    misses, each at first use; "routing" tells each at its last use, in that order (experts.tell_in_routing_order).
     """
     if rule is not None and accounting != "segment":
         raise ValueError("an action rule decides per (step, layer) segment: it needs segment accounting")
@@ -81,7 +84,8 @@ def count_replay(stream: Stream, cache: Cache, plan: PrefetchPlan, state, num_la
         seg = SegmentWork(np.empty(n, np.int64), np.empty(n, np.int32), np.empty(n, np.int64), np.empty(n, np.int64),
                           np.empty(n if rule is not None else 0, np.int64), np.empty(weighed, np.float64),
                           np.empty(weighed, np.float64), np.empty(longest, np.int32), np.full(longest, -1, np.int64))
-        _segment_loop(stream, cache, plan, state, rule, work, seg, tiers)
+        told = np.zeros(n, np.int8) if segment_order == "routing" else None
+        _segment_loop(stream, cache, plan, state, rule, work, seg, tiers, told)
     else:
         _count_loop(stream.item, stream.seg_offsets[pf_segs + 1] - 1, pf_segs, cache, plan, state, work, record,
                     tiers)
@@ -170,7 +174,7 @@ SEEN = 32  # a state bit of the segment loop's own (experts.py has the others): 
 
 
 @compiled_loop
-def _segment_loop(stream, cache, plan, state, rule, work, seg, tiers):
+def _segment_loop(stream, cache, plan, state, rule, work, seg, tiers, told):
     """Count mode by (step, layer) segment, the way a layer runs: its distinct experts are looked up against
     the cache as it was when the segment began (each one lookup, however many of its tokens use it); the
     resident ones are in use, so a miss evicts one of the others; when every resident of the partition is in
@@ -182,7 +186,9 @@ def _segment_loop(stream, cache, plan, state, rule, work, seg, tiers):
     A segment whose accesses name distinct experts (one token's: the usual count-mode stream, one token a
     step) is walked straight from the stream, each expert's first access its last; any other is gathered
     into its distinct experts first, each told at its last access, and only an action rule needs that
-    gather for every segment (it counts each expert's tokens). Both make the same calls in the same order."""
+    gather for every segment (it counts each expert's tokens). Both make the same calls in the same order.
+    With told (segment order "routing") every segment is gathered, and the policy's on_hit and on_insert
+    calls wait for the end of the segment's misses, to be made in routing order (tell_in_routing_order)."""
     item, seg_offsets, seg_layer = stream.item, stream.seg_offsets, stream.seg_layer
     part_of, part_capacity, pinned, warm, size = cache
     flags, evictor, free, hits_of, misses_of, seg_hits, seg_misses, c, acted = work
@@ -192,7 +198,7 @@ def _segment_loop(stream, cache, plan, state, rule, work, seg, tiers):
         lo = seg_offsets[s]
         hi = seg_offsets[s + 1]
         distinct = False
-        if not decides(rule):
+        if not decides(rule) and not routes(told):
             distinct = True
             for i in range(lo, hi):
                 x = np.uint32(item[np.uint64(i)])
@@ -231,6 +237,8 @@ def _segment_loop(stream, cache, plan, state, rule, work, seg, tiers):
                     n_seg += 1
                     if decides(rule):
                         seg_tok[ax] = 0
+                    if routes(told):
+                        hold_back(told, ax, 0)
                 seg_last[ax] = i  # the policy sees the segment at its last use of x (Belady: next use after)
                 if decides(rule):
                     seg_tok[ax] += 1
@@ -246,7 +254,10 @@ def _segment_loop(stream, cache, plan, state, rule, work, seg, tiers):
                         flags[x] = f ^ PF_UNUSED
                         c[PF_USED] += 1
                     if not f & PINNED:
-                        on_hit(state, x, partition(part_of, x), seg_last[a])
+                        if routes(told):
+                            hold_back(told, a, TOLD_HIT)
+                        else:
+                            on_hit(state, x, partition(part_of, x), seg_last[a])
         seg_hits[s] = n_seg - n_miss
         seg_misses[s] = n_miss
         for j in range(n_miss):
@@ -276,6 +287,8 @@ def _segment_loop(stream, cache, plan, state, rule, work, seg, tiers):
                             fy = flags[y]
                             if not fy & SEEN:  # in use for the layer from now on; the policy is not told
                                 seg_items[n_seg] = y
+                                if routes(told):
+                                    hold_back(told, n_seg, 0)
                                 n_seg += 1
                                 if fy & PF_UNUSED:
                                     fy ^= PF_UNUSED
@@ -307,7 +320,12 @@ def _segment_loop(stream, cache, plan, state, rule, work, seg, tiers):
             else:
                 free[p] -= need
             flags[x] = RESIDENT | BUSY | (flags[x] & SEEN)
-            on_insert(state, x, p, t)
+            if routes(told):
+                hold_back(told, in_seg[x], TOLD_INSERT)
+            else:
+                on_insert(state, x, p, t)
+        if routes(told):
+            tell_held_back(state, part_of, seg_items, seg_last, told, n_seg, seg_miss)
         if distinct:
             for i in range(lo, hi):
                 x = np.uint32(item[np.uint64(i)])

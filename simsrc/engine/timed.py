@@ -34,11 +34,11 @@ from numba import njit
 from .bundles import Cache, Compute, Host, Link, LowBit, PrefetchPlan, Stream
 from .experts import (BUSY, ERROR, GPU_S, HOST_COMPUTED, HOST_S, NUM_COUNTERS, OVERHEAD_S, PF_CANCELLED, PF_ISSUED,
                       PF_LATE, PF_UNUSED, PF_USED,
-                      PINNED, RESIDENT, count_harmful, count_unused, evict, evict_for_prefetch, evictable,
-                      none_evictable, place_at_start)
+                      PINNED, RESIDENT, TOLD_HIT, TOLD_INSERT, count_harmful, count_unused, evict,
+                      evict_for_prefetch, evictable, none_evictable, place_at_start, tell_held_back, hold_back)
 from .links import _arrival, _first_free_engine, _transfer
 from .ops import (compiled_loop, decide, decides, freed_enough, may_host, may_lowbit, on_hit, on_insert, partition,
-                  partition_map, seconds_of, size_of, take_room, victim, weighs_times)
+                  partition_map, routes, seconds_of, size_of, take_room, victim, weighs_times)
 from .routing import (FETCH, HOST, LOWBIT, NUM_ACTIONS, SUBSTITUTE, add_weight, count_action, mass_of,
                       pick_substitutes, weight_of)
 from .tiers import host_fetch, host_peek, page_in, storage_wait
@@ -165,11 +165,12 @@ def _start_prefetches(until_t, min_target, clock, q, q_end, n_inflight, plan, ca
 
 
 def timed_replay(stream: Stream, cache: Cache, link: Link, compute: Compute, host: Host, plan: PrefetchPlan,
-                 state, rule, num_layers: int, num_steps: int, lowbit: LowBit | None = None, tiers=None):
+                 state, rule, num_layers: int, num_steps: int, lowbit: LowBit | None = None, tiers=None,
+                 segment_order: str = "hits-first"):
     """Returns (TimedOut, counters). host: bookkeeping per miss and the host's compute; rule: an action
     rule's state (moesim.actions), which decides what each miss does; lowbit: its low-precision copy (for a
     rule that takes LOWBIT); tiers (tiers.py): the host tier and storage link every fetch passes through, and
-    the non-expert page-ins (None: every expert in host memory)."""
+    the non-expert page-ins (None: every expert in host memory); segment_order: as count_replay's."""
     lowbit = lowbit or LowBit(link, compute.floor_s)
     n = len(cache.pinned)
     cache = cache._replace(part_of=partition_map(cache.part_of, cache.part_capacity))
@@ -189,12 +190,13 @@ def timed_replay(stream: Stream, cache: Cache, link: Link, compute: Compute, hos
     acting = ActionWork(np.zeros(n if may_lowbit(rule) else 0, np.uint8), np.empty(weighed, np.float64),
                         np.empty(weighed, np.float64), np.empty(longest, np.int32),
                         np.full(longest, -1, np.int64))
-    _timed_loop(stream, cache, link, compute, host, lowbit, plan, state, rule, out, work, acting, tiers)
+    told = np.zeros(n, np.int8) if segment_order == "routing" else None
+    _timed_loop(stream, cache, link, compute, host, lowbit, plan, state, rule, out, work, acting, tiers, told)
     return out, work.c
 
 
 @compiled_loop
-def _timed_loop(stream, cache, link, compute, host, lowbit, plan, state, rule, out, w, aw, tiers):
+def _timed_loop(stream, cache, link, compute, host, lowbit, plan, state, rule, out, w, aw, tiers, told):
     item, seg_offsets, seg_layer, seg_step = stream.item, stream.seg_offsets, stream.seg_layer, stream.seg_step
     part_of, part_capacity, pinned, warm, size = cache
     seg_dense_s, token_s, weights_s, launch_s = compute
@@ -242,6 +244,8 @@ def _timed_loop(stream, cache, link, compute, host, lowbit, plan, state, rule, o
                 in_seg[x] = n_seg
                 seg_items[n_seg] = x
                 seg_tok[n_seg] = 0
+                if routes(told):
+                    hold_back(told, n_seg, 0)
                 n_seg += 1
             ax = np.uint32(in_seg[x])  # x's entry in the segment's arrays
             seg_tok[ax] += 1
@@ -259,7 +263,10 @@ def _timed_loop(stream, cache, link, compute, host, lowbit, plan, state, rule, o
                     else:
                         c[PF_LATE] += 1
                 if not f & PINNED:
-                    on_hit(state, x, partition(part_of, x), seg_last[a])
+                    if routes(told):  # told at the end of the segment's misses, in routing order
+                        hold_back(told, a, TOLD_HIT)
+                    else:
+                        on_hit(state, x, partition(part_of, x), seg_last[a])
                 flags[x] = f | BUSY
                 seg_ready[a] = ready[x]
         sync_s = 0.0
@@ -326,6 +333,8 @@ def _timed_loop(stream, cache, link, compute, host, lowbit, plan, state, rule, o
                                 seg_tok[n_seg] = 0
                                 seg_ready[n_seg] = ready[y]
                                 seg_last[n_seg] = i2
+                                if routes(told):
+                                    hold_back(told, n_seg, 0)
                                 n_seg += 1
                                 fy = flags[y]
                                 if fy & PF_UNUSED:
@@ -373,13 +382,18 @@ def _timed_loop(stream, cache, link, compute, host, lowbit, plan, state, rule, o
                     w.free[p] -= need
                 if keep:
                     f = RESIDENT | BUSY
-                    on_insert(state, x, p, i)
+                    if routes(told):
+                        hold_back(told, a, TOLD_INSERT)
+                    else:
+                        on_insert(state, x, p, i)
             ready[x] = _transfer(max(issue, here), w.eng_free, w.pipe, link.latency_s,
                                  seconds_of(link.transfer_s, x), link.stripes)
             flags[x] = f
             inflight[n_inflight] = x
             n_inflight += 1
             seg_ready[a] = ready[x]
+        if routes(told):
+            tell_held_back(state, part_of, seg_items, seg_last, told, n_seg, waiting)
         hits[layer] += h
         misses[layer] += m
         seg_hits[s] = h
