@@ -129,10 +129,24 @@ def _plot_kinds():
 @click.option("--metric", type=click.Choice(["hit_rate", "stall"]), default=None,
               help="layers: what the heatmap shows (default hit_rate).")
 @click.option("--policy", default=None, help="layers --by capacity: the policy (default: the first); "
-                                             "activations: lru (default), fifo, lfu or lfuda.")
+                                             "activations: lru (default), fifo, lfu or lfuda; hit-rate from a "
+                                             "trace: the policies to compute, comma-separated (default lru).")
 @click.option("--capacity", type=float, default=None, help="layers --by policy: capacity fraction, e.g. 0.25.")
 @click.option("--scope", type=click.Choice(["global", "per-layer"]), default=None,
-              help="layers: which cache scope when the results hold both (default per-layer).")
+              help="layers: which cache scope when the results hold both (default per-layer); hit-rate from a "
+                   "trace: the cache's scope (default global).")
+@click.option("--capacities", default=None,
+              help="hit-rate from a trace: a range (1%..100%, the default) of --points values, or a list: 10%,25%,166.")
+@click.option("--points", type=click.IntRange(min=2), default=None,
+              help="hit-rate from a trace: capacities in a range (default 100).")
+@click.option("--accounting", type=click.Choice(["segment", "access"]), default=None,
+              help="hit-rate from a trace: as in replay (default segment).")
+@click.option("--method", type=click.Choice(["auto", "exact", "sampled"]), default=None,
+              help="hit-rate from a trace: as in `moesim curve` (default auto: LRU's one-pass curve, exact "
+                   "replays of the others on small traces, sampled on large).")
+@click.option("--sample-rate", type=float, default=None,
+              help="hit-rate from a trace, sampled: the share of the accesses replayed (default 0.08).")
+@click.option("--seed", type=int, default=None, help="hit-rate from a trace: the sample's (default 0).")
 @click.option("--where", "where", multiple=True, metavar="COLUMN=VALUE",
               help="Results kinds: only rows where a result column has this value, e.g. bandwidth_gbps=8 "
                    "(repeatable).")
