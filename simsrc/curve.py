@@ -99,12 +99,13 @@ def parse_capacities(spec: str | int | float | Iterable, *, points: int = 100) -
 def hit_rate_curve(trace, policy: str = "lru", capacities="1%..100%", *, method: str = "auto",
                    points: int = 100, sample_rate: float | None = None, scope: str = "global",
                    accounting: str | None = None, batch_size: int = 1, prefill_chunk: int = 1, seed: int = 0,
-                   stream=None, train=None):
+                   anchors: int | None = None, stream=None, train=None):
     """Count-mode hit rate of `policy` at each capacity; a pandas DataFrame, one row per capacity.
 
     trace: a path or a Trace. capacities: anything replay's capacity takes, as a list, a comma list or a
     range ('1%..100%', `points` values). method: auto, exact or sampled (module doc). sample_rate: a sampled
-    curve's share (default SAMPLE_RATE). accounting: 'segment' or 'access' (default: replay's). batch_size:
+    curve's share (default SAMPLE_RATE). anchors: capacities a sampled curve replays on the whole trace to
+    calibrate the others (default one in ANCHOR_EVERY; 0: none). accounting: 'segment' or 'access' (default: replay's). batch_size:
     requests batched statically, as replay's --batch-size. stream: the access stream of the trace as replayed
     (batched, when batch_size > 1), if already built; train: for the static policy.
 
@@ -140,8 +141,12 @@ def hit_rate_curve(trace, policy: str = "lru", capacities="1%..100%", *, method:
         hits, lookups = _replayed_hits(tr, stream, cfgs)
         computed = "a replay per capacity"
     else:
-        hits, lookups = sampled_hits(tr, stream, cfgs, caches, rate, seed)
-        computed = f"replays of a {rate:.0%} sample"
+        if anchors is not None and anchors < 0:
+            raise ValueError(f"anchors {anchors!r}: a count of capacities replayed whole, 0 or more")
+        hits, lookups = sampled_hits(tr, stream, cfgs, caches, rate, seed, anchors=anchors)
+        k = len(anchor_picks(np.array([int(c.part_capacity.sum()) for c in caches]),
+                             len(cfgs) // ANCHOR_EVERY if anchors is None else anchors))
+        computed = f"replays of a {rate:.0%} sample" + (f", {k} capacities replayed whole" if k else "")
     hits = np.asarray(hits)
     lookups = np.asarray(lookups)
     with np.errstate(invalid="ignore", divide="ignore"):

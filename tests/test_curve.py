@@ -423,3 +423,18 @@ def test_anchors_make_the_sampled_curve_exact_there_and_closer_between():
             errs.append(np.abs(rate - exact).max())
         worst[anchors] = errs
     assert max(worst[2]) < min(worst[0])
+
+
+def test_the_cli_takes_anchors_and_says_how_many_capacities_it_replayed_whole():
+    args = ["curve", str(MIXTRAL), "--policy", "lfu", "--method", "sampled", "--sample-rate", "0.3",
+            "--capacities", "10%..60%", "--points", "6", "--json"]
+    rows = json.loads(CliRunner().invoke(main, args + ["--anchors", "2"]).output)
+    # the anchors are the middles of the two halves: 20 % and 50 %, each a whole replay
+    for row in rows:
+        if row["capacity"] in ("20%", "50%"):
+            assert row["hits"] == moesim.replay(MIXTRAL, policy="lfu", capacity=row["capacity"], mode="count")["hits"]
+    assert rows[0]["computed"] == "replays of a 30% sample, 2 capacities replayed whole"
+    plain = json.loads(CliRunner().invoke(main, args + ["--anchors", "0"]).output)
+    assert plain[0]["computed"] == "replays of a 30% sample"
+    bad = CliRunner().invoke(main, args + ["--anchors", "-1"])
+    assert bad.exit_code != 0 and "--anchors" in bad.output
