@@ -210,7 +210,9 @@ def _lru_hits(trace, stream, cfgs, caches):
         groups, seg_group = 1, np.zeros(stream.num_segments, np.int64)
     else:
         groups, seg_group = stream.num_layers, stream.seg_layer.astype(np.int64)
-    got = lru_group_counts(stream, part_of, pinned, cfgs[0].accounting, top, seg_group, groups)
+    # only the capacities asked for are followed (per segment, where that is cheaper)
+    asked = np.unique(np.concatenate([c.part_capacity for c in caches]))
+    got = lru_group_counts(stream, part_of, pinned, cfgs[0].accounting, top, seg_group, groups, capacities=asked)
     if got is None:
         return (*_replayed_hits(trace, stream, cfgs), "a replay per capacity (segments too large for one pass)")
     hits, lookups, pins = got

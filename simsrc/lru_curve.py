@@ -30,7 +30,9 @@ the pass answer None and callers replay). Computing one window reads the windows
 lanes it has: O(|r|) per lookup for up to 8 lanes when no expert of r kept a window (a byte a lane, no
 branch on the data: 85 % of lookups on the 14.7 M-access MoE-Beyond trace), O(|r|^2) otherwise. Segment r's
 windows stay in a slot while one of its experts has not been used since, so the pass reads a few hundred
-kilobytes whatever the trace's length.
+kilobytes whatever the trace's length. Each capacity being a cache of its own, a pass may follow only the
+capacities a curve asks for: a window then spans those of them between D + 1 and the top of its lanes, and
+with 100 capacities of the 1,664 a lookup has one of them there or none.
 
 Distances D come from marks at each item's last lookup (trace.stats.LruStack, Bennett and Kruskal 1975),
 one time per lookup in first-use order, so the marks after x's are D plus r's experts after x that G holds.
@@ -86,11 +88,16 @@ def lru_counts(stream, part_of: np.ndarray, pinned: np.ndarray, accounting: str,
 
 
 def lru_group_counts(stream, part_of: np.ndarray, pinned: np.ndarray, accounting: str, max_capacity: int,
-                     seg_group: np.ndarray, groups: int):
+                     seg_group: np.ndarray, groups: int, capacities=None):
     """(hits [groups, max_capacity + 1], lookups [groups], pinned lookups [groups]) of LRU, each segment's
     lookups counted in its group seg_group[s] (a layer and phase, a request, ...); hits exclude pins. The
     capacity is per partition: group counts mean something only for groups within one partition, or for a
-    cache whose partitions are all that size. None as in lru_counts."""
+    cache whose partitions are all that size. None as in lru_counts.
+
+    capacities: per segment, only these capacities (per partition) are followed, and the hits at the others
+    are -1. Each capacity is a cache of its own, so a lookup's answer at C depends on earlier answers at C
+    alone; with capacities far apart a lookup's few uncertain capacities hold one of them or none (100 of
+    the 1,664 of the real trace: 0.5 s for the curve instead of 0.95)."""
     if accounting not in ("access", "segment"):
         raise ValueError(f"accounting {accounting!r}: choose access or segment")
     n_items = stream.num_layers * stream.num_experts
@@ -101,8 +108,15 @@ def lru_group_counts(stream, part_of: np.ndarray, pinned: np.ndarray, accounting
     seg_group = np.ascontiguousarray(seg_group, np.int64)
     pinned = np.ascontiguousarray(pinned, np.uint8)
     stack = lru_stack(n_items, parts)
-    frm = np.zeros((groups, maxc + 2), np.int64)    # lookups that hit from this capacity on
-    point = np.zeros((groups, maxc + 2), np.int64)  # lookups that hit at this capacity alone (window bits)
+    # the capacities followed (per segment: all of them, unless told), in order
+    followed = np.arange(maxc + 1, dtype=np.int64)
+    if capacities is not None and accounting == "segment":
+        followed = np.unique(np.r_[np.minimum(np.asarray(capacities, np.int64).ravel(), maxc), 0])
+        if followed[0] < 0:
+            raise ValueError(f"capacities {capacities!r}: counts of experts, 0 or more")
+    n_cap = len(followed)
+    frm = np.zeros((groups, n_cap + 1), np.int64)    # lookups that hit from this capacity on
+    point = np.zeros((groups, n_cap + 1), np.int64)  # lookups that hit at this capacity alone (window bits)
     lookups = np.zeros(groups, np.int64)
     pins = np.zeros(groups, np.int64)
     if accounting == "access" and groups == 1 and not pinned.any():
@@ -122,14 +136,26 @@ def lru_group_counts(stream, part_of: np.ndarray, pinned: np.ndarray, accounting
                 return None
         width = max(widest, 1)
         slots = n_items + 2  # a live segment holds at least one expert's last lookup, and one more is being read
-        _segment_pass(stream.item, stream.seg_offsets, seg_group, part_of, pinned, maxc, stack, _row_kind(stack),
+        # from[c]: the first followed capacity of at least c; span[j]: bytes i = 0..7, the capacities from the
+        # j-th followed to the (j + i)-th, at most 64 (more than any lookup's uncertain capacities reach)
+        from_cap = np.searchsorted(followed, np.arange(maxc + 2)).astype(np.int64)
+        ahead = np.minimum(np.r_[followed, np.full(8, followed[-1] + 64)][np.arange(n_cap)[:, None] + np.arange(8)]
+                           - followed[:, None], 64)
+        span = (ahead.astype(np.uint64) << (8 * np.arange(8, dtype=np.uint64))).sum(axis=1).astype(np.uint64)
+        _segment_pass(stream.item, stream.seg_offsets, seg_group, part_of, pinned, maxc, followed, from_cap, span,
+                      stack, _row_kind(stack),
                       np.full(n_items, -1, np.int64), np.zeros(n_items, np.int32), np.zeros(n_items, np.int32),
                       np.zeros(slots, np.uint64), np.arange(slots, dtype=np.int32), np.zeros(slots, np.int32),
                       np.zeros(slots, np.uint8),
                       np.zeros(slots * width, np.int32), np.zeros(slots * width, np.int32),
                       np.zeros(slots * width, np.uint64), np.zeros(slots * width, np.int32), width,
                       np.empty(MAX_SEGMENT, np.uint64), frm, point, lookups, pins)
-    return np.cumsum(frm[:, :maxc + 1], axis=1) + point[:, :maxc + 1], lookups, pins
+    at = np.cumsum(frm[:, :n_cap], axis=1) + point[:, :n_cap]
+    if n_cap == maxc + 1:
+        return at, lookups, pins
+    hits = np.full((groups, maxc + 1), -1, np.int64)
+    hits[:, followed] = at
+    return hits, lookups, pins
 
 
 @numba.njit(cache=True, _nrt=False, inline="always")
@@ -200,9 +226,8 @@ def _access_loop(item, seg_offsets, seg_group, part_of, pinned, maxc, stack, row
 
 
 ALL = np.uint64(0xFFFFFFFFFFFFFFFF)
-# up to 8 lanes counted at once, a byte a lane: the lane's index, each byte's top bit, ones, and the multiplier
-# that gathers bit 0 of each byte into bits 56..63
-LANE_INDEX = np.uint64(0x0706050403020100)
+# up to 8 lanes counted at once, a byte a lane: each byte's top bit, ones, and the multiplier that gathers bit 0
+# of each byte into bits 56..63
 BYTE_TOPS = np.uint64(0x8080808080808080)
 BYTE_ONES = np.uint64(0x0101010101010101)
 GATHER = np.uint64(0x0102040810204080)
@@ -237,10 +262,10 @@ def _lane_hits(lo, end, mask, k, first):
 
 
 @numba.njit(cache=True, _nrt=False, inline="always")
-def _at_most_lane(counts):
-    # lanes 0..7 (bit i) whose count (byte i, below 128) is at most i: each byte of (i | 0x80) - count keeps its
-    # top bit when i >= count, and a multiply gathers the top bits
-    top = ((LANE_INDEX | BYTE_TOPS) - counts) & BYTE_TOPS
+def _at_most(counts, limits):
+    # lanes 0..7 (bit i) whose count (byte i, below 128) is at most its limit (byte i, below 128): each byte of
+    # (limit | 0x80) - count keeps its top bit when limit >= count, and a multiply gathers the top bits
+    top = ((limits | BYTE_TOPS) - counts) & BYTE_TOPS
     return ((top >> np.uint64(7)) * GATHER) >> np.uint64(56)
 
 
@@ -253,19 +278,18 @@ def _leading_zeros(typingctx, x):
 
 
 @numba.njit(cache=True, _nrt=False)
-def _lanes(lo, end, mask, base, nr, px, gbits, d, lanes, hb):
-    """The lanes (bit i: capacity d + 1 + i) at which the lookup of the expert last looked up as lookup px of
-    segment r (its lookups stored from base, nr of them) hits, d distinct others since, gbits the lookups of r
-    not used since."""
+def _lanes(lo, end, mask, base, nr, px, gbits, d, followed, j0, lanes, hb):
+    """The lanes (bit i: the followed capacity j0 + i) at which the lookup of the expert last looked up as
+    lookup px of segment r (its lookups stored from base, nr of them) hits, d distinct others since, gbits the
+    lookups of r not used since."""
     one = np.uint64(1)
-    first = d + 1
     full = ALL >> np.uint64(64 - lanes)
-    hx = _lane_hits(lo, end, mask, base + px, first) & full
+    hx = _lane_hits(lo, end, mask, base + px, j0) & full
     for m in range(nr):
-        hb[m] = _lane_hits(lo, end, mask, base + m, first)
+        hb[m] = _lane_hits(lo, end, mask, base + m, j0)
     bits = np.uint64(0)
     for i in range(lanes):
-        c = first + i
+        c = followed[j0 + i]
         lane = one << np.uint64(i)
         xh = (hx & lane) != 0
         g = 0
@@ -306,8 +330,8 @@ def _lanes(lo, end, mask, base, nr, px, gbits, d, lanes, hb):
 
 
 @numba.njit(cache=True, _nrt=False)
-def _segment_pass(item, seg_offsets, seg_group, part_of, pinned, maxc, stack, row, seen, slot_of, pos, live,
-                  free, size, windowed, lo, end, mask, own, width, hb, frm, point, lookups, pins):
+def _segment_pass(item, seg_offsets, seg_group, part_of, pinned, maxc, followed, from_cap, span, stack, row, seen,
+                  slot_of, pos, live, free, size, windowed, lo, end, mask, own, width, hb, frm, point, lookups, pins):
     """Every segment's lookups (its distinct unpinned experts in order of first use) against the cache as the
     segment began, each answered as a window of capacities, counted, and the marks moved.
 
@@ -315,7 +339,7 @@ def _segment_pass(item, seg_offsets, seg_group, part_of, pinned, maxc, stack, ro
     as one of its experts has not been used since (`live`): that is the segment r every later lookup of the
     expert reads. Slots are recycled from `free`, so all the pass reads stays a few hundred kilobytes however
     long the trace is (one window per lookup of the trace, read back where r was, measured 4x slower)."""
-    never = maxc + 1
+    never = followed.shape[0]  # windows are kept in followed capacities' indices
     one = np.uint64(1)
     window = stack.owner.shape[1]
     n_free = free.shape[0]
@@ -365,41 +389,72 @@ def _segment_pass(item, seg_offsets, seg_group, part_of, pinned, maxc, stack, ro
                 continue
             g_n = _popcount(gbits)
             top = min(max(d + g_n, nr - 1), maxc)
-            lanes = top - first + 1  # the capacities where x's answer depends on r's (at most 63)
+            # the followed capacities where x's answer depends on r's: first to top, at most 63 of them
+            j0 = from_cap[first]
+            lanes = from_cap[top + 1] - j0
+            if lanes <= 0:
+                lo[k] = j0
+                end[k] = j0
+                continue
             if first >= nr and lanes <= 8 and not windowed[r]:
                 # No lane where r streamed, and no window at r: r's misses went in ahead of its hits, each group
                 # in reverse order of first use, so with A the experts of G looked up after x at r, B before,
                 #   x missed at r: g = misses of A;   x hit at r: g = |A| + misses of B,
-                # and x hits at lane i (capacity first + i) when g <= i: up to 8 lanes at once, a byte a lane,
-                # without a branch on the data (a loop over lanes and experts measured 110 ns a lookup, mostly
+                # and x hits at capacity c when g <= c - first: up to 8 lanes at once, a byte a lane, without a
+                # branch on the data (a loop over lanes and experts measured 110 ns a lookup, mostly
                 # mispredicted branches)
-                lanes = max(lanes, 0)
                 miss_a = np.uint64(0)
                 miss_b = np.uint64(0)
                 n_a = np.uint64(0)
                 for m in range(nr):
-                    below = BYTES_BELOW[min(max(np.int64(end[base + m]) - first, 0), 8)]  # lanes m missed at
+                    below = BYTES_BELOW[min(max(np.int64(end[base + m]) - j0, 0), 8)]  # lanes m missed at
                     in_g = (gbits >> np.uint64(m)) & one
                     in_a = in_g & np.uint64(m > px)
                     miss_a += below * in_a
                     miss_b += below * (in_g ^ in_a)
                     n_a += in_a
                 full = (one << np.uint64(lanes)) - one
-                hx = full & ~((one << np.uint64(min(max(np.int64(end[base + px]) - first, 0), 8))) - one)
-                bits = ((_at_most_lane(miss_a) & ~hx) | (_at_most_lane(miss_b + n_a * BYTE_ONES) & hx)) & full
-            elif lanes <= 0:
-                lo[k] = first
-                end[k] = first
-                continue
+                hx = full & ~((one << np.uint64(min(max(np.int64(end[base + px]) - j0, 0), 8))) - one)
+                limits = span[j0] + np.uint64(followed[j0] - first) * BYTE_ONES  # c - first, lane by lane
+                bits = ((_at_most(miss_a, limits) & ~hx) | (_at_most(miss_b + n_a * BYTE_ONES, limits) & hx)) & full
+            elif lanes <= 8 and top < 120 and not windowed[r]:
+                # Some lanes where r filled the partition (c < |r|): r's hits stayed, then its first c - hits
+                # misses went in, in order of first use, the rest streamed through. x must have gone in, and
+                #   x missed at r: g = A that went in;   x hit at r: g = G that went in + A that hit,
+                # counted as above; a miss went in when fewer misses came before it at r than c - hits
+                ones_x = np.uint64(0)
+                misses = np.uint64(0)
+                for m in range(nr):
+                    misses += BYTES_BELOW[min(max(np.int64(end[base + m]) - j0, 0), 8)]
+                limits = span[j0] + np.uint64(followed[j0] - first) * BYTE_ONES  # c - first, lane by lane
+                room = limits + np.uint64(first) * BYTE_ONES + misses - np.uint64(nr) * BYTE_ONES
+                rank = np.uint64(0)
+                went_a = np.uint64(0)
+                went_g = np.uint64(0)
+                hit_a = np.uint64(0)
+                for m in range(nr):
+                    miss = BYTES_BELOW[min(max(np.int64(end[base + m]) - j0, 0), 8)]
+                    went = miss & ((((room | BYTE_TOPS) - (rank + BYTE_ONES)) & BYTE_TOPS) >> np.uint64(7))
+                    rank += miss
+                    in_g = (gbits >> np.uint64(m)) & one
+                    in_a = in_g & np.uint64(m > px)
+                    went_a += went * in_a
+                    went_g += went * in_g
+                    hit_a += (miss ^ BYTE_ONES) * in_a
+                    ones_x |= ((miss ^ BYTE_ONES) | went) * np.uint64(m == px)  # x stayed or went in
+                full = (one << np.uint64(lanes)) - one
+                kept = ((ones_x & BYTE_ONES) * GATHER) >> np.uint64(56)
+                hx = full & ~((one << np.uint64(min(max(np.int64(end[base + px]) - j0, 0), 8))) - one)
+                bits = ((_at_most(went_a, limits) & ~hx) | (_at_most(went_g + hit_a, limits) & hx)) & kept & full
             else:
-                bits = _lanes(lo, end, mask, base, nr, px, gbits, d, lanes, hb)
+                bits = _lanes(lo, end, mask, base, nr, px, gbits, d, followed, j0, lanes, hb)
             # hits at the top of the lanes fold into "hit from here on"; misses at the bottom move lo up
-            full = ALL >> np.uint64(64 - lanes) if lanes > 0 else np.uint64(0)
+            full = ALL >> np.uint64(64 - lanes)
             n_bits = 64 - _leading_zeros(~bits & full)  # up to the highest miss
             bits &= ~(ALL << np.uint64(n_bits)) if n_bits < 64 else ALL
             skip = min(_popcount((bits & (~bits + one)) - one), n_bits)  # the misses below the lowest hit
-            lo[k] = first + skip
-            end[k] = first + n_bits
+            lo[k] = j0 + skip
+            end[k] = j0 + n_bits
             mask[k] = bits >> np.uint64(skip)
         size[cur] = n
         windows = np.uint64(0)
@@ -411,9 +466,9 @@ def _segment_pass(item, seg_offsets, seg_group, part_of, pinned, maxc, stack, ro
             k = cb + j
             x = own[k]
             start = lo[k]
-            if start <= maxc:
+            if start < never:
                 stop = end[k]
-                if stop <= maxc:
+                if stop < never:
                     frm[grp, stop] += 1
                 bits = mask[k]
                 while bits:

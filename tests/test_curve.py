@@ -438,3 +438,31 @@ def test_the_cli_takes_anchors_and_says_how_many_capacities_it_replayed_whole():
     assert plain[0]["computed"] == "replays of a 30% sample"
     bad = CliRunner().invoke(main, args + ["--anchors", "-1"])
     assert bad.exit_code != 0 and "--anchors" in bad.output
+
+
+@pytest.mark.parametrize("trace_path,batch_size", [(SAMPLE, 1), (ZIPF, 4), (MIXTRAL, 1)])
+def test_following_some_capacities_gives_the_full_pass_hits_at_those(trace_path, batch_size):
+    # per segment, a pass that follows a few capacities keeps each lookup's answer at those only; every one
+    # of them must equal the full pass's, whatever the spacing (dense, sparse, a lone capacity, pins)
+    from moesim.lru_curve import lru_group_counts
+    trace = read_trace(trace_path)
+    if batch_size > 1:
+        trace = batch(trace, batch_size=batch_size)
+    stream = access_stream(trace)
+    L, E = stream.num_layers, stream.num_experts
+    n = L * E
+    rng = np.random.default_rng(5)
+    for part_of in (np.zeros(n, np.int32), np.repeat(np.arange(L, dtype=np.int32), E)):
+        per = int(np.bincount(part_of).max())
+        pinned = np.zeros(n, np.uint8)
+        pinned[rng.choice(n, size=n // 20, replace=False)] = 1
+        for pins in (np.zeros(n, np.uint8), pinned):
+            groups = stream.seg_layer.astype(np.int64)
+            full = lru_group_counts(stream, part_of, pins, "segment", per, groups, L)
+            for caps in (np.arange(0, per + 1, max(1, per // 100)), np.arange(0, per + 1, 17), [per // 3],
+                         np.sort(rng.choice(per + 1, size=min(per + 1, 9), replace=False))):
+                some = lru_group_counts(stream, part_of, pins, "segment", per, groups, L, capacities=caps)
+                assert np.array_equal(some[0][:, caps], full[0][:, caps])
+                assert np.array_equal(some[1], full[1]) and np.array_equal(some[2], full[2])
+                others = np.setdiff1d(np.arange(per + 1), np.r_[caps, 0])
+                assert (some[0][:, others] == -1).all()
