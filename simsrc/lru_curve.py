@@ -338,8 +338,8 @@ def _segment_pass(item, seg_offsets, seg_group, part_of, pinned, maxc, followed,
     A segment's answers are kept in a slot (`width` lookups: lo, end, mask, and the expert `own`) for as long
     as one of its experts has not been used since (`live`): that is the segment r every later lookup of the
     expert reads. Slots are recycled from `free`, so all the pass reads stays a few hundred kilobytes however
-    long the trace is (one window per lookup of the trace, read back where r was: 1.3x slower on the real
-    trace)."""
+    long the trace is (a window per lookup of the trace, with the lookups listed by a pass of their own first,
+    was 1.3x slower on the real trace)."""
     never = followed.shape[0]  # windows are kept in followed capacities' indices
     one = np.uint64(1)
     window = stack.owner.shape[1]
