@@ -37,7 +37,7 @@ POINTS = "1%..100%"
 EXACT_TARGET = 2        # single replays, LRU's one-pass curve
 SAMPLED_TARGET = 10     # single replays, a sampled curve
 ERROR_TARGET = 0.01     # hit rate, at every capacity
-# (policy, anchors): None is the default, one capacity in curve.ANCHOR_EVERY replayed whole
+# (policy, anchors): None is the default (curve.default_anchors: 4 of 100 capacities replayed whole)
 SAMPLED = (("fifo", None), ("lfu", None), ("lfu", 0), ("belady", None), ("moe-infinity", None))
 
 sys.path.insert(0, str(HERE))
@@ -90,7 +90,7 @@ def bench_sampled(tr, stream, args) -> dict:
     import numpy as np
 
     import moesim
-    from moesim.curve import ANCHOR_EVERY, SAMPLE_RATE, parse_capacities
+    from moesim.curve import SAMPLE_RATE, default_anchors, parse_capacities
     out = {}
     for accounting in args.accountings:
         exact = {}
@@ -118,7 +118,7 @@ def bench_sampled(tr, stream, args) -> dict:
                               "curve_cpu_s_per_100": round(per100, 3), "in_single_replays": round(per100 / one, 2)})
             worst = max(s["max_error_pp"] for s in seeds)
             slowest = max(s["in_single_replays"] for s in seeds)
-            used = len(caps) // ANCHOR_EVERY if anchors is None else anchors
+            used = default_anchors(len(caps)) if anchors is None else anchors
             key = f"{accounting}/{policy}" + ("" if anchors is None else f"@{anchors}-anchors")
             out[key] = {"sample_rate": SAMPLE_RATE, "anchors": used, "points_checked": len(caps),
                         "single_replay_cpu_s": round(one, 4), "exact_by_replays_wall_s": round(exact_s, 1),

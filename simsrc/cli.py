@@ -569,7 +569,8 @@ def inspect(trace: str, as_json: bool, batch_rows: int) -> None:
               help="sampled: the share of the accesses replayed (default 0.04)")
 @click.option("--seed", type=int, default=0, show_default=True, help="the sample's, and the random policy's")
 @click.option("--anchors", type=click.IntRange(min=0), default=None,
-              help="sampled: capacities replayed on the whole trace to calibrate the rest (default one in 25)")
+              help="sampled: capacities replayed on the whole trace to calibrate the rest (default one in 25, "
+                   "at least 2 from 8 capacities on)")
 @click.option("--prefill-chunk", type=int, default=1, show_default=True, help="as in replay")
 @click.option("--train", default=None, type=click.Path(dir_okay=False), help="training trace (static policy)")
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="also write the rows: .csv, .parquet or .json")

@@ -19,8 +19,8 @@ How a curve is computed (`method`):
   few to draw from), SAMPLE_RATE of the accesses in all; of BALANCE_DRAWS such draws the one whose requests'
   exact LRU hit rates best match the whole trace's at the curve's capacities. The prefix's hits count as they
   are, the sampled requests' are scaled to all requests after the prefix. Then the sample is calibrated: one
-  capacity in ANCHOR_EVERY is replayed on the whole stream, and the sample's error there is taken out of the
-  capacities between, linearly in capacity (from none at capacity 0 to the exact error when every expert fits,
+  capacity in ANCHOR_EVERY (default_anchors) is replayed on the whole stream, and the sample's error there is
+  taken out of the capacities between, linearly in capacity (from none at capacity 0 to the exact error when every expert fits,
   which needs no replay). Why: on the 14.7 M-access trace the sample's error is not noise from capacity to
   capacity but a smooth swell over tens of points of capacity, the same sampled requests and the same
   history (LFU's counts, MoE-Infinity's request mix) shaping every capacity; its sign and size change with
@@ -59,8 +59,11 @@ METHODS = ("auto", "exact", "sampled")
 # drawn from the rest (benchmarks/README.md: the error each policy shows at these settings)
 SAMPLE_RATE = 0.04
 SAMPLE_PREFIX = 0.02
-# a sampled curve replays one capacity in this many on the whole stream, to calibrate the others
+# a sampled curve replays one capacity in this many on the whole stream, to calibrate the others; at least
+# MIN_ANCHORS of them once it has MIN_ANCHORED capacities
 ANCHOR_EVERY = 25
+MIN_ANCHORS = 2
+MIN_ANCHORED = 8
 # a balanced sample is the best of this many draws
 BALANCE_DRAWS = 64
 # a sample draws at least this many requests, or else blocks of consecutive steps
@@ -105,7 +108,7 @@ def hit_rate_curve(trace, policy: str = "lru", capacities="1%..100%", *, method:
     trace: a path or a Trace. capacities: anything replay's capacity takes, as a list, a comma list or a
     range ('1%..100%', `points` values). method: auto, exact or sampled (module doc). sample_rate: a sampled
     curve's share (default SAMPLE_RATE). anchors: capacities a sampled curve replays on the whole trace to
-    calibrate the others (default one in ANCHOR_EVERY; 0: none). accounting: 'segment' or 'access' (default: replay's). batch_size:
+    calibrate the others (default: default_anchors; 0: none). accounting: 'segment' or 'access' (default: replay's). batch_size:
     requests batched statically, as replay's --batch-size. stream: the access stream of the trace as replayed
     (batched, when batch_size > 1), if already built; train: for the static policy.
 
@@ -145,7 +148,7 @@ def hit_rate_curve(trace, policy: str = "lru", capacities="1%..100%", *, method:
             raise ValueError(f"anchors {anchors!r}: a count of capacities replayed whole, 0 or more")
         hits, lookups = sampled_hits(tr, stream, cfgs, caches, rate, seed, anchors=anchors)
         k = len(anchor_picks(np.array([int(c.part_capacity.sum()) for c in caches]),
-                             len(cfgs) // ANCHOR_EVERY if anchors is None else anchors))
+                             default_anchors(len(cfgs)) if anchors is None else anchors))
         computed = f"replays of a {rate:.0%} sample" + (f", {k} capacities replayed whole" if k else "")
     hits = np.asarray(hits)
     lookups = np.asarray(lookups)
@@ -436,7 +439,7 @@ def sampled_hits(trace, stream, cfgs, caches, rate: float, seed: int = 0, *, pre
                  anchors: int | None = None, balance: bool = True):
     """(hits, lookups) of each config estimated from replays of curve_sample's stream, balanced at the configs'
     capacities: the prefix's hits as they are, the sampled rest's scaled to the whole rest (a stratified
-    estimate), then calibrated at `anchors` configs (default: one per ANCHOR_EVERY) replayed on the whole
+    estimate), then calibrated at `anchors` configs (default: default_anchors) replayed on the whole
     stream: their error is measured there and, linearly in capacity, taken out of the others (module doc);
     hits are floats."""
     balanced = (caches[0].part_of, caches[0].pinned, [int(c.part_capacity.max()) for c in caches]) if balance \
@@ -452,7 +455,7 @@ def sampled_hits(trace, stream, cfgs, caches, rate: float, seed: int = 0, *, pre
         est.append(hits - rest_hits + scaled)
     est = np.array(est, np.float64)
     held = np.array([int(c.part_capacity.sum()) + int(c.pinned.sum()) for c in caches], np.float64)
-    picks = anchor_picks(held, len(cfgs) // ANCHOR_EVERY if anchors is None else anchors)
+    picks = anchor_picks(held, default_anchors(len(cfgs)) if anchors is None else anchors)
     if len(picks):
         exact = np.array([_count_hits(stream, cfgs[i], caches[i])[0] for i in picks], np.float64)
         xs, fix = [0.0, *held[picks]], [0.0, *(exact - est[picks])]
@@ -470,6 +473,13 @@ def sampled_hits(trace, stream, cfgs, caches, rate: float, seed: int = 0, *, pre
         est = np.clip(est, 0, sample.total_lookups)
         est[picks] = exact
     return list(est), [sample.total_lookups] * len(cfgs)
+
+
+def default_anchors(capacities: int) -> int:
+    """How many of a sampled curve's capacities are replayed whole: one in ANCHOR_EVERY, at least MIN_ANCHORS
+    from MIN_ANCHORED capacities on (10 capacities of the real trace, 3 seeds: LFU 0.75-1.8 points at worst
+    with none, 0.25-0.49 with two), none below (replaying them all costs little more)."""
+    return 0 if capacities < MIN_ANCHORED else max(MIN_ANCHORS, capacities // ANCHOR_EVERY)
 
 
 def anchor_picks(held: np.ndarray, anchors: int) -> np.ndarray:

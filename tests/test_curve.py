@@ -412,6 +412,8 @@ def test_anchors_make_the_sampled_curve_exact_there_and_closer_between():
     held = np.array([int(c.part_capacity.sum()) for c in caches], np.float64)
     picks = anchor_picks(held, 2)
     assert picks.tolist() == [10, 30]  # the middles of the two halves of the 40
+    from moesim.curve import default_anchors
+    assert [default_anchors(n) for n in (1, 7, 8, 40, 75, 100, 250)] == [0, 0, 2, 2, 3, 4, 10]
     worst = {}
     for anchors in (0, 2):
         errs = []
