@@ -7,10 +7,9 @@ single replays.
    best of --repeat). Target (issue 16): within 2 single replays, equal to the 100 replays hit for hit
    (every one of them is replayed and compared).
 2. **Sampled.** `hit_rate_curve(trace, P, "1%..100%", method="sampled")` for FIFO, LFU, Belady and
-   MoE-Infinity (and LFU again at a higher rate), per segment and per access, global, against one replay,
-   and its error against the exact curve by replays at every capacity, for --seeds seeds. Target: within
-   10 single replays and 1 point of hit rate at every capacity. MoE-Infinity's exact curve is replayed at
-   --slow-points capacities (a replay of it takes seconds).
+   MoE-Infinity (and LFU again without its anchors: the sample alone), per segment and per access, global,
+   against one replay, and its error against the exact curve by replays at every capacity, for --seeds
+   seeds. Target: within 10 single replays and 1 point of hit rate at every capacity.
 3. **Sampling experts** (--spatial): what SHARDS-style spatial sampling (an expert kept when its hash falls
    below the rate, capacities scaled by the kept share; per trace, or the same share of every layer; or
    whole layers) gives for FIFO per segment at 10 %, with and without the exact LRU curve as a control
@@ -38,8 +37,8 @@ POINTS = "1%..100%"
 EXACT_TARGET = 2        # single replays, LRU's one-pass curve
 SAMPLED_TARGET = 10     # single replays, a sampled curve
 ERROR_TARGET = 0.01     # hit rate, at every capacity
-SAMPLED = (("fifo", None), ("lfu", None), ("lfu", 0.12), ("belady", None), ("moe-infinity", None))
-SLOW = ("moe-infinity",)
+# (policy, anchors): None is the default (curve.default_anchors: 4 of 100 capacities replayed whole)
+SAMPLED = (("fifo", None), ("lfu", None), ("lfu", 0), ("belady", None), ("moe-infinity", None))
 
 sys.path.insert(0, str(HERE))
 from bench_e2e import cpu_wall, real_trace_path  # noqa: E402
@@ -91,25 +90,26 @@ def bench_sampled(tr, stream, args) -> dict:
     import numpy as np
 
     import moesim
-    from moesim.curve import SAMPLE_RATE, parse_capacities
+    from moesim.curve import SAMPLE_RATE, default_anchors, parse_capacities
     out = {}
     for accounting in args.accountings:
-        for policy, rate in SAMPLED:
+        exact = {}
+        for policy, anchors in SAMPLED:
             caps = parse_capacities(POINTS)
-            if policy in SLOW:
-                caps = parse_capacities(POINTS, points=args.slow_points)
-            elif args.quick:
+            if args.quick:
                 caps = caps[4::5]
-            one = single(tr, stream, policy, accounting, "global", 1 if policy in SLOW else args.repeat)
-            t0 = time.perf_counter()
-            _, exact = exact_hits(tr, stream, policy, accounting, "global", caps)
-            exact_s = time.perf_counter() - t0
+            one = single(tr, stream, policy, accounting, "global", args.repeat)
+            exact_s = 0.0
+            if policy not in exact:
+                t0 = time.perf_counter()
+                exact[policy] = exact_hits(tr, stream, policy, accounting, "global", caps)[1]
+                exact_s = time.perf_counter() - t0
             seeds = []
             for seed in range(args.seeds):
-                t, df = best(lambda: moesim.hit_rate_curve(tr, policy, caps, method="sampled", sample_rate=rate,
+                t, df = best(lambda: moesim.hit_rate_curve(tr, policy, caps, method="sampled", anchors=anchors,
                                                            accounting=accounting, seed=seed, stream=stream),
-                             1 if policy in SLOW else args.repeat)
-                err = np.abs(df["hit_rate"].to_numpy() - np.array(exact))
+                             args.repeat)
+                err = np.abs(df["hit_rate"].to_numpy() - np.array(exact[policy]))
                 # a curve of fewer capacities costs less: the time scaled to 100 capacities
                 per100 = t * 100 / len(caps)
                 seeds.append({"seed": seed, "max_error_pp": round(100 * float(err.max()), 2),
@@ -118,12 +118,13 @@ def bench_sampled(tr, stream, args) -> dict:
                               "curve_cpu_s_per_100": round(per100, 3), "in_single_replays": round(per100 / one, 2)})
             worst = max(s["max_error_pp"] for s in seeds)
             slowest = max(s["in_single_replays"] for s in seeds)
-            key = f"{accounting}/{policy}" + (f"@{rate:g}" if rate else "")
-            out[key] = {"sample_rate": rate or SAMPLE_RATE, "points_checked": len(caps),
+            used = default_anchors(len(caps)) if anchors is None else anchors
+            key = f"{accounting}/{policy}" + ("" if anchors is None else f"@{anchors}-anchors")
+            out[key] = {"sample_rate": SAMPLE_RATE, "anchors": used, "points_checked": len(caps),
                         "single_replay_cpu_s": round(one, 4), "exact_by_replays_wall_s": round(exact_s, 1),
                         "seeds": seeds, "worst_max_error_pp": worst, "most_single_replays": slowest,
                         "met_error": worst <= 100 * ERROR_TARGET, "met_time": slowest <= SAMPLED_TARGET}
-            print(f"  {policy:<12} {accounting:<8} rate {rate or SAMPLE_RATE:.2f}: max error "
+            print(f"  {policy:<12} {accounting:<8} rate {SAMPLE_RATE:.2f}, {used} anchors: max error "
                   f"{', '.join(str(s['max_error_pp']) for s in seeds)} pp (mean "
                   f"{', '.join(str(s['mean_error_pp']) for s in seeds)}) over {len(caps)} capacities; "
                   f"{slowest:.1f} single replays per 100 points (target {SAMPLED_TARGET})", flush=True)
@@ -191,7 +192,6 @@ def main(argv=None) -> int:
                     help="the converted trace and the stream cache (shared with bench_e2e.py)")
     ap.add_argument("--repeat", type=int, default=3, help="timings, best kept")
     ap.add_argument("--seeds", type=int, default=3, help="sampled curves: seeds measured")
-    ap.add_argument("--slow-points", type=int, default=12, help="capacities MoE-Infinity's exact curve is replayed at")
     ap.add_argument("--quick", action="store_true", help="per segment only, 20 capacities checked, one seed")
     ap.add_argument("--spatial", action="store_true", help="also section 3 (sampling experts)")
     ap.add_argument("--lru-only", action="store_true", help="only section 1")

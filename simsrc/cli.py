@@ -129,10 +129,24 @@ def _plot_kinds():
 @click.option("--metric", type=click.Choice(["hit_rate", "stall"]), default=None,
               help="layers: what the heatmap shows (default hit_rate).")
 @click.option("--policy", default=None, help="layers --by capacity: the policy (default: the first); "
-                                             "activations: lru (default), fifo, lfu or lfuda.")
+                                             "activations: lru (default), fifo, lfu or lfuda; hit-rate from a "
+                                             "trace: the policies to compute, comma-separated (default lru).")
 @click.option("--capacity", type=float, default=None, help="layers --by policy: capacity fraction, e.g. 0.25.")
 @click.option("--scope", type=click.Choice(["global", "per-layer"]), default=None,
-              help="layers: which cache scope when the results hold both (default per-layer).")
+              help="layers: which cache scope when the results hold both (default per-layer); hit-rate from a "
+                   "trace: the cache's scope (default global).")
+@click.option("--capacities", default=None,
+              help="hit-rate from a trace: a range (1%..100%, the default) of --points values, or a list: 10%,25%,166.")
+@click.option("--points", type=click.IntRange(min=2), default=None,
+              help="hit-rate from a trace: capacities in a range (default 100).")
+@click.option("--accounting", type=click.Choice(["segment", "access"]), default=None,
+              help="hit-rate from a trace: as in replay (default segment).")
+@click.option("--method", type=click.Choice(["auto", "exact", "sampled"]), default=None,
+              help="hit-rate from a trace: as in `moesim curve` (default auto: LRU's one-pass curve, exact "
+                   "replays of the others on small traces, sampled on large).")
+@click.option("--sample-rate", type=float, default=None,
+              help="hit-rate from a trace, sampled: the share of the accesses replayed (default 0.04).")
+@click.option("--seed", type=int, default=None, help="hit-rate from a trace: the sample's (default 0).")
 @click.option("--where", "where", multiple=True, metavar="COLUMN=VALUE",
               help="Results kinds: only rows where a result column has this value, e.g. bandwidth_gbps=8 "
                    "(repeatable).")
@@ -575,8 +589,11 @@ def inspect(trace: str, as_json: bool, batch_rows: int) -> None:
               help="exact: one pass (lru; fifo, belady per access) or a replay per capacity; sampled: replays "
                    "on a sample of the trace; auto: one pass, else exact on small traces, sampled on large")
 @click.option("--sample-rate", type=float, default=None,
-              help="sampled: the share of the accesses replayed (default 0.08)")
+              help="sampled: the share of the accesses replayed (default 0.04)")
 @click.option("--seed", type=int, default=0, show_default=True, help="the sample's, and the random policy's")
+@click.option("--anchors", type=click.IntRange(min=0), default=None,
+              help="sampled: capacities replayed on the whole trace to calibrate the rest (default one in 25, "
+                   "at least 2 from 8 capacities on)")
 @click.option("--prefill-chunk", type=int, default=1, show_default=True, help="as in replay")
 @click.option("--train", default=None, type=click.Path(dir_okay=False), help="training trace (static policy)")
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="also write the rows: .csv, .parquet or .json")
@@ -584,7 +601,7 @@ def inspect(trace: str, as_json: bool, batch_rows: int) -> None:
               help="also draw the curves (as plot --kind hit-rate): .png, .svg or .pdf")
 @click.option("--json", "as_json", is_flag=True, help="print the rows as JSON")
 @friendly_errors
-def curve(trace, policies, capacities, points, scope, accounting, batch_size, method, sample_rate, seed,
+def curve(trace, policies, capacities, points, scope, accounting, batch_size, method, sample_rate, seed, anchors,
           prefill_chunk, train, out, figure, as_json) -> None:
     """Hit rate of one or more policies at many capacities of TRACE (count mode)."""
     import pandas as pd
@@ -597,7 +614,8 @@ def curve(trace, policies, capacities, points, scope, accounting, batch_size, me
     names = [p.strip() for p in policies.split(",") if p.strip()]
     df = pd.concat([hit_rate_curve(tr, name, capacities, method=method, points=points, sample_rate=sample_rate,
                                    scope=scope, accounting=accounting, batch_size=batch_size, seed=seed,
-                                   prefill_chunk=prefill_chunk, stream=stream, train=train) for name in names],
+                                   anchors=anchors, prefill_chunk=prefill_chunk, stream=stream, train=train)
+                    for name in names],
                    ignore_index=True)
     if out:
         write_curve(df, out)

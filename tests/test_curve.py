@@ -377,3 +377,94 @@ def test_the_cli_draws_the_curves_and_says_which_are_sampled(tmp_path):
     drawn = {line.get_label(): line.get_ydata() for line in ax.get_lines()}
     assert set(drawn) == {"LRU", "LFU (sampled, 50%)"}
     assert list(drawn["LRU"]) == pytest.approx(list(100 * exact["hit_rate"]))
+
+
+@pytest.mark.parametrize("accounting", ["segment", "access"])
+def test_a_sampled_replay_counts_what_replay_counts(accounting):
+    # sampled curves replay the sample without building result rows; hits, and the sampled rest's hits and
+    # lookups (the steps labelled decode), must be the row's, and "every expert fits" the replay at 100 %
+    from moesim.curve import _all_fit_hits, _cache, _config, _count_hits
+    trace = read_trace(ZIPF)
+    stream = access_stream(trace)
+    view = curve_sample(stream, 0.3, accounting=accounting, seed=1, prefix=0.1).view
+    decode = view.step_phase[view.seg_step] == 1
+    for policy in ("lfu", "fifo", "moe-infinity", "belady", "lru"):
+        for cap in ("15%", "100%"):
+            cfg = _config(policy, cap, "global", accounting, 1, 1, 0, None)
+            row = moesim.replay(trace, cfg, stream=view)
+            got = _count_hits(view, cfg, _cache(trace, view, cfg), decode)
+            assert got == (row["hits"], row["hits_decode"], row["hits_decode"] + row["misses_decode"]), (policy, cap)
+            if cap == "100%":
+                assert _all_fit_hits(view, np.zeros(stream.num_items, np.uint8), accounting) == got
+
+
+def test_anchors_make_the_sampled_curve_exact_there_and_closer_between():
+    # 40 capacities of the shipped DeepSeek sample, LFU per segment, a 10 % sample, 2 anchors replayed whole.
+    # Measured, seeds 0-2: 1.4-3.2 points at worst without anchors, 0.6-1.0 with them (the real trace:
+    # benchmarks/README.md)
+    trace = read_trace(SAMPLE)
+    stream = access_stream(trace)
+    caps = parse_capacities("10%..100%", points=40)
+    exact = hit_rate_curve(trace, "lfu", caps, method="exact", stream=stream)["hit_rate"].to_numpy()
+    from moesim.curve import _cache, _config, anchor_picks, sampled_hits
+    cfgs = [_config("lfu", c, "global", None, 1, 1, 0, None) for c in caps]
+    caches = [_cache(trace, stream, c) for c in cfgs]
+    held = np.array([int(c.part_capacity.sum()) for c in caches], np.float64)
+    picks = anchor_picks(held, 2)
+    assert picks.tolist() == [10, 30]  # the middles of the two halves of the 40
+    from moesim.curve import default_anchors
+    assert [default_anchors(n) for n in (1, 7, 8, 40, 75, 100, 250)] == [0, 0, 2, 2, 3, 4, 10]
+    worst = {}
+    for anchors in (0, 2):
+        errs = []
+        for seed in range(3):
+            hits, lookups = sampled_hits(trace, stream, cfgs, caches, 0.1, seed, anchors=anchors)
+            rate = np.array(hits) / np.array(lookups)
+            if anchors:
+                assert np.array_equal(rate[picks], exact[picks])  # replayed whole: exact
+            errs.append(np.abs(rate - exact).max())
+        worst[anchors] = errs
+    assert max(worst[2]) < min(worst[0])
+
+
+def test_the_cli_takes_anchors_and_says_how_many_capacities_it_replayed_whole():
+    args = ["curve", str(MIXTRAL), "--policy", "lfu", "--method", "sampled", "--sample-rate", "0.3",
+            "--capacities", "10%..60%", "--points", "6", "--json"]
+    rows = json.loads(CliRunner().invoke(main, args + ["--anchors", "2"]).output)
+    # the anchors are the middles of the two halves: 20 % and 50 %, each a whole replay
+    for row in rows:
+        if row["capacity"] in ("20%", "50%"):
+            assert row["hits"] == moesim.replay(MIXTRAL, policy="lfu", capacity=row["capacity"], mode="count")["hits"]
+    assert rows[0]["computed"] == "replays of a 30% sample, 2 capacities replayed whole"
+    plain = json.loads(CliRunner().invoke(main, args + ["--anchors", "0"]).output)
+    assert plain[0]["computed"] == "replays of a 30% sample"
+    bad = CliRunner().invoke(main, args + ["--anchors", "-1"])
+    assert bad.exit_code != 0 and "--anchors" in bad.output
+
+
+@pytest.mark.parametrize("trace_path,batch_size", [(SAMPLE, 1), (ZIPF, 4), (MIXTRAL, 1)])
+def test_following_some_capacities_gives_the_full_pass_hits_at_those(trace_path, batch_size):
+    # per segment, a pass that follows a few capacities keeps each lookup's answer at those only; every one
+    # of them must equal the full pass's, whatever the spacing (dense, sparse, a lone capacity, pins)
+    from moesim.lru_curve import lru_group_counts
+    trace = read_trace(trace_path)
+    if batch_size > 1:
+        trace = batch(trace, batch_size=batch_size)
+    stream = access_stream(trace)
+    L, E = stream.num_layers, stream.num_experts
+    n = L * E
+    rng = np.random.default_rng(5)
+    for part_of in (np.zeros(n, np.int32), np.repeat(np.arange(L, dtype=np.int32), E)):
+        per = int(np.bincount(part_of).max())
+        pinned = np.zeros(n, np.uint8)
+        pinned[rng.choice(n, size=n // 20, replace=False)] = 1
+        for pins in (np.zeros(n, np.uint8), pinned):
+            groups = stream.seg_layer.astype(np.int64)
+            full = lru_group_counts(stream, part_of, pins, "segment", per, groups, L)
+            for caps in (np.arange(0, per + 1, max(1, per // 100)), np.arange(0, per + 1, 17), [per // 3],
+                         np.sort(rng.choice(per + 1, size=min(per + 1, 9), replace=False))):
+                some = lru_group_counts(stream, part_of, pins, "segment", per, groups, L, capacities=caps)
+                assert np.array_equal(some[0][:, caps], full[0][:, caps])
+                assert np.array_equal(some[1], full[1]) and np.array_equal(some[2], full[2])
+                others = np.setdiff1d(np.arange(per + 1), np.r_[caps, 0])
+                assert (some[0][:, others] == -1).all()

@@ -18,7 +18,7 @@ from moesim import plots  # noqa: E402
 from moesim.cli import main  # noqa: E402
 from moesim.files import OutputError  # noqa: E402
 from moesim.grid import read_results, run_grid  # noqa: E402
-from moesim.plots import PLOT_KINDS  # noqa: E402
+from moesim.plots import PLOT_KINDS, _inputs  # noqa: E402
 from reference import replay_reference  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -303,12 +303,13 @@ def test_every_registered_kind_renders_from_its_input_and_refuses_others(count_r
                                   "memory"]
     for name, module in PLOT_KINDS.items():
         out = tmp_path / f"{name}.png"
-        ok = CliRunner().invoke(main, ["plot", str(own.get(name, inputs[module.INPUT])), "--kind", name,
+        sorts = _inputs.accepts(module.INPUT)
+        ok = CliRunner().invoke(main, ["plot", str(own.get(name, inputs[sorts[0]])), "--kind", name,
                                        "--out", str(out)])
         assert ok.exit_code == 0, ok.output
         assert out.read_bytes().startswith(b"\x89PNG")
         for sort, wrong in inputs.items():
-            if sort == module.INPUT:
+            if sort in sorts:
                 continue
             bad = CliRunner().invoke(main, ["plot", str(wrong), "--kind", name, "--out", str(tmp_path / "x.png")])
             assert bad.exit_code == 1 and isinstance(bad.exception, SystemExit), bad.output  # not a traceback
@@ -317,8 +318,10 @@ def test_every_registered_kind_renders_from_its_input_and_refuses_others(count_r
             assert str(wrong) in line and f"plot kind {name!r} draws" in line, line
     assert not (tmp_path / "x.png").exists()
     # the same check from Python
-    with pytest.raises(ValueError, match=r"is a trace, but plot kind 'hit-rate' draws grid results"):
-        plots.plot(SWITCH, "hit-rate")
+    with pytest.raises(ValueError, match=r"is a scorecard, but plot kind 'hit-rate' draws grid results or one trace"):
+        plots.plot(scorecard, "hit-rate")
+    with pytest.raises(ValueError, match=r"is a trace, but plot kind 'stall' draws grid results"):
+        plots.plot(SWITCH, "stall")
     with pytest.raises(ValueError, match="plot kind 'stall' has no option 'slots'"):
         plots.plot(timed_results, "stall", slots=3)
     stray = CliRunner().invoke(main, ["plot", str(SWITCH), "--kind", "popularity", "--slots", "3",

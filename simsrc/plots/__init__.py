@@ -74,7 +74,7 @@ def table() -> str:
     rows = ["| kind | from | draws | options |", "| --- | --- | --- | --- |"]
     for name, module in PLOT_KINDS.items():
         what = " ".join((module.__doc__ or "").strip().split("\n\n")[0].split())
-        opts = ", ".join(f"`--{o}`" for o in options(name) if o != "title") or "–"
+        opts = ", ".join(f"`--{o.replace('_', '-')}`" for o in options(name) if o != "title") or "–"
         rows.append(f"| `{name}` | {module.INPUT} | {what} | {opts} |")
     return "\n".join(rows)
 

@@ -10,11 +10,19 @@ import os
 from pathlib import Path
 
 RESULTS, SCORECARDS, TRACE = "results", "scorecards", "trace"
+RESULTS_OR_TRACE = "results or trace"
 WANTS = {
     RESULTS: "grid results (the Parquet file `moesim grid SPEC --out results.parquet` writes)",
     SCORECARDS: "predictor scorecards (`moesim score-predictor TRACE --horizon H --json > card.json`)",
     TRACE: "one trace (a moesim trace Parquet file, such as those in traces/)",
+    RESULTS_OR_TRACE: "grid results or one trace (the Parquet file `moesim grid SPEC --out results.parquet` "
+                      "writes, or a moesim trace Parquet file)",
 }
+
+
+def accepts(wants: str) -> tuple[str, ...]:
+    """The sorts of source a kind whose INPUT is `wants` draws from."""
+    return (RESULTS, TRACE) if wants == RESULTS_OR_TRACE else (wants,)
 
 
 def as_list(sources) -> list:
@@ -68,7 +76,7 @@ def check(sources, wants: str, kind: str) -> list:
         raise ValueError(f"plot kind {kind!r} draws {WANTS[wants]}; {len(sources)} sources given")
     for s in sources:
         sort, what = sort_of(s)
-        if sort != wants:
+        if sort not in accepts(wants):
             if sort is None and what == "no such file":
                 raise FileNotFoundError(f"{s}: no such file; plot kind {kind!r} draws {WANTS[wants]}")
             name = f"{s} is" if isinstance(s, (str, os.PathLike)) else "the source is"

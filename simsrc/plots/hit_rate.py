@@ -1,8 +1,11 @@
 """Hit rate (%) vs capacity (% of routed experts), a line per policy/predictor, a panel per trace, scope, mode and
 prefill chunk; Belady dashed and the oracle predictor dotted as bounds; seeds averaged with their min–max band.
+From a trace, each `--policy`'s curve is computed first, as `moesim curve` computes it.
 
-It also draws the table `moesim curve` returns (`moesim curve TRACE --plot FIG`), where a sampled curve's
-line says so in its label.
+From a trace (`moesim plot TRACE --kind hit-rate --policy lru,lfu`) it first computes each policy's curve
+with moesim.curve.hit_rate_curve (`--capacities`, `--points`, `--scope`, `--accounting`, `--method`,
+`--sample-rate`, `--seed`: the one-pass exact curve for LRU, sampled or replayed for the others) and draws
+that; the same table `moesim curve TRACE --plot FIG` draws. A sampled curve's line says so in its label.
 """
 from __future__ import annotations
 
@@ -12,13 +15,37 @@ from . import _inputs, _style
 
 NAME = "hit-rate"
 ORDER = 1
-INPUT = _inputs.RESULTS
+INPUT = _inputs.RESULTS_OR_TRACE
+# what a curve from a trace is computed with when not told (moesim curve's defaults)
+CURVE_DEFAULTS = {"policy": "lru", "capacities": "1%..100%", "points": 100, "scope": "global", "accounting": None,
+                  "method": "auto", "sample_rate": None, "seed": 0}
 
 
-def draw(sources, *, where: dict | None = None, title: str | None = None):
-    """Hit rate vs cache capacity from grid results (files or a DataFrame); returns the Figure."""
+def draw(sources, *, where: dict | None = None, title: str | None = None, policy=None, capacities=None,
+         points: int | None = None, scope: str | None = None, accounting: str | None = None,
+         method: str | None = None, sample_rate: float | None = None, seed: int | None = None):
+    """Hit rate vs cache capacity from grid results (files or a DataFrame), or from one trace, whose curves
+    are computed first (policy: a name, a comma list or a list; the rest as moesim.hit_rate_curve takes them);
+    returns the Figure."""
     plt = _style.pyplot()
-    df = _style.ok(_inputs.results(sources, NAME, where))
+    curve_opts = {"policy": policy, "capacities": capacities, "points": points, "scope": scope,
+                  "accounting": accounting, "method": method, "sample_rate": sample_rate, "seed": seed}
+    sources = _inputs.check(sources, INPUT, NAME)
+    if any(_inputs.sort_of(s)[0] == _inputs.TRACE for s in sources):
+        if len(sources) != 1:
+            raise ValueError(f"plot kind {NAME!r} draws the curves of one trace, or grid results; "
+                             f"{len(sources)} sources given")
+        if where:
+            raise ValueError(f"where selects rows of grid results; from a trace, plot kind {NAME!r} takes "
+                             f"{', '.join(curve_opts)}")
+        df = trace_curves(sources[0], **{k: v for k, v in curve_opts.items() if v is not None})
+    else:
+        given = [k for k, v in curve_opts.items() if v is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)}: plot kind {NAME!r} takes these with a trace, whose curves it "
+                             f"computes; grid results are drawn as they are (select rows with where)")
+        df = _inputs.results(sources, NAME, where)
+    df = _style.ok(df)
     df = df[df["hit_rate"].notna()]
     if df.empty:
         raise ValueError("no result rows with a hit rate to plot")
@@ -45,6 +72,29 @@ def draw(sources, *, where: dict | None = None, title: str | None = None):
     _style.suptitle(fig, df, title, where)
     _style.legend(fig, axes)
     return fig
+
+
+def trace_curves(trace, **options):
+    """The curves plot --kind hit-rate draws from a trace: moesim.hit_rate_curve for each policy (options:
+    CURVE_DEFAULTS' names), as one table with the columns the figure groups by."""
+    import pandas as pd
+
+    from ..curve import hit_rate_curve, replayed_stream
+    from ..config import ReplayConfig
+    from ..trace import Trace, read_trace
+    opts = {**CURVE_DEFAULTS, **options}
+    names = opts.pop("policy")
+    names = [p.strip() for p in names.split(",") if p.strip()] if isinstance(names, str) else list(names)
+    if not names:
+        raise ValueError("policy: name at least one policy, e.g. lru or lru,lfu")
+    tr = trace if isinstance(trace, Trace) else read_trace(trace)
+    _, stream = replayed_stream(tr, ReplayConfig.make())
+    label = str(trace) if not isinstance(trace, Trace) else tr.meta.model
+    df = pd.concat([hit_rate_curve(tr, name, opts["capacities"], points=opts["points"], scope=opts["scope"],
+                                   accounting=opts["accounting"], method=opts["method"],
+                                   sample_rate=opts["sample_rate"], seed=opts["seed"], stream=stream)
+                    for name in names], ignore_index=True)
+    return df.assign(trace=label, model=tr.meta.model, mode="count")
 
 
 def _sampled(rows) -> str:
