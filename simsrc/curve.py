@@ -587,9 +587,11 @@ def curve_key(params: dict):
 
 
 def _curve_config(cfg) -> bool:
-    # a host tier's hits depend on the GPU's capacity too (it sees the GPU's misses): replayed one by one
+    # a host tier's hits depend on the GPU's capacity too (it sees the GPU's misses): replayed one by one; the
+    # one-pass curve tells a segment's hits first (routing order is no stack the pass keeps)
     return cfg.policy == "lru" and cfg.mode == "count" and cfg.predictor == "none" and _counted(cfg) and \
-        getattr(cfg, "action", "fetch") == "fetch" and getattr(cfg, "host_capacity", None) is None
+        getattr(cfg, "action", "fetch") == "fetch" and getattr(cfg, "host_capacity", None) is None and \
+        cfg.segment_order == "hits-first"
 
 
 def _counted(cfg) -> bool:

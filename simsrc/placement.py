@@ -401,7 +401,8 @@ def _dynamic(run: _Runner, budget: Budget, cfg: ReplayConfig) -> dict:
         chosen = _cache_placement(run, even, "plan: equal split")
         notes.append("the per-layer budgets have fewer misses but replay slower than the equal split: the plan "
                      "keeps the equal split")
-    how = "one LRU pass" if cfg.policy == "lru" and cfg.action == "fetch" else f"{min(E, B) + 1} count replays"
+    one_pass = cfg.policy == "lru" and cfg.action == "fetch" and cfg.segment_order == "hits-first"
+    how = "one LRU pass" if one_pass else f"{min(E, B) + 1} count replays"
     search = (f"per-layer miss curves ({how}, {cfg.policy} per layer), {B} experts "
               f"allocated across the {L} layers for the fewest misses (exact), then replayed timed")
     return dict(search=search, chosen=chosen, baseline=equal, others=[], notes=notes)
@@ -437,7 +438,7 @@ def layer_miss_curves(trace: Trace, stream: AccessStream, knobs: dict, max_capac
         cfg = ReplayConfig.make(**base, capacity=f"{c}/layer", scope="per-layer", mode="count")
         return cfg, cache_for(trace, stream, cfg, expert_size(trace.meta, cfg)[0])
     top_cfg, top = cache_at(max_capacity)
-    if top_cfg.policy == "lru" and top_cfg.action == "fetch":
+    if top_cfg.policy == "lru" and top_cfg.action == "fetch" and top_cfg.segment_order == "hits-first":
         counts = lru_counts(stream, top.part_of, top.pinned, "segment", int(top.part_capacity.max()))
         if counts is not None:
             layer_part = top.part_of[::stream.num_experts]
@@ -451,7 +452,8 @@ def layer_miss_curves(trace: Trace, stream: AccessStream, knobs: dict, max_capac
     for c in range(max_capacity + 1):
         cfg, cache = cache_at(c)
         state, cache = policy_state(cfg, stream, cache)
-        curves[:, c] = count_replay(engine_stream, cache, plan, state, L, accounting="segment")[1]
+        curves[:, c] = count_replay(engine_stream, cache, plan, state, L, accounting="segment",
+                                   segment_order=cfg.segment_order)[1]
     return curves
 
 

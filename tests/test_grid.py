@@ -568,3 +568,28 @@ mode = "count"
     for cap in ("10%", "50%"):
         assert df.loc[cap, "hits"] == moesim.replay(SWITCH, policy="lru", capacity=cap, scope="per-layer",
                                                      mode="count")["hits"]
+
+
+def test_a_sweep_told_in_routing_order_is_replayed_not_served_by_the_curve(tmp_path):
+    """The one-pass LRU curve tells a segment's hits first; a sweep with --segment-order routing is replayed run
+    by run, and its rows are the replays' (on a prompt kept whole, where the two orders part ways)."""
+    from moesim.grid import runs
+    spec = write_spec(tmp_path / "g.toml", f"""
+trace = "{MIXTRAL}"
+policy = "lru"
+capacity = ["50%", "70%"]
+mode = "count"
+prefill_chunk = 0
+segment_order = ["hits-first", "routing"]
+""")
+    groups = runs.group_runs(expand(spec).runs)
+    assert sorted(len(g) for g in groups) == [1, 1, 2]  # routing: a run each; hits-first: one curve
+    out = tmp_path / "r.parquet"
+    run_grid(spec, out, jobs=1)
+    df = read_results(out).set_index(["segment_order", "capacity"])
+    for order in ("hits-first", "routing"):
+        for cap in ("50%", "70%"):
+            row = moesim.replay(MIXTRAL, policy="lru", capacity=cap, mode="count", prefill_chunk=0,
+                                segment_order=order)
+            assert df.loc[(order, cap), "hits"] == row["hits"], (order, cap)
+    assert df.loc[("routing", "70%"), "hits"] != df.loc[("hits-first", "70%"), "hits"]  # 27,683 against 27,679

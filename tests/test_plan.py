@@ -157,8 +157,8 @@ def test_budget_allocation_is_the_fewest_misses_of_every_split():
             assert sum(curves[l, c] for l, c in enumerate(alloc)) == brute_allocation(curves, budget), (curves, budget)
 
 
-@pytest.mark.parametrize("knobs", [{}, {"pin": ("0:1", "5:3")}, {"policy": "lfu"}],
-                         ids=["lru one pass", "lru one pass, pins", "lfu replayed"])
+@pytest.mark.parametrize("knobs", [{}, {"pin": ("0:1", "5:3")}, {"policy": "lfu"}, {"segment_order": "routing"}],
+                         ids=["lru one pass", "lru one pass, pins", "lfu replayed", "routing order replayed"])
 def test_miss_curves_are_each_layers_misses_replayed_at_that_capacity(knobs):
     trace = moesim.read_trace(MIXTRAL)
     stream = access_stream(trace)
