@@ -51,7 +51,7 @@ its C++ runtime evicts the expert accessed longest ago):
 
 How it runs fast (the rule above, exactly; on the MoE-Beyond train trace at
 10%, about 1 M accesses/s when every eviction rescored every resident, now
-about 32 M/s in count mode per access, 23 by segment and 17 timed, on a
+about 33 M/s in count mode per access, 28 by segment and 17 timed, on a
 loaded 2-core VM; benchmarks/README.md). A priority changes only with its expert's own
 activations, with the running layer, which scales a whole layer by one
 factor, and with the request. So the weights (rc + 1) * (g + 1) are kept for
