@@ -393,11 +393,6 @@ KNOBS: tuple[Knob, ...] = (
     Knob("accounting", "segment", _choice(ACCOUNTINGS), "segment: a (step, layer)'s distinct experts are looked "
          "up together and none evicts another of the same layer, as a layer runs; access: one lookup per access in "
          "stream order, a plain cache simulator (count mode only)", choices=ACCOUNTINGS),
-    Knob("segment_order", "hits-first", _choice(SEGMENT_ORDERS), "with --accounting segment, the order the policy "
-         "sees a segment's experts in: hits-first (its hits, then its misses, each at first use: the order of a "
-         "token's experts does not matter) or routing (each at its last use, in routing order, as a runtime that "
-         "touches experts as it routes them; victims are the same, the policy's order after the segment is not)",
-         choices=SEGMENT_ORDERS),
     Knob("prefill_chunk", 1, lambda v, o: parse_count(v, o, low=0), "prefill tokens per step: 1 replays prompts "
          "as if decoded, 0 keeps the recorded steps", group="run"),
     Knob("seed", 0, lambda v, o: parse_count(v, o, low=0, high=2**63 - 1), "seed of random choices", group="run"),
@@ -513,6 +508,12 @@ KNOBS: tuple[Knob, ...] = (
     Knob("host_memory", None, _optional(lambda v, o: parse_bytes(v, o)), "host memory for the model, e.g. 64GiB: "
          "the non-expert weights first (what does not fit is re-read from storage every forward pass), then the "
          "host tier", unit="bytes", group="tiers", show=lambda cfg, hw, r: hw.host_memory),
+    # last, so the columns of earlier rows keep their order
+    Knob("segment_order", "hits-first", _choice(SEGMENT_ORDERS), "with --accounting segment, the order the policy "
+         "sees a segment's experts in: hits-first (its hits, then its misses, each at first use: the order of a "
+         "token's experts does not matter) or routing (each at its last use, in routing order, as a runtime that "
+         "touches experts as it routes them; victims are the same, the policy's order after the segment is not)",
+         choices=SEGMENT_ORDERS),
 )
 
 KNOB = {k.name: k for k in KNOBS}
