@@ -15,9 +15,9 @@ from numba.extending import overload
 from .bundles import Cache, PrefetchPlan, Stream
 from .experts import (BUSY, NUM_COUNTERS, PF_UNUSED, PF_USED, PINNED, RESIDENT, TOLD_HIT, TOLD_INSERT, count_harmful,
                       count_unused, evict, evictable, insert_plan, none_evictable, place_at_start,
-                      tell_held_back, hold_back)
-from .ops import (compiled_loop, decide, decides, freed_enough, on_hit, on_insert, partition, partition_map, routes,
-                  size_of, take_room, victim)
+                      tell_in_routing_order)
+from .ops import (compiled_loop, decide, decides, freed_enough, on_hit, on_insert, partition, partition_map, size_of,
+                  take_room, victim)
 from .tiers import host_lookup
 from .routing import (FETCH, HOST, NUM_ACTIONS, SUBSTITUTE, add_weight, count_action, mass_of, pick_substitutes,
                       weight_of)
@@ -170,6 +170,21 @@ def _count_loop(item, pf_at, pf_segs, cache, plan, state, work, record, tiers):
     count_unused(flags, c)
 
 
+@njit(cache=True, _nrt=False, inline="always")  # inlined into the loop (which carries the sources digest)
+def _take_hit(x, f, t, a, flags, hits_of, c, state, part_of, told):
+    """x (state f) hits at stream position t: a prefetch of it is used, and the policy is told now, or, in
+    routing order (told), as the segment's entry a at the segment's end."""
+    hits_of[x] += 1
+    if f & PF_UNUSED:
+        flags[x] = f ^ PF_UNUSED
+        c[PF_USED] += 1
+    if not f & PINNED:
+        if told is not None:
+            told[a] = TOLD_HIT
+        else:
+            on_hit(state, x, partition(part_of, x), t)
+
+
 SEEN = 32  # a state bit of the segment loop's own (experts.py has the others): seen in this segment's gather
 
 
@@ -198,7 +213,7 @@ def _segment_loop(stream, cache, plan, state, rule, work, seg, tiers, told):
         lo = seg_offsets[s]
         hi = seg_offsets[s + 1]
         distinct = False
-        if not decides(rule) and not routes(told):
+        if not decides(rule) and told is None:
             distinct = True
             for i in range(lo, hi):
                 x = np.uint32(item[np.uint64(i)])
@@ -216,12 +231,7 @@ def _segment_loop(stream, cache, plan, state, rule, work, seg, tiers, told):
                 seg_miss[n_miss] = i
                 n_miss += (f & RESIDENT) == 0
                 if f & RESIDENT:
-                    hits_of[x] += 1
-                    if f & PF_UNUSED:
-                        flags[x] = f ^ PF_UNUSED
-                        c[PF_USED] += 1
-                    if not f & PINNED:
-                        on_hit(state, x, partition(part_of, x), i)
+                    _take_hit(x, f, i, 0, flags, hits_of, c, state, part_of, None)
         else:
             n_seg = 0
             for i in range(lo, hi):
@@ -237,8 +247,8 @@ def _segment_loop(stream, cache, plan, state, rule, work, seg, tiers, told):
                     n_seg += 1
                     if decides(rule):
                         seg_tok[ax] = 0
-                    if routes(told):
-                        hold_back(told, ax, 0)
+                    if told is not None:
+                        told[ax] = 0
                 seg_last[ax] = i  # the policy sees the segment at its last use of x (Belady: next use after)
                 if decides(rule):
                     seg_tok[ax] += 1
@@ -249,15 +259,7 @@ def _segment_loop(stream, cache, plan, state, rule, work, seg, tiers, told):
                 seg_miss[n_miss] = seg_last[a]
                 n_miss += (f & RESIDENT) == 0
                 if f & RESIDENT:
-                    hits_of[x] += 1
-                    if f & PF_UNUSED:
-                        flags[x] = f ^ PF_UNUSED
-                        c[PF_USED] += 1
-                    if not f & PINNED:
-                        if routes(told):
-                            hold_back(told, a, TOLD_HIT)
-                        else:
-                            on_hit(state, x, partition(part_of, x), seg_last[a])
+                    _take_hit(x, f, seg_last[a], a, flags, hits_of, c, state, part_of, told)
         seg_hits[s] = n_seg - n_miss
         seg_misses[s] = n_miss
         for j in range(n_miss):
@@ -287,8 +289,8 @@ def _segment_loop(stream, cache, plan, state, rule, work, seg, tiers, told):
                             fy = flags[y]
                             if not fy & SEEN:  # in use for the layer from now on; the policy is not told
                                 seg_items[n_seg] = y
-                                if routes(told):
-                                    hold_back(told, n_seg, 0)
+                                if told is not None:
+                                    told[n_seg] = 0
                                 n_seg += 1
                                 if fy & PF_UNUSED:
                                     fy ^= PF_UNUSED
@@ -320,12 +322,12 @@ def _segment_loop(stream, cache, plan, state, rule, work, seg, tiers, told):
             else:
                 free[p] -= need
             flags[x] = RESIDENT | BUSY | (flags[x] & SEEN)
-            if routes(told):
-                hold_back(told, in_seg[x], TOLD_INSERT)
+            if told is not None:
+                told[in_seg[x]] = TOLD_INSERT
             else:
                 on_insert(state, x, p, t)
-        if routes(told):
-            tell_held_back(state, part_of, seg_items, seg_last, told, n_seg, seg_miss)
+        if told is not None:
+            tell_in_routing_order(state, part_of, seg_items, seg_last, told, n_seg, seg_miss)
         if distinct:
             for i in range(lo, hi):
                 x = np.uint32(item[np.uint64(i)])

@@ -5,8 +5,6 @@ BUSY is the lowest bit so that the same bytes serve as the `busy` argument of
 a policy's victim search (policies test it with `_busy.is_busy`).
 """
 from numba import njit
-from numba.core import types
-from numba.extending import overload
 
 from .ops import compiled_loop, freed_enough, on_evict, on_hit, on_insert, partition, size_of, take_room, victim
 from .tiers import host_lookup
@@ -47,33 +45,14 @@ def evict(v, p, flags, c, state):
 TOLD_HIT, TOLD_INSERT = 1, 2  # what a segment's expert is told to the policy as, in routing order (0: nothing)
 
 
-def hold_back(told, a, what):
-    """Segment order "routing": the segment's entry a is told to the policy as `what` at the segment's end."""
-    told[a] = what
-
-
-@overload(hold_back)
-def _hold_back(told, a, what):
-    if isinstance(told, types.NoneType):  # hits-first: the loops tell the policy at once, this is never reached
-        return lambda told, a, what: None
-    return lambda told, a, what: hold_back_store(told, a, what)
-
-
-@njit(cache=True, _nrt=False)
-def hold_back_store(told, a, what):
-    told[a] = what
-
-
-def tell_held_back(state, part_of, seg_items, seg_last, told, n_seg, order):
-    tell_in_routing_order(state, part_of, seg_items, seg_last, told, n_seg, order)
-
-
-@overload(tell_held_back)
-def _tell_held_back(state, part_of, seg_items, seg_last, told, n_seg, order):
-    if isinstance(told, types.NoneType):
-        return lambda state, part_of, seg_items, seg_last, told, n_seg, order: None
-    return lambda state, part_of, seg_items, seg_last, told, n_seg, order: tell_in_routing_order(
-        state, part_of, seg_items, seg_last, told, n_seg, order)
+@njit(cache=True, _nrt=False, inline="always")
+def insert_by(order, m, a, key):
+    """order[:m] holds entries sorted by key; put entry a in its place (insertion sort: a segment has few)."""
+    b = m
+    while b > 0 and key[order[b - 1]] > key[a]:
+        order[b] = order[b - 1]
+        b -= 1
+    order[b] = a
 
 
 @compiled_loop  # it inlines the policy's on_hit and on_insert: cached under the sources digest, like the loops
@@ -84,14 +63,9 @@ def tell_in_routing_order(state, part_of, seg_items, seg_last, told, n_seg, orde
     order the policy sees them in (LRU: which of them is least recent afterwards). order: scratch, >= n_seg."""
     m = 0
     for a in range(n_seg):
-        if told[a] == 0:
-            continue
-        b = m
-        while b > 0 and seg_last[order[b - 1]] > seg_last[a]:  # insertion sort: a segment has few
-            order[b] = order[b - 1]
-            b -= 1
-        order[b] = a
-        m += 1
+        if told[a] != 0:
+            insert_by(order, m, a, seg_last)
+            m += 1
     for j in range(m):
         a = order[j]
         x = seg_items[a]

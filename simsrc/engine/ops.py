@@ -127,18 +127,6 @@ def _may_lowbit(rule):
     return lambda rule: value
 
 
-def routes(told):
-    """Whether a segment's experts are told to the policy in routing order (told: a scratch array) or its
-    hits first (None); a constant in compiled code."""
-    return told is not None
-
-
-@overload(routes)
-def _routes(told):
-    value = not isinstance(told, types.NoneType)
-    return lambda told: value
-
-
 def _module_of(state):
     return sys.modules[type(state).__module__]
 

@@ -35,10 +35,11 @@ from .bundles import Cache, Compute, Host, Link, LowBit, PrefetchPlan, Stream
 from .experts import (BUSY, ERROR, GPU_S, HOST_COMPUTED, HOST_S, NUM_COUNTERS, OVERHEAD_S, PF_CANCELLED, PF_ISSUED,
                       PF_LATE, PF_UNUSED, PF_USED,
                       PINNED, RESIDENT, TOLD_HIT, TOLD_INSERT, count_harmful, count_unused, evict,
-                      evict_for_prefetch, evictable, none_evictable, place_at_start, tell_held_back, hold_back)
+                      evict_for_prefetch, evictable, insert_by, none_evictable, place_at_start,
+                      tell_in_routing_order)
 from .links import _arrival, _first_free_engine, _transfer
 from .ops import (compiled_loop, decide, decides, freed_enough, may_host, may_lowbit, on_hit, on_insert, partition,
-                  partition_map, routes, seconds_of, size_of, take_room, victim, weighs_times)
+                  partition_map, seconds_of, size_of, take_room, victim, weighs_times)
 from .routing import (FETCH, HOST, LOWBIT, NUM_ACTIONS, SUBSTITUTE, add_weight, count_action, mass_of,
                       pick_substitutes, weight_of)
 from .tiers import host_fetch, host_peek, page_in, storage_wait
@@ -244,8 +245,8 @@ def _timed_loop(stream, cache, link, compute, host, lowbit, plan, state, rule, o
                 in_seg[x] = n_seg
                 seg_items[n_seg] = x
                 seg_tok[n_seg] = 0
-                if routes(told):
-                    hold_back(told, n_seg, 0)
+                if told is not None:
+                    told[n_seg] = 0
                 n_seg += 1
             ax = np.uint32(in_seg[x])  # x's entry in the segment's arrays
             seg_tok[ax] += 1
@@ -263,8 +264,8 @@ def _timed_loop(stream, cache, link, compute, host, lowbit, plan, state, rule, o
                     else:
                         c[PF_LATE] += 1
                 if not f & PINNED:
-                    if routes(told):  # told at the end of the segment's misses, in routing order
-                        hold_back(told, a, TOLD_HIT)
+                    if told is not None:  # told at the end of the segment's misses, in routing order
+                        told[a] = TOLD_HIT
                     else:
                         on_hit(state, x, partition(part_of, x), seg_last[a])
                 flags[x] = f | BUSY
@@ -333,8 +334,8 @@ def _timed_loop(stream, cache, link, compute, host, lowbit, plan, state, rule, o
                                 seg_tok[n_seg] = 0
                                 seg_ready[n_seg] = ready[y]
                                 seg_last[n_seg] = i2
-                                if routes(told):
-                                    hold_back(told, n_seg, 0)
+                                if told is not None:
+                                    told[n_seg] = 0
                                 n_seg += 1
                                 fy = flags[y]
                                 if fy & PF_UNUSED:
@@ -382,8 +383,8 @@ def _timed_loop(stream, cache, link, compute, host, lowbit, plan, state, rule, o
                     w.free[p] -= need
                 if keep:
                     f = RESIDENT | BUSY
-                    if routes(told):
-                        hold_back(told, a, TOLD_INSERT)
+                    if told is not None:
+                        told[a] = TOLD_INSERT
                     else:
                         on_insert(state, x, p, i)
             ready[x] = _transfer(max(issue, here), w.eng_free, w.pipe, link.latency_s,
@@ -392,8 +393,8 @@ def _timed_loop(stream, cache, link, compute, host, lowbit, plan, state, rule, o
             inflight[n_inflight] = x
             n_inflight += 1
             seg_ready[a] = ready[x]
-        if routes(told):
-            tell_held_back(state, part_of, seg_items, seg_last, told, n_seg, waiting)
+        if told is not None:
+            tell_in_routing_order(state, part_of, seg_items, seg_last, told, n_seg, waiting)
         hits[layer] += h
         misses[layer] += m
         seg_hits[s] = h
@@ -425,11 +426,7 @@ def _timed_loop(stream, cache, link, compute, host, lowbit, plan, state, rule, o
                 gpu_t += k_s
                 gpu_s += k_s
                 continue
-            b = n_wait
-            while b > 0 and seg_ready[waiting[b - 1]] > seg_ready[a]:
-                waiting[b] = waiting[b - 1]
-                b -= 1
-            waiting[b] = a
+            insert_by(waiting, n_wait, a, seg_ready)
             n_wait += 1
         for j in range(n_wait):
             a = waiting[j]
