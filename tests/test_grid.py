@@ -250,15 +250,17 @@ def test_a_dry_run_writes_nothing(tmp_path):
 def test_a_forked_worker_does_not_keep_the_lock_of_a_killed_grid(tmp_path):
     out = tmp_path / "r.parquet"
     holder = subprocess.Popen([sys.executable, "-c", f"""
-import multiprocessing, sys, time
+import multiprocessing, os, sys, time
 from moesim.grid import OutputLock
+def work():  # runs after the fork's hooks: by then the worker has closed its copy of the lock
+    print("worker", os.getpid(), flush=True)
+    time.sleep(120)
 OutputLock({str(out)!r}).acquire()
-worker = multiprocessing.get_context("fork").Process(target=time.sleep, args=(120,))
-worker.start()
-print(worker.pid, flush=True)
+multiprocessing.get_context("fork").Process(target=work).start()
 time.sleep(120)
 """], stdout=subprocess.PIPE, text=True)
-    worker = int(holder.stdout.readline())
+    # wait for the worker itself to say so: a loaded machine may not have run it yet when its pid is known
+    worker = int(holder.stdout.readline().split()[1])
     try:
         with pytest.raises(ValueError, match="is writing it"):
             OutputLock(out).acquire()
