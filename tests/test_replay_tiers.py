@@ -141,16 +141,38 @@ def test_storage_lanes_split_the_bandwidth_between_reads_side_by_side(lanes, tot
     assert row["total_s"] == pytest.approx(total * MS)
 
 
-def test_a_prefetch_reads_storage_before_its_copy():
-    # an oracle prefetch of layer 1's expert while layer 0 runs: its read is on the critical path or not
+def test_a_prefetch_reads_storage_when_planned_and_copies_once_the_read_and_an_engine_are_done():
+    # an oracle prefetch of layer 1's expert (item 3), planned at layer 0's routing, while layer 0's demand
+    # miss of 0 holds the one copy engine
     trace = make_trace([[[0], [1]]], num_experts=2, top_k=1)
     knobs = dict(capacity=2, predictor="oracle", horizon=1, hardware=storage_hw())
     tiered = moesim.replay(trace, **knobs, host_capacity=2)
     plain = moesim.replay(trace, **knobs)
     assert tiered["prefetch_issued"] == plain["prefetch_issued"] == 1
     assert tiered["host_misses"] == 2 and tiered["storage_reads"] == 2
-    # with tiers each copy waits 2 ms more for its read: the prefetch of 1 lands 2 ms later too
-    assert tiered["total_s"] > plain["total_s"] + 2 * MS
+    # layer 0: dense ->0.1; read 0 0.1..2.1, copy 2.1..3.1, compute ->3.2. The prefetch of 3 reads from its
+    # planning at 0.1, behind read 0: 2.1..4.1 (not from 3.1, when the engine frees: that was 3.1..5.1), and
+    # copies once both are done: 4.1..5.1. Layer 1: dense ->3.3, waits for 3 until 5.1, computes ->5.2
+    assert tiered["total_s"] == pytest.approx(5.2 * MS)
+    assert tiered["storage_stall_s"] == pytest.approx((2.0 + 0.8) * MS)  # 0.1..2.1 and 3.3..4.1
+    assert plain["total_s"] == pytest.approx(2.2 * MS)  # copies 0.1..1.1, 1.1..2.1: layer 1 waits to 2.1
+
+
+def test_a_cancelled_prefetch_keeps_its_read_in_the_host_tier():
+    # one token on experts 0 and 1 at both layers (items 0, 1, then 2, 3); the oracle plans 2 and 3 for layer 1
+    trace = make_trace([[[0, 1], [0, 1]]], num_experts=2, top_k=2)
+    row = moesim.replay(trace, capacity=4, predictor="oracle", horizon=1, host_capacity=4, hardware=storage_hw())
+    # layer 0: dense ->0.1; reads 0.1..2.1, 2.1..4.1 (one storage lane); copies 2.1..3.1, 4.1..5.1; computes
+    # 3.1..3.2 and 5.1..5.2. The plan's reads, issued at 0.1 behind those: 4.1..6.1 and 6.1..8.1. The first
+    # prefetch's copy waits for its engine (5.1) and its read: 6.1..7.1. The second's would start at 7.1,
+    # after layer 1 routes (5.3): its expert is a demand miss then, a host hit that waits for the read under
+    # way (8.1), copied 8.1..9.1; its prefetch is cancelled. Layer 1: 7.1..7.2, 9.1..9.2
+    assert row["total_s"] == pytest.approx(9.2 * MS)
+    assert (row["prefetch_issued"], row["prefetch_cancelled"], row["prefetch_late"]) == (1, 1, 1)
+    assert (row["host_hits"], row["host_misses"], row["storage_reads"]) == (1, 4, 4)
+    assert row["stall_s"] == pytest.approx((3.0 + 1.9 + 1.8 + 1.9) * MS)
+    # waiting on a read: 0.1..2.1, 3.2..4.1; then 5.3..6.1, 7.2..8.1
+    assert row["storage_stall_s"] == pytest.approx((2.0 + 0.9 + 0.8 + 0.9) * MS)
 
 
 def test_the_host_action_waits_for_the_expert_to_be_read_into_host_memory():
