@@ -120,6 +120,12 @@ def transfer_seconds(nbytes: float, hw: Hardware) -> float:
     return hw.latency + lane_seconds(nbytes, hw)
 
 
+def storage_seconds(nbytes: float, hw: Hardware) -> float:
+    """Reads of nbytes on an idle storage link, spread over its lanes: one latency, then the bytes at the
+    link's whole bandwidth (what a layer's reads ahead take; the adaptive prefetch horizon)."""
+    return hw.storage_latency + nbytes / hw.storage_bandwidth
+
+
 def dense_seconds(stream, meta, hw: Hardware, expert_bytes: float, context: np.ndarray | None = None,
                   kv_bytes_per_token: float = 0.0) -> np.ndarray:
     """Time of each segment's dense part (attention, router, norms): a roofline of its weights, plus, with

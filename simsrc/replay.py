@@ -131,13 +131,18 @@ def _replay(tr: Trace, cfg: ReplayConfig, stream: AccessStream | None, prefetch:
     cache = cache_for(tr, stream, cfg, expert_bytes, hw.gpu_memory, budget, layer_bytes=layer_bytes)
     pinned_experts = int(cache.pinned.sum())  # the user's pins (a policy's own are part of its capacity)
     state, cache = policy_state(cfg, stream, cache)
+    tiers, paged, host_held = None, 0.0, None
+    if cfg.tiers:
+        tiers, paged = tiers_for(tr, stream, cfg, hw, expert_bytes, layer_bytes)
+        host_held = _held(tiers.cache, expert_bytes)
     horizon = 0
     if prefetch is None and cfg.predictor != "none":
         from .predict import plan as prefetch_plan
         prefetch, horizon = prefetch_plan(
             tr, stream, cfg.predictor, hardware=hw, expert_bytes=expert_bytes, horizon=cfg.horizon,
             top_n=cfg.top_n, threshold=cfg.threshold, adaptive=cfg.adaptive, train=cfg.train, reuse=reuse_stream,
-            step_cap_bytes=cfg.prefetch_bytes_per_step)
+            step_cap_bytes=cfg.prefetch_bytes_per_step,
+            host_held=1.0 if host_held is None else host_held / len(cache.pinned))
     prefetch = prefetch or Prefetch.none(stream.num_segments)
     plan = PrefetchPlan(prefetch.offsets, prefetch.item, prefetch.target_seg, int(prefetch.step_cap))
     n_items = len(cache.pinned)
@@ -150,10 +155,8 @@ def _replay(tr: Trace, cfg: ReplayConfig, stream: AccessStream | None, prefetch:
                 (stream.top_k if cfg.predictor != "none" else 0), "capacity_experts": held,
                 "capacity_fraction": held / n_items, "bytes_per_expert": expert_bytes,
                 "pinned_experts": pinned_experts, "context": budget.context if budget else cfg.context}
-    tiers, paged = None, 0.0
-    if cfg.tiers:
-        tiers, paged = tiers_for(tr, stream, cfg, hw, expert_bytes, layer_bytes)
-        resolved["host_capacity_experts"] = _held(tiers.cache, expert_bytes)
+    if tiers is not None:
+        resolved["host_capacity_experts"] = host_held
     row = {"trace": str(tr.path) if tr.path else tr.meta.model, "model": tr.meta.model,
            **row_inputs(cfg, hw, resolved)}
     if budget is not None:
