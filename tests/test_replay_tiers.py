@@ -5,6 +5,7 @@ Timed cases use test_replay_timed's paper hardware (1 MB experts, a 1 GB/s host 
 expert and per dense part on the GPU) with a storage link of its own; times in ms.
 """
 import dataclasses
+import importlib
 import json
 import math
 from collections import OrderedDict
@@ -16,9 +17,11 @@ from helpers import make_trace, random_routes
 from test_replay_timed import MS, hw
 
 import moesim
+from moesim import cost
 from moesim.config import ReplayConfig
 
 ROOT = Path(__file__).resolve().parents[1]
+replay_module = importlib.import_module("moesim.replay")  # the module (moesim.replay is also the function)
 
 
 def storage_hw(bandwidth_gbps=0.5, latency_us=0.0, lanes=1, stripes=1, **figures):
@@ -199,6 +202,37 @@ def test_paging_time_is_linear_in_the_bytes_that_do_not_fit(paged_mb):
     no_paging = moesim.replay(trace, capacity=1, host_capacity="1MB", hardware=storage_hw())
     assert row["total_s"] - no_paging["total_s"] == pytest.approx(row["paging_s"])
     assert row["gpu_compute_s"] == pytest.approx(no_paging["gpu_compute_s"])
+
+
+def test_the_first_schedule_of_continuous_batching_pays_the_paging_every_step(tmp_path, monkeypatch):
+    # two requests of 2 tokens on expert 0, request 1 arriving at 0.5 ms, batches of 2; one layer of 1 MB
+    # dense weights, host memory 0.5 MB short of them: 0.5 MB paged every step, 1 ms at 0.5 GB/s
+    trace = make_trace([[[0]]] * 4, num_experts=2, top_k=1, requests=[0, 0, 1, 1])
+    paging = storage_hw(host_memory=1e6 + 0.5e6)
+    meta = trace.meta
+    assert cost.step_seconds_estimate(1, meta, paging, 1e6) == pytest.approx(0.2 * MS)  # dense 0.1, expert 0.1
+    assert cost.step_seconds_estimate(1, meta, paging, 1e6, paged=0.5e6) == pytest.approx(1.2 * MS)
+    # each MoE layer's page-in is a read of its own, paying the storage latency
+    slow = dataclasses.replace(paging, storage_latency=0.3 * MS)
+    assert cost.step_seconds_estimate(1, meta, slow, 1e6, paged=0.5e6) == pytest.approx(1.5 * MS)
+    schedules, replays = [], []
+    serve, replay_once = replay_module.serve, replay_module._replay
+    monkeypatch.setattr(replay_module, "serve", lambda *a, **k: schedules.append(serve(*a, **k)) or schedules[-1])
+    monkeypatch.setattr(replay_module, "_replay", lambda *a, **k: replays.append(1) or replay_once(*a, **k))
+    arrivals = tmp_path / "arrivals.csv"
+    arrivals.write_text("request_id,arrival_s\n0,0\n1,0.0005\n")
+    row = moesim.replay(trace, capacity=1, host_capacity="1MB", hardware=paging, batching="continuous",
+                        batch_size=2, arrivals=str(arrivals))
+    assert row["paged_bytes"] == pytest.approx(0.5e6)
+    # the first schedule, at 1.2 ms a step (not 0.2, when request 1 would not yet be there for step 1):
+    # request 0's first token alone, then its second beside request 1's first, then request 1's second
+    first = schedules[0]
+    assert first.column("step").tolist() == [0, 1, 1, 2]
+    assert first.column("request_id").tolist() == [0, 0, 1, 1]
+    # replayed: step 0 pages 0..1, dense ->1.1, reads 0 1.1..3.1, copies it ->4.1, computes ->4.2; steps 1 and
+    # 2 hit: 1.2 each. Clocked by those times, the second schedule is the first: one replay stands
+    assert row["total_s"] == pytest.approx((4.2 + 1.2 + 1.2) * MS)
+    assert len(replays) == 1 and len(schedules) == 2
 
 
 def test_host_capacity_auto_is_what_host_memory_leaves_after_the_non_expert_weights():
