@@ -22,10 +22,12 @@ prefetch planner, the adaptive horizon and the predictor scorecard all use these
                             - reserve, in experts (`--capacity auto`; memory_budget)
     a storage read          storage_latency + bytes / (storage_bandwidth / storage_lanes), scheduled like a
                             transfer (storage_lanes reads under way, storage_stripes parts each): a host-tier
-                            miss, before its host -> GPU copy (engine/tiers.py)
+                            miss, before its host -> GPU copy (engine/tiers.py); the prefetch planner takes a
+                            layer's reads as storage_latency + bytes / storage_bandwidth (storage_seconds)
     host memory             host_memory - dense bytes x layers - the host tier's bytes; the non-expert bytes
                             that do not fit (paged_bytes) are re-read every forward pass, a layer's share
-                            (paged / layers) as one read on one storage lane before its dense part (page_seconds)
+                            (paged / layers) as one read on one storage lane before its dense part (page_seconds;
+                            a step's worth on an idle link: step_page_seconds)
 
 Params are bytes / bytes per weight of the trace's dtype. Layers without experts (DeepSeek's first
 dense layers) are charged to the first MoE layer of each step, each at the dense cost plus an FFN taken
@@ -120,6 +122,12 @@ def transfer_seconds(nbytes: float, hw: Hardware) -> float:
     return hw.latency + lane_seconds(nbytes, hw)
 
 
+def storage_seconds(nbytes: float, hw: Hardware) -> float:
+    """Reads of nbytes on an idle storage link, spread over its lanes: one latency, then the bytes at the
+    link's whole bandwidth (what a layer's reads ahead take; the adaptive prefetch horizon)."""
+    return hw.storage_latency + nbytes / hw.storage_bandwidth
+
+
 def dense_seconds(stream, meta, hw: Hardware, expert_bytes: float, context: np.ndarray | None = None,
                   kv_bytes_per_token: float = 0.0) -> np.ndarray:
     """Time of each segment's dense part (attention, router, norms): a roofline of its weights, plus, with
@@ -208,14 +216,27 @@ def memory_budget(hw: Hardware, meta, expert_bytes: float, *, kv_bytes_per_token
     return budget
 
 
-def step_seconds_estimate(tokens: np.ndarray, meta, hw: Hardware, expert_bytes: float) -> np.ndarray:
+def step_page_seconds(meta, hw: Hardware, paged: float) -> float:
+    """A forward pass's page-in of the `paged` non-expert bytes on an idle storage link: page_seconds' reads,
+    one per MoE layer, each paying storage_latency, their bytes on one lane. 0 without paging."""
+    if not paged or hw.storage_bandwidth is None:
+        return 0.0
+    return meta.num_moe_layers * hw.storage_latency + float(storage_lane_seconds(paged, hw))
+
+
+def step_seconds_estimate(tokens: np.ndarray, meta, hw: Hardware, expert_bytes: float,
+                          paged: float = 0.0) -> np.ndarray:
     """Seconds of a step of `tokens` tokens with every expert it needs resident: each MoE layer's dense part,
-    and min(tokens x top_k, experts) expert kernels sharing the routed tokens. The continuous-batching
-    scheduler's clock before a replay has measured better (moesim.replay)."""
+    and min(tokens x top_k, experts) expert kernels sharing the routed tokens; with `paged` non-expert bytes
+    that do not fit in host memory (memory tiers), their page-in every step (step_page_seconds), whatever its
+    tokens. The continuous-batching scheduler's clock before a replay has measured better (moesim.replay)."""
     n = np.asarray(tokens, dtype=np.float64)
     dense_bytes = float(meta.dense_bytes_per_layer)
     dense = np.maximum(n * 2 * dense_bytes / dtype_bytes(meta.dtype) / hw.gpu_flops, dense_bytes / hw.hbm) + hw.launch
     ec = expert_cost(hw, expert_bytes, meta.dtype)
     kernels = np.minimum(n * meta.top_k, meta.num_experts)
     experts = np.maximum(n * meta.top_k * ec.per_token, kernels * ec.floor) + kernels * ec.launch
-    return meta.num_moe_layers * (dense + experts)
+    seconds = meta.num_moe_layers * (dense + experts)
+    if paged:
+        seconds = seconds + step_page_seconds(meta, hw, paged)
+    return seconds

@@ -65,10 +65,15 @@ SCHEDULE_PASSES = 4
 
 def _serve_with_arrivals(tr: Trace, cfg: ReplayConfig, arrivals: np.ndarray) -> dict[str, Any]:
     """Continuous batching with arrival times: the first schedule's clock is the cost model with every expert
-    resident; each later one's is the step times (by tokens in the step) the previous replay measured."""
+    resident (and, with memory tiers, the non-expert weights paged from storage every step); each later one's
+    is the step times (by tokens in the step) the previous replay measured."""
     hw = cfg.hardware_spec()
     expert_bytes, _ = expert_size(tr.meta, cfg)
-    clock = lambda n: float(cost.step_seconds_estimate(n, tr.meta, hw, expert_bytes))  # noqa: E731
+    paged = 0.0
+    if cfg.tiers:
+        tier_bytes = host_tier_size(tr, cfg, hw, expert_bytes, layer_expert_bytes(tr.meta, cfg, hw))[2]
+        paged = cost.paged_bytes(hw, tr.meta, tier_bytes)
+    clock = lambda n: float(cost.step_seconds_estimate(n, tr.meta, hw, expert_bytes, paged))  # noqa: E731
     schedule, row = None, None
     for _ in range(SCHEDULE_PASSES):
         served = serve(tr, batch_size=cfg.batch_size, token_budget=cfg.token_budget,
@@ -131,13 +136,18 @@ def _replay(tr: Trace, cfg: ReplayConfig, stream: AccessStream | None, prefetch:
     cache = cache_for(tr, stream, cfg, expert_bytes, hw.gpu_memory, budget, layer_bytes=layer_bytes)
     pinned_experts = int(cache.pinned.sum())  # the user's pins (a policy's own are part of its capacity)
     state, cache = policy_state(cfg, stream, cache)
+    tiers, paged, host_held = None, 0.0, None
+    if cfg.tiers:
+        tiers, paged = tiers_for(tr, stream, cfg, hw, expert_bytes, layer_bytes)
+        host_held = _held(tiers.cache, expert_bytes)
     horizon = 0
     if prefetch is None and cfg.predictor != "none":
         from .predict import plan as prefetch_plan
         prefetch, horizon = prefetch_plan(
             tr, stream, cfg.predictor, hardware=hw, expert_bytes=expert_bytes, horizon=cfg.horizon,
             top_n=cfg.top_n, threshold=cfg.threshold, adaptive=cfg.adaptive, train=cfg.train, reuse=reuse_stream,
-            step_cap_bytes=cfg.prefetch_bytes_per_step)
+            step_cap_bytes=cfg.prefetch_bytes_per_step,
+            host_held=1.0 if host_held is None else host_held / len(cache.pinned))
     prefetch = prefetch or Prefetch.none(stream.num_segments)
     plan = PrefetchPlan(prefetch.offsets, prefetch.item, prefetch.target_seg, int(prefetch.step_cap))
     n_items = len(cache.pinned)
@@ -150,10 +160,8 @@ def _replay(tr: Trace, cfg: ReplayConfig, stream: AccessStream | None, prefetch:
                 (stream.top_k if cfg.predictor != "none" else 0), "capacity_experts": held,
                 "capacity_fraction": held / n_items, "bytes_per_expert": expert_bytes,
                 "pinned_experts": pinned_experts, "context": budget.context if budget else cfg.context}
-    tiers, paged = None, 0.0
-    if cfg.tiers:
-        tiers, paged = tiers_for(tr, stream, cfg, hw, expert_bytes, layer_bytes)
-        resolved["host_capacity_experts"] = _held(tiers.cache, expert_bytes)
+    if tiers is not None:
+        resolved["host_capacity_experts"] = host_held
     row = {"trace": str(tr.path) if tr.path else tr.meta.model, "model": tr.meta.model,
            **row_inputs(cfg, hw, resolved)}
     if budget is not None:
@@ -354,8 +362,30 @@ def tiers_for(tr: Trace, stream: AccessStream, cfg: ReplayConfig, hw, expert_byt
     """The host tier (one cache for all layers, of --host-capacity, under --host-policy, empty at the start:
     experts live in storage), the storage link, and the non-expert bytes that do not fit in host memory
     (paged every forward pass; their page-ins per segment in timed mode). Returns (tiers, paged bytes)."""
-    L, E = stream.num_layers, stream.num_experts
-    n_items = L * E
+    n_items = stream.num_layers * stream.num_experts
+    slots, size, tier_bytes = host_tier_size(tr, cfg, hw, expert_bytes, layer_bytes)
+    host_cache = Cache(np.zeros(n_items, np.int32), np.array([slots], np.int64), np.zeros(n_items, np.uint8),
+                       np.zeros(0, np.int32), size)
+    # nothing in the host tier is ever busy: a read's slot is taken when it is issued
+    state, host_cache = policy_state(cfg, stream, host_cache, policy=cfg.host_policy, busy=False)
+    host_cache = host_cache._replace(part_of=None)
+    paged = cost.paged_bytes(hw, tr.meta, tier_bytes)
+    if hw.storage_bandwidth is None:  # count mode without a storage link: hits only
+        link, page_s = Link(0.0, 0.0, 1, 1, 1.0, 1), np.zeros(stream.num_segments)
+    else:
+        item_bytes = float(expert_bytes) if layer_bytes is None else np.repeat(layer_bytes, stream.num_experts)
+        link = Link(cost.storage_lane_seconds(item_bytes, hw), float(hw.storage_latency), int(hw.storage_lanes),
+                    int(hw.storage_lanes), 1.0, int(hw.storage_stripes))
+        page_s = cost.page_seconds(stream, tr.meta, hw, paged)
+    return new_tiers(host_cache, state, link, page_s), paged
+
+
+def host_tier_size(tr: Trace, cfg: ReplayConfig, hw, expert_bytes: float,
+                   layer_bytes: np.ndarray | None) -> tuple[int, np.ndarray | None, float]:
+    """The host tier from --host-capacity: (its capacity, in experts, or in bytes where a capacity in bytes meets
+    sizes that differ by layer; those sizes per expert, else None; the bytes it takes of host memory)."""
+    E = tr.meta.num_experts
+    n_items = tr.meta.num_moe_layers * E
     cap = cfg.host_capacity
     where = tr.path or tr.meta.model
     size = None
@@ -376,22 +406,10 @@ def tiers_for(tr: Trace, stream: AccessStream, cfg: ReplayConfig, hw, expert_byt
             slots = min(int(total // expert_bytes), n_items)
             tier_bytes = slots * float(expert_bytes)
     else:
-        slots = min(cap.experts(num_items=n_items, num_layers=L, bytes_per_expert=expert_bytes)[0], n_items)
+        slots = min(cap.experts(num_items=n_items, num_layers=tr.meta.num_moe_layers,
+                                bytes_per_expert=expert_bytes)[0], n_items)
         tier_bytes = slots * float(expert_bytes)
-    host_cache = Cache(np.zeros(n_items, np.int32), np.array([slots], np.int64), np.zeros(n_items, np.uint8),
-                       np.zeros(0, np.int32), size)
-    # nothing in the host tier is ever busy: a read's slot is taken when it is issued
-    state, host_cache = policy_state(cfg, stream, host_cache, policy=cfg.host_policy, busy=False)
-    host_cache = host_cache._replace(part_of=None)
-    paged = cost.paged_bytes(hw, tr.meta, tier_bytes)
-    if hw.storage_bandwidth is None:  # count mode without a storage link: hits only
-        link, page_s = Link(0.0, 0.0, 1, 1, 1.0, 1), np.zeros(stream.num_segments)
-    else:
-        item_bytes = float(expert_bytes) if layer_bytes is None else np.repeat(layer_bytes, E)
-        link = Link(cost.storage_lane_seconds(item_bytes, hw), float(hw.storage_latency), int(hw.storage_lanes),
-                    int(hw.storage_lanes), 1.0, int(hw.storage_stripes))
-        page_s = cost.page_seconds(stream, tr.meta, hw, paged)
-    return new_tiers(host_cache, state, link, page_s), paged
+    return slots, size, tier_bytes
 
 
 def _held(cache: Cache, expert_bytes: float) -> int:

@@ -1,4 +1,5 @@
 """Predictors, their scorecard, the plan they give replay, and the MoE-Beyond reproduction."""
+import dataclasses
 import json
 
 import numpy as np
@@ -178,6 +179,32 @@ def test_adaptive_horizon_covers_the_transfer_time():
     hw = hw.with_overrides(bandwidth=6 * b / (2.5 * layer_s))
     assert adaptive_horizon(stream, tr.meta, hw, b, 6, 8) == 3
     assert adaptive_horizon(stream, tr.meta, hw, b, 6, 2) == 2
+
+
+def test_adaptive_horizon_covers_the_storage_reads_of_the_prefetches_the_host_tier_misses():
+    tr = moesim.read_trace(TEST).select_requests(range(3))
+    stream = access_stream(tr)
+    hw = get_hardware("a100-pcie4").with_overrides(latency=0.0)
+    b = float(tr.meta.bytes_per_expert)
+    _, total = segment_seconds(stream, tr.meta, hw, b)
+    layer_s = total.mean()
+    # the link needs 2.5 layer times for 6 experts, storage 4 (latency 0): with a host tier of half the
+    # experts, 2.5 + 0.5 x 4 = 4.5 -> horizon 5; of all of them (or no storage link), the link alone: 3
+    hw = hw.with_overrides(bandwidth=6 * b / (2.5 * layer_s), storage_bandwidth=6 * b / (4 * layer_s))
+    assert adaptive_horizon(stream, tr.meta, hw, b, 6, 8, host_held=0.5) == 5
+    assert adaptive_horizon(stream, tr.meta, hw, b, 6, 8, host_held=0.0) == 7  # 2.5 + 4 = 6.5
+    assert adaptive_horizon(stream, tr.meta, hw, b, 6, 8, host_held=1.0) == 3
+    assert adaptive_horizon(stream, tr.meta, dataclasses.replace(hw, storage_bandwidth=None), b, 6, 8,
+                            host_held=0.5) == 3
+    # a layer's reads pay one latency, at the same share: 2.5 + 0.5 x (4 + 2) = 5.5 -> 6
+    slow = hw.with_overrides(storage_latency=2 * layer_s)
+    assert adaptive_horizon(stream, tr.meta, slow, b, 6, 8, host_held=0.5) == 6
+    # a replay with a host tier of half the experts plans that horizon
+    knobs = dict(predictor="oracle", adaptive=True, horizon=8, stream=stream, hardware=hw)
+    n_items = stream.num_items
+    assert n_items % 2 == 0
+    assert moesim.replay(tr, **knobs, host_capacity=n_items // 2)["horizon"] == 5
+    assert moesim.replay(tr, **knobs)["horizon"] == 3
 
 
 def test_moe_beyond_engine_matches_the_papers_loop():

@@ -5,6 +5,7 @@ Timed cases use test_replay_timed's paper hardware (1 MB experts, a 1 GB/s host 
 expert and per dense part on the GPU) with a storage link of its own; times in ms.
 """
 import dataclasses
+import importlib
 import json
 import math
 from collections import OrderedDict
@@ -16,9 +17,11 @@ from helpers import make_trace, random_routes
 from test_replay_timed import MS, hw
 
 import moesim
+from moesim import cost
 from moesim.config import ReplayConfig
 
 ROOT = Path(__file__).resolve().parents[1]
+replay_module = importlib.import_module("moesim.replay")  # the module (moesim.replay is also the function)
 
 
 def storage_hw(bandwidth_gbps=0.5, latency_us=0.0, lanes=1, stripes=1, **figures):
@@ -141,16 +144,38 @@ def test_storage_lanes_split_the_bandwidth_between_reads_side_by_side(lanes, tot
     assert row["total_s"] == pytest.approx(total * MS)
 
 
-def test_a_prefetch_reads_storage_before_its_copy():
-    # an oracle prefetch of layer 1's expert while layer 0 runs: its read is on the critical path or not
+def test_a_prefetch_reads_storage_when_planned_and_copies_once_the_read_and_an_engine_are_done():
+    # an oracle prefetch of layer 1's expert (item 3), planned at layer 0's routing, while layer 0's demand
+    # miss of 0 holds the one copy engine
     trace = make_trace([[[0], [1]]], num_experts=2, top_k=1)
     knobs = dict(capacity=2, predictor="oracle", horizon=1, hardware=storage_hw())
     tiered = moesim.replay(trace, **knobs, host_capacity=2)
     plain = moesim.replay(trace, **knobs)
     assert tiered["prefetch_issued"] == plain["prefetch_issued"] == 1
     assert tiered["host_misses"] == 2 and tiered["storage_reads"] == 2
-    # with tiers each copy waits 2 ms more for its read: the prefetch of 1 lands 2 ms later too
-    assert tiered["total_s"] > plain["total_s"] + 2 * MS
+    # layer 0: dense ->0.1; read 0 0.1..2.1, copy 2.1..3.1, compute ->3.2. The prefetch of 3 reads from its
+    # planning at 0.1, behind read 0: 2.1..4.1 (not from 3.1, when the engine frees: that was 3.1..5.1), and
+    # copies once both are done: 4.1..5.1. Layer 1: dense ->3.3, waits for 3 until 5.1, computes ->5.2
+    assert tiered["total_s"] == pytest.approx(5.2 * MS)
+    assert tiered["storage_stall_s"] == pytest.approx((2.0 + 0.8) * MS)  # 0.1..2.1 and 3.3..4.1
+    assert plain["total_s"] == pytest.approx(2.2 * MS)  # copies 0.1..1.1, 1.1..2.1: layer 1 waits to 2.1
+
+
+def test_a_cancelled_prefetch_keeps_its_read_in_the_host_tier():
+    # one token on experts 0 and 1 at both layers (items 0, 1, then 2, 3); the oracle plans 2 and 3 for layer 1
+    trace = make_trace([[[0, 1], [0, 1]]], num_experts=2, top_k=2)
+    row = moesim.replay(trace, capacity=4, predictor="oracle", horizon=1, host_capacity=4, hardware=storage_hw())
+    # layer 0: dense ->0.1; reads 0.1..2.1, 2.1..4.1 (one storage lane); copies 2.1..3.1, 4.1..5.1; computes
+    # 3.1..3.2 and 5.1..5.2. The plan's reads, issued at 0.1 behind those: 4.1..6.1 and 6.1..8.1. The first
+    # prefetch's copy waits for its engine (5.1) and its read: 6.1..7.1. The second's would start at 7.1,
+    # after layer 1 routes (5.3): its expert is a demand miss then, a host hit that waits for the read under
+    # way (8.1), copied 8.1..9.1; its prefetch is cancelled. Layer 1: 7.1..7.2, 9.1..9.2
+    assert row["total_s"] == pytest.approx(9.2 * MS)
+    assert (row["prefetch_issued"], row["prefetch_cancelled"], row["prefetch_late"]) == (1, 1, 1)
+    assert (row["host_hits"], row["host_misses"], row["storage_reads"]) == (1, 4, 4)
+    assert row["stall_s"] == pytest.approx((3.0 + 1.9 + 1.8 + 1.9) * MS)
+    # waiting on a read: 0.1..2.1, 3.2..4.1; then 5.3..6.1, 7.2..8.1
+    assert row["storage_stall_s"] == pytest.approx((2.0 + 0.9 + 0.8 + 0.9) * MS)
 
 
 def test_the_host_action_waits_for_the_expert_to_be_read_into_host_memory():
@@ -177,6 +202,37 @@ def test_paging_time_is_linear_in_the_bytes_that_do_not_fit(paged_mb):
     no_paging = moesim.replay(trace, capacity=1, host_capacity="1MB", hardware=storage_hw())
     assert row["total_s"] - no_paging["total_s"] == pytest.approx(row["paging_s"])
     assert row["gpu_compute_s"] == pytest.approx(no_paging["gpu_compute_s"])
+
+
+def test_the_first_schedule_of_continuous_batching_pays_the_paging_every_step(tmp_path, monkeypatch):
+    # two requests of 2 tokens on expert 0, request 1 arriving at 0.5 ms, batches of 2; one layer of 1 MB
+    # dense weights, host memory 0.5 MB short of them: 0.5 MB paged every step, 1 ms at 0.5 GB/s
+    trace = make_trace([[[0]]] * 4, num_experts=2, top_k=1, requests=[0, 0, 1, 1])
+    paging = storage_hw(host_memory=1e6 + 0.5e6)
+    meta = trace.meta
+    assert cost.step_seconds_estimate(1, meta, paging, 1e6) == pytest.approx(0.2 * MS)  # dense 0.1, expert 0.1
+    assert cost.step_seconds_estimate(1, meta, paging, 1e6, paged=0.5e6) == pytest.approx(1.2 * MS)
+    # each MoE layer's page-in is a read of its own, paying the storage latency
+    slow = dataclasses.replace(paging, storage_latency=0.3 * MS)
+    assert cost.step_seconds_estimate(1, meta, slow, 1e6, paged=0.5e6) == pytest.approx(1.5 * MS)
+    schedules, replays = [], []
+    serve, replay_once = replay_module.serve, replay_module._replay
+    monkeypatch.setattr(replay_module, "serve", lambda *a, **k: schedules.append(serve(*a, **k)) or schedules[-1])
+    monkeypatch.setattr(replay_module, "_replay", lambda *a, **k: replays.append(1) or replay_once(*a, **k))
+    arrivals = tmp_path / "arrivals.csv"
+    arrivals.write_text("request_id,arrival_s\n0,0\n1,0.0005\n")
+    row = moesim.replay(trace, capacity=1, host_capacity="1MB", hardware=paging, batching="continuous",
+                        batch_size=2, arrivals=str(arrivals))
+    assert row["paged_bytes"] == pytest.approx(0.5e6)
+    # the first schedule, at 1.2 ms a step (not 0.2, when request 1 would not yet be there for step 1):
+    # request 0's first token alone, then its second beside request 1's first, then request 1's second
+    first = schedules[0]
+    assert first.column("step").tolist() == [0, 1, 1, 2]
+    assert first.column("request_id").tolist() == [0, 0, 1, 1]
+    # replayed: step 0 pages 0..1, dense ->1.1, reads 0 1.1..3.1, copies it ->4.1, computes ->4.2; steps 1 and
+    # 2 hit: 1.2 each. Clocked by those times, the second schedule is the first: one replay stands
+    assert row["total_s"] == pytest.approx((4.2 + 1.2 + 1.2) * MS)
+    assert len(replays) == 1 and len(schedules) == 2
 
 
 def test_host_capacity_auto_is_what_host_memory_leaves_after_the_non_expert_weights():

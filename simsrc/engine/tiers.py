@@ -8,8 +8,17 @@ host tier is inclusive of what passes through it: an expert read from storage is
 evicts to make room) whatever the GPU later does with its copy, and the GPU's evictions do not touch it (no
 back-invalidation, no demotion). So the host tier sees the GPU's fetch stream in order, which is what count
 mode replays too. Computing an expert on the host (the host action) needs it in host memory, so it looks it
-up the same way; prefetches go the same path; a low-bit copy (the lowbit action) is kept in host memory
-beside the tier and never read from storage; skipped and substituted experts are read from nowhere.
+up the same way; a low-bit copy (the lowbit action) is kept in host memory beside the tier and never read
+from storage; skipped and substituted experts are read from nowhere.
+
+Prefetches go the same path, but their lookup (and read) comes when the prefetch is planned -- at its issuing
+segment's routing, if its expert is not on the GPU then, it is within the step's budget and fits -- not when
+its host -> GPU copy starts: a runtime that offloads to storage reads ahead into host memory as soon as it
+decides to prefetch, and copies to the GPU once a copy engine is free and the read has ended. A read once
+issued stays issued: a prefetch later dropped (its expert came in meanwhile), cancelled (its layer routed
+first) or held (no room on the GPU) leaves its expert in the host tier, as the read filled host memory
+whatever the GPU then did. A prefetch whose expert was on the GPU when planned but has left it by the time its
+copy starts is looked up then, as a demand miss is.
 
 The storage link is scheduled as the host link is (links.py): `storage_lanes` reads under way at once, each
 paying `storage_latency`, their bytes in `storage_stripes` parts on the earliest free of `storage_lanes`
@@ -51,6 +60,8 @@ class Tiers(NamedTuple):
     reads_of: np.ndarray     # int64 per item: storage reads
     seg_page_s: np.ndarray   # float64 per segment: its non-expert page-in on one lane (0: nothing to page)
     c: np.ndarray            # float64 counters (above)
+    pf_here: np.ndarray      # float64 per planned prefetch: when the host copy its read brings is there (-1: no
+    #                          read when planned); sized by the timed replay
 
 
 def new_tiers(cache: Cache, state, link: Link, seg_page_s: np.ndarray) -> Tiers:
@@ -59,7 +70,8 @@ def new_tiers(cache: Cache, state, link: Link, seg_page_s: np.ndarray) -> Tiers:
     free = np.array([int(cache.part_capacity[0])], np.int64)
     tiers = Tiers(cache, state, flags, free, link, np.zeros(max(link.copy_engines, 1), np.float64),
                   np.zeros(2 * max(link.lanes, 1), np.float64), np.zeros(n, np.float64), np.zeros(n, np.int64),
-                  np.ascontiguousarray(seg_page_s, np.float64), np.zeros(NUM_TIER_COUNTERS, np.float64))
+                  np.ascontiguousarray(seg_page_s, np.float64), np.zeros(NUM_TIER_COUNTERS, np.float64),
+                  np.zeros(0, np.float64))
     _place_warm(tiers)
     return tiers
 
@@ -158,6 +170,20 @@ def host_peek(tiers, x, t):
     return t if tiers is None else _peek(tiers, x, t)
 
 
+def prefetch_read(tiers, q, x, t, clock):
+    """Timed mode: planned prefetch q of x, not on the GPU when planned at t, reads ahead into host memory."""
+    if tiers is not None:
+        tiers.pf_here[q] = _fetch(tiers, x, t, clock)
+
+
+def prefetch_here(tiers, q, x, t, clock):
+    """Timed mode: when prefetch q's host copy of x is there for its copy starting at t: its read ahead's, or
+    (none when planned) looked up now."""
+    if tiers is None:
+        return t
+    return max(t, tiers.pf_here[q]) if tiers.pf_here[q] >= 0.0 else _fetch(tiers, x, t, clock)
+
+
 def page_in(tiers, s, t):
     """Segment s's non-expert weights that do not fit in host memory, read from storage from t; returns when
     its dense part may start."""
@@ -192,6 +218,26 @@ def _host_peek(tiers, x, t):
     if isinstance(tiers, types.NoneType):
         return lambda tiers, x, t: t
     return lambda tiers, x, t: _peek(tiers, x, t)
+
+
+@overload(prefetch_read)
+def _prefetch_read(tiers, q, x, t, clock):
+    if isinstance(tiers, types.NoneType):
+        return lambda tiers, q, x, t, clock: None
+
+    def read(tiers, q, x, t, clock):
+        tiers.pf_here[q] = _fetch(tiers, x, t, clock)
+    return read
+
+
+@overload(prefetch_here)
+def _prefetch_here(tiers, q, x, t, clock):
+    if isinstance(tiers, types.NoneType):
+        return lambda tiers, q, x, t, clock: t
+
+    def here(tiers, q, x, t, clock):
+        return max(t, tiers.pf_here[q]) if tiers.pf_here[q] >= 0.0 else _fetch(tiers, x, t, clock)
+    return here
 
 
 @overload(page_in)

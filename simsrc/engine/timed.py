@@ -12,7 +12,12 @@ Per step, per layer (a *segment*):
   4. the GPU waits out the part of its copies it cannot compute through (1 - `overlap`), then computes
      the layer's experts one after another as they become resident (resident first); it waits -- a
      *stall* -- for the ones still in flight, and at the end for the host's;
-  5. the segment's prefetch plan joins the link queue behind its demand fetches.
+  5. the segment's prefetch plan joins the link queue behind its demand fetches. With memory tiers, each
+     planned prefetch whose expert is not on the GPU then (and that is within the step's budget and fits)
+     issues its storage read at once, at the segment's routing, as a runtime reading ahead into host memory
+     does; its copy still waits in the queue for a copy engine, and starts no earlier than the read's end. A
+     read once issued stays issued: a prefetch later dropped, cancelled or held leaves its expert in the host
+     tier (tiers.py).
 The link: `copy_engines` transfers may be under way at once; each pays `latency` before its bytes flow,
 then its bytes, in `stripes` equal parts, are taken by the earliest free of `lanes` pipes, each
 `bandwidth / lanes` (one lane: every transfer's bytes share one pipe of `bandwidth`, so with two or more
@@ -22,8 +27,8 @@ projection tensors read as three jobs). A transfer moves its own expert's bytes.
 (cache.size), capacities are bytes and a miss evicts until its expert fits. An expert in use by the current
 layer or still in flight is never evicted.
 With memory tiers (tiers.py), every expert fetched or computed on the host is looked up in the host tier
-first; a host miss's storage read starts when the miss is issued (a prefetch's: when it starts), and its copy
-waits for the read; each segment's non-expert page-in, if any, comes before its dense part.
+first; a host miss's storage read starts when the miss is issued (a prefetch's: when it is planned, point 5),
+and its copy waits for the read; each segment's non-expert page-in, if any, comes before its dense part.
 Times are float64 seconds.
 """
 from typing import NamedTuple
@@ -42,7 +47,7 @@ from .ops import (compiled_loop, decide, decides, freed_enough, may_host, may_lo
                   partition_map, seconds_of, size_of, take_room, victim, weighs_times)
 from .routing import (FETCH, HOST, LOWBIT, NUM_ACTIONS, SUBSTITUTE, add_weight, count_action, mass_of,
                       pick_substitutes, weight_of)
-from .tiers import host_fetch, host_peek, page_in, storage_wait
+from .tiers import host_fetch, host_peek, page_in, prefetch_here, prefetch_read, storage_wait
 
 
 class TimedWork(NamedTuple):
@@ -113,6 +118,8 @@ def _start_prefetches(until_t, min_target, clock, q, q_end, n_inflight, plan, ca
     its target layer has already routed (target < min_target) or it was over
     budget. If every slot it could take is in use or in flight, it waits at the
     head of the queue (hold[0]: the earliest it may start) and is tried again.
+    With tiers, its copy also waits for the storage read it issued when planned (a read that stays issued
+    whatever happens to the copy), or, with none issued then, for one issued at its start.
     """
     part_of, part_capacity, size = cache.part_of, cache.part_capacity, cache.size
     flags, c = w.flags, w.c
@@ -153,8 +160,8 @@ def _start_prefetches(until_t, min_target, clock, q, q_end, n_inflight, plan, ca
             take_room(size, w.free, p, need)
         else:
             w.free[p] -= need
-        # through the host tier: on a host miss its copy starts when its storage read ends
-        w.ready[x] = _transfer(host_fetch(tiers, x, start, clock), w.eng_free, w.pipe, link.latency_s,
+        # through the host tier: its copy starts when its storage read, if any, has ended
+        w.ready[x] = _transfer(prefetch_here(tiers, q, x, start, clock), w.eng_free, w.pipe, link.latency_s,
                                seconds_of(link.transfer_s, x), link.stripes)
         flags[x] = RESIDENT | BUSY | PF_UNUSED
         w.inflight[n_inflight] = x
@@ -192,6 +199,8 @@ def timed_replay(stream: Stream, cache: Cache, link: Link, compute: Compute, hos
                         np.empty(weighed, np.float64), np.empty(longest, np.int32),
                         np.full(longest, -1, np.int64))
     told = np.zeros(n, np.int8) if segment_order == "routing" else None
+    if tiers is not None:
+        tiers = tiers._replace(pf_here=np.full(len(plan.item), -1.0))
     _timed_loop(stream, cache, link, compute, host, lowbit, plan, state, rule, out, work, acting, tiers, told)
     return out, work.c
 
@@ -453,6 +462,11 @@ def _timed_loop(stream, cache, link, compute, host, lowbit, plan, state, rule, o
                 w.target[j] = -1
             else:
                 step_pf += 1
+                if tiers is not None:  # (pruned without tiers) read ahead from storage, decided at routing
+                    px = np.uint32(plan.item[j])
+                    if w.target[j] > s and not flags[px] & RESIDENT and \
+                            part_capacity[partition(part_of, px)] >= size_of(size, px):
+                        prefetch_read(tiers, j, px, w.route_t[s], seg_offsets[s + 1] - 1)
         # prefetches that start while this layer computes must not evict its experts
         if q < plan.offsets[s + 1]:
             q, n_inflight = _start_prefetches(gpu_t, s + 1, seg_offsets[s + 1] - 1, q, plan.offsets[s + 1],

@@ -117,11 +117,12 @@ def _recent_predictions(trace, stream, predictor, horizon, top_n, train) -> Pred
 def plan(trace: Trace, stream: AccessStream, predictor: str, *, hardware: Hardware, expert_bytes: float,
          horizon: int = 1, top_n: int | None = None, threshold: float | None = None,
          step_cap_bytes: float | None = None, adaptive: bool = False,
-         train: Trace | str | os.PathLike | None = None, reuse: bool = False):
+         train: Trace | str | os.PathLike | None = None, reuse: bool = False, host_held: float = 1.0):
     """(Prefetch plan, the horizon used) for replay: predictions cut to the horizon and the budget.
 
     adaptive: horizon becomes the cap; the plan keeps only the horizon whose lead
-    time just covers one layer's prefetches on this hardware's link.
+    time just covers one layer's prefetches on this hardware's link (and, with a
+    host tier holding the share host_held of all experts, their storage reads).
     reuse: the caller keeps `stream` for more replays (a grid worker): reuse recent predictions for it.
     """
     if reuse:
@@ -131,7 +132,8 @@ def plan(trace: Trace, stream: AccessStream, predictor: str, *, hardware: Hardwa
     used = horizon
     if adaptive and len(pred):
         per_layer = stream.top_k if top_n is None else int(top_n)
-        used = adaptive_horizon(stream, trace.meta, hardware, expert_bytes, per_layer, int(pred.horizon.max()))
+        used = adaptive_horizon(stream, trace.meta, hardware, expert_bytes, per_layer, int(pred.horizon.max()),
+                                host_held)
         pred = select(pred, only_horizon=used, threshold=threshold)
     else:
         pred = select(pred, horizon=horizon, threshold=threshold)

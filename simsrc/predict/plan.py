@@ -5,7 +5,9 @@ Budget knobs: `top_n` experts per (issuing segment, target layer), a score
 The adaptive mode follows ExpertFlow (arXiv 2510.26730): pick the horizon whose
 lead time -- the compute of the layers in between -- just covers the time the
 link needs to bring one layer's prefetches, so they land neither late nor long
-before they are needed (occupying cache slots meanwhile).
+before they are needed (occupying cache slots meanwhile). With memory tiers the
+prefetches that miss the host tier are read from storage first, and the lead
+time covers that read too (adaptive_horizon).
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..cost import segment_seconds, transfer_seconds
+from ..cost import segment_seconds, storage_seconds, transfer_seconds
 from ..hardware import Hardware
 from ..trace import AccessStream
 from .base import Predictions
@@ -35,11 +37,21 @@ class Prefetch:
 
 
 def adaptive_horizon(stream: AccessStream, meta, hw: Hardware, expert_bytes: float, per_layer: int,
-                     max_horizon: int) -> int:
-    """Smallest horizon whose lead time covers one layer's `per_layer` prefetches on the link."""
+                     max_horizon: int, host_held: float = 1.0) -> int:
+    """Smallest horizon whose lead time covers one layer's `per_layer` prefetches on the link.
+
+    host_held: the share of all experts the host tier holds (memory tiers; 1: every expert in host memory).
+    With less than all of them and a storage link, the lead time also covers the layer's expected storage
+    read: knowing nothing of which experts the host tier holds, a prefetch misses it with probability
+    1 - host_held, so (1 - host_held) x storage_seconds(the layer's prefetch bytes). The read and the copy
+    count one after the other, as one expert's read and copy are (reads and copies of different experts
+    overlap, so this errs towards a horizon early, whose cost is slots held a little longer, not a stall).
+    """
     _, total = segment_seconds(stream, meta, hw, expert_bytes)
     layer_s = float(np.mean(total)) if len(total) else 0.0
     need_s = transfer_seconds(per_layer * expert_bytes, hw)
+    if host_held < 1.0 and hw.storage_bandwidth is not None:
+        need_s += (1.0 - host_held) * storage_seconds(per_layer * expert_bytes, hw)
     if layer_s <= 0:
         return max_horizon
     return int(min(max(math.ceil(need_s / layer_s), 1), max_horizon))
