@@ -248,7 +248,10 @@ PARAMS = {p.name: p for p in (
     Param("hbm", 1e6, 1e15, 1e10, "GB/s", GB),
     Param("gpu_flops", 1e6, 1e18, 1e11, "GFLOP/s", 1e9),
     Param("kv_bytes_per_token", 0.0, 1e9, 4096.0, "kB", 1e3, hardware=False),
+    Param("storage_bandwidth", 1e6, 1e14, 1e9, "GB/s", GB),
+    Param("storage_latency", 0.0, 1.0, 50 * US, "us", US),
 )}
+STORAGE_PARAMS = ("storage_bandwidth", "storage_latency")  # only where the replay reads from storage
 # latency is left out by default: with experts of one size a transfer's latency and its bytes / bandwidth
 # add up the same way, and only the copy engines' concurrency tells them apart
 DEFAULT_FIT = ("bandwidth", "miss_overhead", "overlap", "hbm")
@@ -422,9 +425,16 @@ def calibrate(trace: Trace | str, measured: MeasuredSteps | str, *, fit: str | I
     given.pop("per_step", None)
     cfg0 = ReplayConfig.make(**given)
     base = cfg0.hardware_spec()
+    storage = [k for k in names if k in STORAGE_PARAMS]
+    if storage and (not cfg0.tiers or base.storage_bandwidth is None):
+        raise ValueError(f"--fit {storage[0]}: this replay reads nothing from storage; give the run's host tier "
+                         f"and storage link as it had them (--host-capacity, and --storage or --storage-bandwidth: "
+                         f"where the fit starts)")
     hw_fields = {f.name for f in dataclasses.fields(Hardware)}
-    # the hardware figures go in as one Hardware object, so the config must not override them again
-    cfg = dataclasses.replace(cfg0, **{k.name: None for k in KNOB.values() if k.name in hw_fields})
+    # the hardware figures go in as one Hardware object, so the config must not override them again (a
+    # storage preset would put back the storage figures being fitted)
+    cfg = dataclasses.replace(cfg0, hardware=base, storage=None,
+                              **{k.name: None for k in KNOB.values() if k.name in hw_fields})
     cfg = ReplayConfig.make(cfg, mode="timed", per_step=True)
 
     stream = access_stream(tr, prefill_chunk=cfg.prefill_chunk)
@@ -522,7 +532,7 @@ def calibrate(trace: Trace | str, measured: MeasuredSteps | str, *, fit: str | I
         f"{held['step_mape']:.1%}, total {held['total_error']:+.1%}; other figures from {base.name}"))
     # what the run needs besides the file: the knobs given that differ from their defaults
     default = ReplayConfig()
-    knobs_used = {k: getattr(cfg0, k) for k in given if k not in hw_fields and k != "hardware"
+    knobs_used = {k: getattr(cfg0, k) for k in given if k not in hw_fields and k not in ("hardware", "storage")
                   and getattr(cfg0, k) != getattr(default, k)}
     knobs_used.update({k: v for k, v in fitted.items() if not PARAMS[k].hardware})
     runtime = _runtime_figures(meas, misses, int(hw.lanes))

@@ -392,3 +392,30 @@ def test_cli_fits_the_prompt_and_refuses_what_cannot_be(prompted, trace, measure
     r = CliRunner().invoke(main, ["calibrate", str(trace), "--measured", str(measured[0]), "--capacity", "25%",
                                   "--prefill-time", "2s"])
     assert r.exit_code != 0 and "no prefill steps" in r.output, r.output
+
+
+def test_a_run_that_read_from_storage_pins_the_storage_bandwidth(trace, tmp_path):
+    """A run made with a host tier of half the experts behind a 0.5 GB/s storage link: starting from the NVMe
+    preset's 7 GB/s the fit finds the link, and the file it writes replays the run (the storage preset given
+    on the command line does not put its own figures back over the fitted one)."""
+    tiers = dict(capacity="25%", host_capacity="50%")
+    hw = truth_hardware().with_overrides(storage_bandwidth=0.5e9, storage_latency=200e-6)
+    row = replay(trace, hardware=hw, per_step=True, **tiers)
+    assert row["storage_reads"] > 0 and row["storage_stall_s"] > 0.1 * row["total_s"]
+    path = tmp_path / "tiered.csv"
+    pd.DataFrame({"step": np.arange(TOKENS), "wall_s": row["step_s"]}).to_csv(path, index=False)
+    given = dict(**{**FIXED, **tiers}, bandwidth="2GB/s", miss_overhead="300us", overlap=0.4, hbm="2GB/s",
+                 storage="nvme-pcie4", storage_latency="200us")  # the true figures but the storage link's
+    cal = calibrate(trace, path, fit="storage_bandwidth", out=tmp_path / "hw.toml", **given)
+    assert cal.fitted["storage_bandwidth"] == pytest.approx(0.5e9, rel=0.02)
+    assert cal.splits["held_out"]["moesim"]["step_mape"] < 0.005
+    assert "storage" not in cal.knobs
+    again = replay(trace, hardware=read_hardware_file(tmp_path / "hw.toml"), **tiers)
+    assert again["total_s"] == pytest.approx(row["total_s"], rel=0.005)
+
+
+def test_storage_figures_need_a_replay_that_reads_from_storage(trace, measured):
+    with pytest.raises(ValueError, match="reads nothing from storage.*--host-capacity"):
+        calibrate(trace, measured[0], fit="storage_bandwidth", **FIXED)
+    with pytest.raises(ValueError, match="no storage link: give --storage"):
+        calibrate(trace, measured[0], fit="bandwidth,storage_latency", **FIXED, host_capacity="50%")
