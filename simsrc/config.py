@@ -399,7 +399,7 @@ KNOBS: tuple[Knob, ...] = (
     Knob("hardware", "a100-pcie4", _hardware, "a preset (`moesim hardware` lists them) or a hardware FILE.toml",
          group="hardware", show=lambda cfg, hw, r: hw.name),
     Knob("bandwidth", None, _optional(parse_rate), "host -> GPU link, e.g. 25GB/s, 200Gbps (b is bits); a bare "
-         "number is GB/s", unit="bytes/s", group="hardware", column="bandwidth_gbps",
+         "number below 1e6 is GB/s, from 1e6 on bytes/s", unit="bytes/s", group="hardware", column="bandwidth_gbps",
          show=lambda cfg, hw, r: hw.bandwidth / GB),
     Knob("latency", None, _optional(lambda v, o: parse_seconds(v, o)), "per transfer before its bytes flow, "
          "e.g. 10us; a bare number is µs", unit="s", group="hardware", column="latency_us",
@@ -494,7 +494,7 @@ KNOBS: tuple[Knob, ...] = (
     Knob("host_policy", "lru", _policy, "the host tier's cache policy", group="tiers", choices=_policy_names),
     Knob("storage", None, _optional(_storage), "a storage device preset whose figures the storage link takes", group="tiers", choices=_storage_names),
     Knob("storage_bandwidth", None, _optional(parse_rate), "storage -> host reads over all lanes, e.g. 7GB/s; a "
-         "bare number is GB/s", unit="bytes/s", group="tiers", column="storage_gbps",
+         "bare number below 1e6 is GB/s, from 1e6 on bytes/s", unit="bytes/s", group="tiers", column="storage_gbps",
          show=lambda cfg, hw, r: None if hw.storage_bandwidth is None else hw.storage_bandwidth / GB),
     Knob("storage_latency", None, _optional(lambda v, o: parse_seconds(v, o)), "per storage read before its bytes "
          "flow, e.g. 50us; a bare number is µs", unit="s", group="tiers", column="storage_latency_us",

@@ -11,7 +11,8 @@ import math
 import re
 
 # the units a bare number is read in, where the Python API and the CLI take plain numbers
-GB = 1e9        # bandwidth: a bare number is GB/s
+GB = 1e9        # bandwidth: a bare number below SI_ABOVE is GB/s
+SI_ABOVE = 1e6  # a bare bandwidth from here on is bytes/s (2e9 is a link of 2 GB/s: as GB/s it would be 2 EB/s)
 US = 1e-6       # latency, launch cost: a bare number is microseconds
 TFLOPS = 1e12   # GPU FLOP rate: a bare number below 1e6 is TFLOP/s
 
@@ -55,17 +56,20 @@ def parse_bytes(text, option: str = "size", *, allow_zero: bool = True) -> float
 
 
 def parse_rate(text, option: str = "bandwidth") -> float:
-    """'25GB/s', '25 GiB/s', '200Gbps' (bits), 25 (GB/s) -> bytes per second."""
+    """'25GB/s', '25 GiB/s', '200Gbps' (bits), 25 (GB/s: a bare number below SI_ABOVE), 2.5e10 (bytes/s)
+    -> bytes per second."""
     example = "25GB/s, 16GiB/s or 200Gbps"
     if not isinstance(text, str):
         # +inf is allowed: an instant link, the bound of what prefetching can hide
-        return _positive(_number(text, option, "a bandwidth", example, True) * GB, option, text, example, False)
+        v = _number(text, option, "a bandwidth", example, True)
+        return _positive(v * GB if v < SI_ABOVE else v, option, text, example, False)
     m = re.fullmatch(rf"\s*{_NUMBER}\s*([kmgtpKMGTP]i?)?(B/s|b/s|bps|Bps|B|b)?\s*", text)
     if not m:
         raise ValueError(f"{option}: cannot read {text!r} as a bandwidth; write e.g. {example}")
     prefix = m.group(2)
-    # a bare '25' is GB/s like a bare number; '25B/s' is 25 bytes per second
-    value = float(m.group(1)) * (_PREFIX[prefix.lower()] if prefix else (1.0 if m.group(3) else GB))
+    # a bare '25' is GB/s like a bare number (a bare '2.5e10' bytes/s); '25B/s' is 25 bytes per second
+    bare = float(m.group(1))
+    value = bare * (_PREFIX[prefix.lower()] if prefix else (1.0 if m.group(3) or bare >= SI_ABOVE else GB))
     if m.group(3) in ("b/s", "bps", "b"):
         value /= 8
     return _positive(value, option, text, example, False)

@@ -233,3 +233,13 @@ def test_editing_a_policy_recompiles_the_cached_loop(tmp_path):
     (pkg / "policies" / "lru.py").write_text(source.replace("return last_free(prev, tail, part, busy)",
                                                             "return head[part]  # most recently used"))
     assert hits() != lru
+
+
+def test_a_bandwidth_is_read_with_or_without_units():
+    # a bare rate is GB/s where a link's figure would be (25), bytes/s where GB/s would be absurd (2.5e10 GB/s)
+    trace = small()
+    for given in (25, "25", "25GB/s", "200Gbps", 2.5e10, "2.5e10", "25000000000B/s"):
+        assert moesim.replay(trace, capacity=6, bandwidth=given)["bandwidth_gbps"] == pytest.approx(25.0), given
+    assert moesim.replay(trace, capacity=6, bandwidth=999_999)["bandwidth_gbps"] == pytest.approx(999_999)
+    result = CliRunner().invoke(main, ["replay", str(SAMPLE), "--mode", "count", "--bandwidth", "2.5e10", "--json"])
+    assert result.exit_code == 0 and json.loads(result.output)["bandwidth_gbps"] == pytest.approx(25.0)
