@@ -216,6 +216,33 @@ def test_renumbering_the_stack_window_keeps_distances(trace, report, monkeypatch
         report["reuse_distance"]["all"]["distance_counts"].tolist()
 
 
+@pytest.mark.parametrize("items, parts", [(20, 1), (100, 1), (2000, 1), (2000, 4), (600, 3)])
+def test_stack_histogram_equals_an_explicit_lru_stack_for_windows_up_to_64_words(items, parts):
+    # 2,000 items fill the longest row updated whole (64 words), 100 a few words; each row's words move
+    # their counts by slices of a step table, whose ends these reach, and the window renumbers many times
+    rng = np.random.default_rng(items + parts)
+    hot = rng.permutation(items)[: max(1, items // 4)]
+    seq = np.where(rng.random(30_000) < 0.7, rng.choice(hot, 30_000), rng.integers(0, items, 30_000))
+    part_of = (np.arange(items) * parts // items).astype(np.int32)
+    stacks = [[] for _ in range(parts)]
+    want = np.zeros(items + 1, np.int64)
+    for x in seq.tolist():
+        st = stacks[part_of[x]]
+        if x in st:
+            d = len(st) - 1 - st.index(x)  # distinct others used since x, the top of the list last
+            st.remove(x)
+        else:
+            d = items
+        st.append(x)
+        want[d] += 1
+    stack = stats.lru_stack(items, parts)
+    assert stack.words.shape[1] <= stats.SHORT_WINDOW_WORDS
+    got = np.zeros(items + 1, np.int64)
+    for chunk in np.array_split(seq.astype(np.int32), 3):  # the stack carries over between calls
+        stats.stack_histogram(chunk, None if parts == 1 else part_of, stack, got)
+    assert got.tolist() == want.tolist()
+
+
 def test_streamed_file_equals_in_memory(trace, report, tmp_path):
     path = write_trace(trace, tmp_path / "t.parquet", row_group_rows=10)
     streamed = inspect_trace(path, batch_rows=11)
