@@ -168,13 +168,18 @@ def test_step_cap_and_threshold_cut_the_plan():
     assert row["prefetch_issued"] + row["prefetch_cancelled"] <= 2 * stream.num_steps + row["prefetch_cancelled"]
 
 
-def test_adaptive_horizon_covers_the_transfer_time():
+def _layer_time():
+    """(trace, stream, hardware without link latency, expert bytes, mean seconds of a layer) on the sample."""
     tr = moesim.read_trace(TEST).select_requests(range(3))
     stream = access_stream(tr)
     hw = get_hardware("a100-pcie4").with_overrides(latency=0.0)
     b = float(tr.meta.bytes_per_expert)
     _, total = segment_seconds(stream, tr.meta, hw, b)
-    layer_s = total.mean()
+    return tr, stream, hw, b, total.mean()
+
+
+def test_adaptive_horizon_covers_the_transfer_time():
+    tr, stream, hw, b, layer_s = _layer_time()
     # a link that needs exactly 2.5 layer times for 6 experts -> horizon 3
     hw = hw.with_overrides(bandwidth=6 * b / (2.5 * layer_s))
     assert adaptive_horizon(stream, tr.meta, hw, b, 6, 8) == 3
@@ -182,12 +187,7 @@ def test_adaptive_horizon_covers_the_transfer_time():
 
 
 def test_adaptive_horizon_covers_the_storage_reads_of_the_prefetches_the_host_tier_misses():
-    tr = moesim.read_trace(TEST).select_requests(range(3))
-    stream = access_stream(tr)
-    hw = get_hardware("a100-pcie4").with_overrides(latency=0.0)
-    b = float(tr.meta.bytes_per_expert)
-    _, total = segment_seconds(stream, tr.meta, hw, b)
-    layer_s = total.mean()
+    tr, stream, hw, b, layer_s = _layer_time()
     # the link needs 2.5 layer times for 6 experts, storage 4 (latency 0): with a host tier of half the
     # experts, 2.5 + 0.5 x 4 = 4.5 -> horizon 5; of all of them (or no storage link), the link alone: 3
     hw = hw.with_overrides(bandwidth=6 * b / (2.5 * layer_s), storage_bandwidth=6 * b / (4 * layer_s))
