@@ -237,7 +237,9 @@ def spatial_sample_curve(trace, stream, policy: str, capacities: list[int], rate
     rates = []
     for c in capacities:
         scaled = int(round(c * share))
-        hits = moesim.replay(trace, policy=policy, capacity=scaled, mode="count", stream=view)["hits"] if scaled else 0
+        # per access: the view is one segment, which segment accounting would look up as one layer's experts
+        hits = moesim.replay(trace, policy=policy, capacity=scaled, mode="count", accounting="access",
+                             stream=view)["hits"] if scaled else 0
         rates.append(hits / len(item))
     return rates
 
