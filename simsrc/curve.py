@@ -258,9 +258,10 @@ def belady_hits_by_capacity(item: np.ndarray, part_of: np.ndarray | None, parts:
         raise ValueError(f"a stream of {n:,} accesses over {n_items:,} experts is too long for the one-pass "
                          f"Belady curve; use method='sampled'")
     next_use = _next_use(item, n_items, np.int32 if n < (1 << 31) - 1 else np.int64)
-    stack = np.zeros((parts, per + 1), np.int64)  # + the sentinel's place
+    stack = np.zeros((parts, per), np.int64)
     hist = np.zeros(per + 1, np.int64)
-    _opt_histogram(item, part_of, next_use, stack, np.zeros(parts, np.int64), shift, hist)
+    _opt_histogram(item, part_of, next_use, stack, np.zeros(parts, np.int64), shift,
+                   np.full(n_items, -1, np.int64), hist)
     cum = np.r_[0, np.cumsum(hist[:per])]
     return cum[np.minimum(np.arange(max_capacity + 1), per)]
 
@@ -281,34 +282,38 @@ def _fill_next_use(item, seen, out):
 
 
 @numba.njit(cache=True)
-def _opt_histogram(item, part_of, next_use, stack, size, shift, hist):
-    # A key packs (next use, expert): smaller is used sooner. The used expert's own key holds the
-    # current time, so it is the smallest and the walk down stops at it; a copy of it just below
-    # the stack stops a walk for an expert not yet in it (one compare a level fewer: 5 % here).
-    # Experts never used again sort by id (which of them goes first changes no hit).
+def _opt_histogram(item, part_of, next_use, stack, size, shift, level, hist):
+    # A key packs (next use, expert): smaller is used sooner. Experts never used again sort by id (which of
+    # them goes first changes no hit). level[x]: x's place in its partition's stack (-1: not in it).
+    # Walking down from the top to the used expert's level d, the expert carried down is the latest used of
+    # those above (a running max), and a level changes only where its own expert is used later still: it
+    # takes the carried one and passes its own on. Those places are few, so the walk is a load and a compare
+    # a level, and knowing d from `level` spares the compare that looked for the used expert's key (4.1 s ->
+    # 1.8-2.1 s for 100 capacities of the 14.7 M-access trace, against a min and a max stored every level).
     first = hist.shape[0] - 1
+    mask = (np.int64(1) << shift) - 1
     for t in range(item.shape[0]):
         x = np.int64(item[np.uint64(t)])
         p = 0 if part_of is None else part_of[x]
         stk = stack[p]
         m = size[p]
-        key = (np.int64(t) << shift) | x
-        stk[m] = key
+        d = level[x]
+        if d < 0:
+            d = m  # not in the stack: it grows by the last expert carried down
         carried = stk[0]
         stk[0] = (np.int64(next_use[t]) << shift) | x  # the used expert goes on top
-        i = 0 if carried == key else 1
-        while i > 0:
-            v = stk[i]
-            if v == key:
-                break
-            # the sooner-used of the two stays at this level, the other goes on down
-            stk[i] = min(carried, v)
-            carried = max(carried, v)
-            i += 1
-        if i > 0:
-            stk[i] = carried
-        if i < m:
-            hist[i] += 1
+        level[x] = 0
+        if d > 0:
+            for i in range(1, d):
+                v = stk[i]
+                if v > carried:
+                    stk[i] = carried
+                    level[carried & mask] = i
+                    carried = v
+            stk[d] = carried
+            level[carried & mask] = d
+        if d < m:
+            hist[d] += 1
         else:
             size[p] = m + 1
             hist[first] += 1
