@@ -137,22 +137,23 @@ def _move_mark_short(words, after, owner, last, t, x):
     # 0.13 s for the stack distances of the 14.7 M-access trace. Unsigned indices skip the
     # negative-index wraparound that would stop the loop vectorising.
     one = np.uint64(1)
-    prev = last[x]
+    prev = last[np.uint64(x)]
     lo = 0
     d = -1
     if prev >= 0:
         w = prev >> 6
-        d = np.int64(after[w]) + _popcount(words[w] >> np.uint64(prev & 63) >> one)
-        words[w] &= ~(one << np.uint64(prev & 63))
+        uw = np.uint64(w)
+        d = np.int64(after[uw]) + _popcount(words[uw] >> np.uint64(prev & 63) >> one)
+        words[uw] &= ~(one << np.uint64(prev & 63))
         lo = w
     wt = t >> 6
     a = np.uint64(SHORT_WINDOW_WORDS - lo)
     b = np.uint64(SHORT_WINDOW_WORDS - wt)
     for w in range(words.shape[0]):
         after[w] += STEP[a + np.uint64(w)] - STEP[b + np.uint64(w)]
-    words[wt] |= one << np.uint64(t & 63)
-    owner[t] = x
-    last[x] = t
+    words[np.uint64(wt)] |= one << np.uint64(t & 63)
+    owner[np.uint64(t)] = x
+    last[np.uint64(x)] = t
     return d
 
 
