@@ -272,37 +272,33 @@ def _scan(req, phase, pos, lidx, ids, num_experts,
 
 
 @numba.njit(cache=True)
-def _top_set(score, k, out):
-    # the k highest scores, ties to the lower expert id; out[e] = True if chosen
-    out[:] = False
-    for _ in range(k):
-        best = -1
-        for e in range(score.shape[0]):
-            if not out[e] and (best < 0 or score[e] > score[best]):
-                best = e
-        out[best] = True
-
-
-@numba.njit(cache=True)
 def _coupling(req, phase, pos, lidx, ids, succ, pop_top, hits_succ, hits_pop, pairs, prev_key, prev_ids):
+    # A token's expert e at layer l is among the top k successors of its layer l-1 experts (highest summed
+    # successor count, ties to the lower id) iff fewer than k experts rank above it: k counts of compares over
+    # the layer's experts, which vectorise, instead of picking the top k in k branchy passes (1.22 -> 0.34 s
+    # for the 14.7 M-access trace; `inspect` 2.16 -> 1.25 s, the report identical)
     n, k = ids.shape
     e_count = succ.shape[2]
     score = np.zeros(e_count, np.int64)
-    chosen = np.zeros(e_count, np.bool_)
     for r in range(n):
         rq = req[r]
         l = lidx[r]
         if prev_key[0] == rq and prev_key[1] == pos[r] and prev_key[2] == l - 1:
-            score[:] = 0
+            for f in range(e_count):
+                score[f] = 0
             for i in range(k):
-                score += succ[l - 1, prev_ids[i]]
-            _top_set(score, k, chosen)
+                row = succ[l - 1, prev_ids[i]]
+                for f in range(e_count):
+                    score[f] += row[f]
             hs = 0
             hp = 0
             for j in range(k):
                 e = ids[r, j]
-                if chosen[e]:
-                    hs += 1
+                se = score[e]
+                above = 0
+                for f in range(e_count):
+                    above += (score[f] > se) | ((score[f] == se) & (f < e))
+                hs += above < k
                 if pop_top[l, e]:
                     hp += 1
             ph = phase[r]
