@@ -4,12 +4,17 @@ import math
 from collections import OrderedDict, defaultdict
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from helpers import make_trace, random_routes
 
 from moesim.cli import main
-from moesim.trace import Trace, TraceMeta, write_trace
+from moesim.trace import Trace, TraceError, TraceMeta, write_trace
+from moesim.trace import io as trace_io
 from moesim.trace import stats
+from moesim.trace.schema import META_KEY
 from moesim.trace.stats import format_report, inspect_trace, lru_hit_rate
 
 
@@ -247,6 +252,28 @@ def test_streamed_file_equals_in_memory(trace, report, tmp_path):
     path = write_trace(trace, tmp_path / "t.parquet", row_group_rows=10)
     streamed = inspect_trace(path, batch_rows=11)
     assert json.dumps(stats.report_json(streamed) | {"file": None}) == json.dumps(stats.report_json(report))
+
+
+def test_stream_with_sparse_request_ids_falls_back_to_the_numpy_checks(tmp_path, monkeypatch):
+    # Request ids far sparser than the rows: the compiled checks cannot size their per-request array, so from the
+    # batch that brings such an id the stream is checked by the numpy checks, again from its first row. The
+    # report must equal the in-memory one, and a bad row after the switch must still be named.
+    routes = random_routes(np.random.default_rng(3), 12, 3, 6, 2)
+    trace = make_trace(routes, num_experts=6, top_k=2, requests=np.repeat([0, 5 * 10 ** 6, 10 ** 7], 4))
+    rechecked = []
+    real = trace_io._numpy_checks_through
+    monkeypatch.setattr(trace_io, "_numpy_checks_through", lambda *a: rechecked.append(a[5]) or real(*a))
+    path = write_trace(trace, tmp_path / "t.parquet", row_group_rows=5)
+    streamed = inspect_trace(path, batch_rows=5)  # request 0's 12 rows compiled, then numpy from row 0
+    assert rechecked == [15, 15]  # rows 10-14 bring request 5,000,000 (row 12): rows 0-14 again, in both passes
+    assert stats.report_json(streamed) | {"file": None} == stats.report_json(inspect_trace(trace))
+    layer = trace.table.column("layer").to_numpy().copy()
+    layer[-1] = layer[-2]  # the last token's last layer twice
+    bad = trace.table.set_column(trace.table.column_names.index("layer"), "layer", pa.array(layer, pa.uint16()))
+    pq.write_table(bad.replace_schema_metadata({META_KEY: trace.meta.to_json()}),
+                   tmp_path / "bad.parquet", row_group_size=5)
+    with pytest.raises(TraceError, match="row 35.*appears twice"):
+        inspect_trace(tmp_path / "bad.parquet", batch_rows=5)
 
 
 def test_hand_computed_tiny_trace():

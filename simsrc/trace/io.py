@@ -332,8 +332,8 @@ def read_meta(path: str | os.PathLike) -> TraceMeta:
 def iter_batches(path: str | os.PathLike, *, columns: list[str] | None = None,
                  batch_rows: int = ROW_GROUP_ROWS) -> Iterator[tuple[TraceMeta, pa.Table, int]]:
     """Stream a trace in row batches: yields (meta, table, first_row). Each batch is checked as it arrives --
-    rows, and the order across batches (OrderCheck) -- so a stream sees only what read_trace accepts, up to
-    the first bad row."""
+    rows, and the order across batches -- so a stream sees only what read_trace accepts, up to the first bad
+    row."""
     if batch_rows < 1:
         raise ValueError(f"batch_rows must be at least 1, got {batch_rows}")
     where = str(path)
@@ -344,19 +344,88 @@ def iter_batches(path: str | os.PathLike, *, columns: list[str] | None = None,
     # the columns whose values check_rows checks are read even when not asked for
     checked = [c for c in pf.schema_arrow.names if c == "expert_weights" or PRED_COLUMN.match(c)]
     read = None if want is None else list(dict.fromkeys([*want, *checked]))
-    order = OrderCheck(where)
+    stream_check = _StreamCheck(meta)
+    order = None  # the numpy checks' order state, once the compiled pass cannot take a batch
     offset = 0
     try:
         for batch in pf.iter_batches(batch_size=batch_rows, columns=read):
             table = pa.Table.from_batches([batch])
-            check_rows(table, meta, where, row_offset=offset)
-            order.feed(table, offset)
+            if order is None and not stream_check.take(table):
+                # the numpy checks, from the first row: they name the bad row (or take the batch the compiled
+                # pass could not, and every later one)
+                order = _numpy_checks_through(pf, meta, where, read, batch_rows, offset + table.num_rows,
+                                              stream_check.refused)
+            elif order is None:
+                check_optional_columns(table, meta, where, row_offset=offset)
+            else:
+                check_rows(table, meta, where, row_offset=offset)
+                order.feed(table, offset)
             if read != want:
                 table = table.select(want)
             yield meta, table, offset
             offset += table.num_rows
     except (OSError, pa.ArrowException) as e:
         raise TraceError(f"{where}: the file is damaged or truncated near row {offset} ({e})") from None
+
+
+class _StreamCheck:
+    """check_table's compiled pass (kernels.rows_ok) over a stream of batches: each request's last (token_pos,
+    layer) and the last (step, request) carry from batch to batch, so it refuses what OrderCheck refuses."""
+
+    def __init__(self, meta: TraceMeta):
+        self.meta = meta
+        self.rows = 0
+        self.last_key = np.full(0, -1, np.int64)
+        self.last: tuple[int, int] | None = None
+        self.refused = False  # a batch failed the checks (not merely one the pass cannot take)
+
+    def take(self, table: pa.Table) -> bool:
+        """True when the batch passes; False when it does not, or cannot be checked here (null ids, or request
+        ids far sparser than the rows: the per-request array would be too large), and self.refused says which."""
+        n = table.num_rows
+        if n == 0:
+            return True
+        ids_col = table.column("expert_ids")
+        req = _numpy(table.column("request_id"))
+        top = int(req.max())
+        if ids_col.null_count or top > 4 * (self.rows + n) + (1 << 20):
+            return False
+        if top >= len(self.last_key):
+            self.last_key = np.r_[self.last_key, np.full(top + 1 - len(self.last_key), -1, np.int64)]
+        from .kernels import rows_ok
+        step = _numpy(table.column("step"))
+        if self.last is not None and (int(step[0]), int(req[0])) < self.last:
+            self.refused = True
+            return False
+        meta = self.meta
+        layer = _numpy(table.column("layer"))
+        known = np.zeros(max(int(layer.max()), meta.moe_layers[-1]) + 1, dtype=np.bool_)
+        known[meta.moe_layers] = True
+        if not rows_ok(step, req, _numpy(table.column("token_pos")), layer, _numpy(table.column("phase")),
+                       _flat_values(ids_col), meta.top_k, known, meta.num_experts, self.last_key):
+            self.refused = True
+            return False
+        self.rows += n
+        self.last = (int(step[-1]), int(req[-1]))
+        return True
+
+
+def _numpy_checks_through(pf, meta: TraceMeta, where: str, read, batch_rows: int, rows: int, refused: bool):
+    """check_rows and OrderCheck over the file's first `rows` rows: they raise, naming the bad row, or return
+    the order state to go on with."""
+    order = OrderCheck(where)
+    offset = 0
+    for batch in pf.iter_batches(batch_size=batch_rows, columns=read):
+        table = pa.Table.from_batches([batch])
+        check_rows(table, meta, where, row_offset=offset)
+        order.feed(table, offset)
+        offset += table.num_rows
+        if offset >= rows:
+            break
+    if refused:
+        raise AssertionError(f"{where}: the compiled row checks found a bad row that check_rows and OrderCheck "
+                             f"accept; please report this")
+    return order
 
 
 def write_trace(trace: Trace, path: str | os.PathLike, *, row_group_rows: int = ROW_GROUP_ROWS) -> Path:
