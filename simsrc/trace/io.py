@@ -301,26 +301,14 @@ def check_table(table: pa.Table, meta: TraceMeta, where: str) -> None:
     When that pass finds a bad row, the numpy checks run to name it, so every message is theirs. (They
     cost ten times the pass: an argsort by request and a sort of every row's experts.)
     """
-    n = table.num_rows
-    ids_col = table.column("expert_ids")
-    req = _numpy(table.column("request_id")) if n else None
-    # each request's last (token_pos, layer) is kept in an array indexed by request id: fine unless
-    # the ids are far sparser than the rows
-    if n == 0 or ids_col.null_count or int(req.max()) > 4 * n + (1 << 20):
+    whole = _CompiledChecks(meta)
+    if not whole.take(table):
         check_rows(table, meta, where)
         check_order(table, where)
+        if whole.refused:
+            raise AssertionError(f"{where}: the compiled row checks found a bad row that check_rows and check_order "
+                                 f"accept; please report this")
         return
-    from .kernels import rows_ok
-    layer = _numpy(table.column("layer"))
-    known = np.zeros(max(int(layer.max()), meta.moe_layers[-1]) + 1, dtype=np.bool_)
-    known[meta.moe_layers] = True
-    if not rows_ok(_numpy(table.column("step")), req, _numpy(table.column("token_pos")), layer,
-                   _numpy(table.column("phase")), _flat_values(ids_col), meta.top_k, known, meta.num_experts,
-                   np.full(int(req.max()) + 1, -1, np.int64)):
-        check_rows(table, meta, where)
-        check_order(table, where)
-        raise AssertionError(f"{where}: the compiled row checks found a bad row that check_rows and check_order "
-                             f"accept; please report this")
     check_optional_columns(table, meta, where)
 
 
@@ -344,17 +332,17 @@ def iter_batches(path: str | os.PathLike, *, columns: list[str] | None = None,
     # the columns whose values check_rows checks are read even when not asked for
     checked = [c for c in pf.schema_arrow.names if c == "expert_weights" or PRED_COLUMN.match(c)]
     read = None if want is None else list(dict.fromkeys([*want, *checked]))
-    stream_check = _StreamCheck(meta)
+    compiled = _CompiledChecks(meta)
     order = None  # the numpy checks' order state, once the compiled pass cannot take a batch
     offset = 0
     try:
         for batch in pf.iter_batches(batch_size=batch_rows, columns=read):
             table = pa.Table.from_batches([batch])
-            if order is None and not stream_check.take(table):
+            if order is None and not compiled.take(table):
                 # the numpy checks, from the first row: they name the bad row (or take the batch the compiled
                 # pass could not, and every later one)
                 order = _numpy_checks_through(pf, meta, where, read, batch_rows, offset + table.num_rows,
-                                              stream_check.refused)
+                                              compiled.refused)
             elif order is None:
                 check_optional_columns(table, meta, where, row_offset=offset)
             else:
@@ -368,9 +356,10 @@ def iter_batches(path: str | os.PathLike, *, columns: list[str] | None = None,
         raise TraceError(f"{where}: the file is damaged or truncated near row {offset} ({e})") from None
 
 
-class _StreamCheck:
-    """check_table's compiled pass (kernels.rows_ok) over a stream of batches: each request's last (token_pos,
-    layer) and the last (step, request) carry from batch to batch, so it refuses what OrderCheck refuses."""
+class _CompiledChecks:
+    """The compiled row checks (kernels.rows_ok) over a table, or a stream of its batches: each request's last
+    (token_pos, layer) and the last (step, request) carry from batch to batch, so a stream is refused where
+    OrderCheck refuses it."""
 
     def __init__(self, meta: TraceMeta):
         self.meta = meta
