@@ -377,7 +377,9 @@ class _CompiledChecks:
         ids_col = table.column("expert_ids")
         req = _numpy(table.column("request_id"))
         top = int(req.max())
-        if ids_col.null_count or top > 4 * (self.rows + n) + (1 << 20):
+        # each request's last (token_pos, layer) sits in an array indexed by request id: fine unless the ids are
+        # far sparser than the rows, or so many that the array would outweigh a streamed batch (128 MiB)
+        if ids_col.null_count or top > min(4 * (self.rows + n), 1 << 24) + (1 << 20):
             return False
         if top >= len(self.last_key):
             self.last_key = np.r_[self.last_key, np.full(top + 1 - len(self.last_key), -1, np.int64)]
