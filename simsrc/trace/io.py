@@ -332,7 +332,7 @@ def iter_batches(path: str | os.PathLike, *, columns: list[str] | None = None,
     # the columns whose values check_rows checks are read even when not asked for
     checked = [c for c in pf.schema_arrow.names if c == "expert_weights" or PRED_COLUMN.match(c)]
     read = None if want is None else list(dict.fromkeys([*want, *checked]))
-    compiled = _CompiledChecks(meta)
+    compiled = _CompiledChecks(meta, streamed=True)
     order = None  # the numpy checks' order state, once the compiled pass cannot take a batch
     offset = 0
     try:
@@ -361,28 +361,36 @@ class _CompiledChecks:
     (token_pos, layer) and the last (step, request) carry from batch to batch, so a stream is refused where
     OrderCheck refuses it."""
 
-    def __init__(self, meta: TraceMeta):
+    def __init__(self, meta: TraceMeta, *, streamed: bool = False):
         self.meta = meta
+        self.streamed = streamed
         self.rows = 0
         self.last_key = np.full(0, -1, np.int64)
         self.last: tuple[int, int] | None = None
         self.refused = False  # a batch failed the checks (not merely one the pass cannot take)
 
     def take(self, table: pa.Table) -> bool:
-        """True when the batch passes; False when it does not, or cannot be checked here (null ids, or request
-        ids far sparser than the rows: the per-request array would be too large), and self.refused says which."""
+        """True when the batch passes; False when it does not, or cannot be checked here (nulls, or request ids
+        far sparser than the rows: the per-request array would be too large), and self.refused says which."""
         n = table.num_rows
         if n == 0:
             return True
         ids_col = table.column("expert_ids")
+        if ids_col.null_count or any(c.flatten().null_count for c in ids_col.chunks) or \
+                any(table.column(c).null_count for c in KEY_COLUMNS):
+            return False
         req = _numpy(table.column("request_id"))
         top = int(req.max())
         # each request's last (token_pos, layer) sits in an array indexed by request id: fine unless the ids are
-        # far sparser than the rows, or so many that the array would outweigh a streamed batch (128 MiB)
-        if ids_col.null_count or top > min(4 * (self.rows + n), 1 << 24) + (1 << 20):
+        # far sparser than the rows, or, streamed, so many that the array would outweigh a batch (128 MiB)
+        limit = 4 * (self.rows + n) + (1 << 20)
+        if self.streamed:
+            limit = min(limit, 1 << 24)
+        if top >= limit:
             return False
-        if top >= len(self.last_key):
-            self.last_key = np.r_[self.last_key, np.full(top + 1 - len(self.last_key), -1, np.int64)]
+        if top >= len(self.last_key):  # grown by half again at least, so a stream of rising ids copies it rarely
+            size = min(max(top + 1, len(self.last_key) * 3 // 2), limit)
+            self.last_key = np.r_[self.last_key, np.full(size - len(self.last_key), -1, np.int64)]
         from .kernels import rows_ok
         step = _numpy(table.column("step"))
         if self.last is not None and (int(step[0]), int(req[0])) < self.last:

@@ -294,6 +294,16 @@ def check_rows(table: pa.Table, meta: TraceMeta, where: str, row_offset: int = 0
     n = table.num_rows
     if n == 0:
         return
+    for name in KEY_COLUMNS:  # a file may declare them nullable
+        col = table.column(name)
+        if col.null_count:
+            r = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
+            raise TraceError(f"{where}: row {row_offset + r}: {name} is null; every row needs one")
+    ids_col = table.column("expert_ids")
+    if not ids_col.null_count and ids_col.combine_chunks().flatten().null_count:
+        missing = ids_col.combine_chunks().flatten().is_null().to_numpy(zero_copy_only=False)
+        r = int(np.flatnonzero(missing)[0]) // k
+        raise TraceError(f"{where}: row {row_offset + r}: expert_ids holds a null id; every row needs its {k} experts")
     layers = table.column("layer").to_numpy()
     known = np.zeros(int(max(layers.max(), meta.moe_layers[-1])) + 1, dtype=bool)
     known[meta.moe_layers] = True
