@@ -66,12 +66,6 @@ def set_col(t: pa.Table, name: str, values, typ=None) -> pa.Table:
     return t.set_column(t.column_names.index(name), name, pa.array(values, type=typ or t.schema.field(name).type))
 
 
-def nullable(t: pa.Table, name: str, values) -> pa.Table:
-    """Column `name` declared nullable and holding these values (None: null)."""
-    typ = t.schema.field(name).type
-    return t.set_column(t.column_names.index(name), pa.field(name, typ, nullable=True), pa.array(values, type=typ))
-
-
 def null_id(t: pa.Table, at: int) -> pa.Table:
     """expert_ids with its at-th id (row-major) null inside a non-null list."""
     col = t.column("expert_ids").combine_chunks()
@@ -334,9 +328,9 @@ CASES = [
     C("inspect-zero-rows", lambda d: ["inspect", str(write_trace(small_trace().select_requests([]), d / "e.parquet"))],
       0, "no rows", cls="inspect"),
     # -- nulls where a file declares a key column nullable, or inside an expert list: named, streamed or read whole
-    C("null-step-inspect", lambda d: ["inspect", str(tampered(d / "t.parquet", table=lambda t: nullable(
+    C("null-step-inspect", lambda d: ["inspect", str(tampered(d / "t.parquet", table=lambda t: set_col(
       t, "step", [0, 0, None, 1]))), "--batch-rows", "2"], 1, "t.parquet", "row 2", "step is null", cls="narrowing"),
-    C("null-request-replay", lambda d: ["replay", str(tampered(d / "t.parquet", table=lambda t: nullable(
+    C("null-request-replay", lambda d: ["replay", str(tampered(d / "t.parquet", table=lambda t: set_col(
       t, "request_id", [0, 0, 0, None]))), "--mode", "count"], 1, "t.parquet", "row 3", "request_id is null",
       cls="narrowing"),
     C("null-id-in-list-inspect", lambda d: ["inspect", str(tampered(d / "t.parquet", table=lambda t: null_id(t, 3))),

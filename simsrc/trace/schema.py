@@ -300,9 +300,9 @@ def check_rows(table: pa.Table, meta: TraceMeta, where: str, row_offset: int = 0
             r = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
             raise TraceError(f"{where}: row {row_offset + r}: {name} is null; every row needs one")
     ids_col = table.column("expert_ids")
-    if not ids_col.null_count and ids_col.combine_chunks().flatten().null_count:
-        missing = ids_col.combine_chunks().flatten().is_null().to_numpy(zero_copy_only=False)
-        r = int(np.flatnonzero(missing)[0]) // k
+    flat = ids_col.combine_chunks().flatten()
+    if not ids_col.null_count and flat.null_count:
+        r = int(np.flatnonzero(flat.is_null().to_numpy(zero_copy_only=False))[0]) // k
         raise TraceError(f"{where}: row {row_offset + r}: expert_ids holds a null id; every row needs its {k} experts")
     layers = table.column("layer").to_numpy()
     known = np.zeros(int(max(layers.max(), meta.moe_layers[-1])) + 1, dtype=bool)
@@ -316,8 +316,8 @@ def check_rows(table: pa.Table, meta: TraceMeta, where: str, row_offset: int = 0
     bad = np.flatnonzero(phase > DECODE)
     if bad.size:
         raise TraceError(f"{where}: row {row_offset + bad[0]}: phase {phase[bad[0]]} is neither 0 (prefill) nor 1 (decode)")
-    ids = _flat_ids(table.column("expert_ids"))
-    if table.column("expert_ids").null_count:
+    ids = flat.to_numpy(zero_copy_only=False)
+    if ids_col.null_count:
         raise TraceError(f"{where}: expert_ids has null rows; every row needs its {k} experts")
     bad = np.flatnonzero(ids >= meta.num_experts)
     if bad.size:
